@@ -1,0 +1,16 @@
+"""``streamer`` command line: ``serve`` (classify a feed) and ``replay`` (serve an HDF5 run)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from streamer.cli_util import run_commands
+
+COMMANDS = {
+    "serve": "streamer.serve",
+    "replay": "streamer.replay",
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_commands("streamer", __doc__ or "", COMMANDS, argv)

@@ -1,0 +1,16 @@
+"""``trainer`` command line: simulate runs, build template banks, train, evaluate, export."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from streamer.cli_util import run_commands
+
+COMMANDS = {
+    "simulate": "trainer.simulate_cli",
+    "train": "trainer.train_cli",
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_commands("trainer", __doc__ or "", COMMANDS, argv)
