@@ -9,6 +9,7 @@ from streamer.cli_util import run_commands
 COMMANDS = {
     "serve": "streamer.serve",
     "replay": "streamer.replay",
+    "demo": "streamer.demo",
 }
 
 

@@ -24,3 +24,11 @@ class MessageError(HitstreamError):
 
 class InputDataError(HitstreamError):
     """An input HDF5 file, dataset or labels file is unusable."""
+
+
+class OutputError(HitstreamError):
+    """An output file cannot be written as asked (name clash, shape or class mismatch)."""
+
+
+class DiskFullError(OutputError):
+    """Free space in the output directory fell below the configured minimum."""

@@ -1,0 +1,263 @@
+"""Inference engine: one onnxruntime session over a model bundle.
+
+CPU: a plain session with tuned thread counts. GPU (the production path): the CUDA (or
+TensorRT) execution provider, batches staged in pinned host buffers allocated by the
+provider, inputs and outputs bound with IO binding, several inference threads so one
+batch's host→device copy overlaps another's compute. Which provider really runs is read
+back from the session (``get_providers`` after creation), logged and exported as a metric:
+``get_available_providers`` lists CUDA even on hosts where it cannot load.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from streamer.bundle import Bundle
+from streamer.errors import BundleError, ConfigError
+
+log = logging.getLogger(__name__)
+
+PROVIDERS = {
+    "cpu": ["CPUExecutionProvider"],
+    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+}
+PROVIDER_CHOICES = ("auto", *PROVIDERS)
+SHORT_NAMES = {
+    "CPUExecutionProvider": "CPU",
+    "CUDAExecutionProvider": "CUDA",
+    "TensorrtExecutionProvider": "TensorRT",
+}
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How to run the model.
+
+    ``provider``: ``auto`` (CUDA when it loads, else CPU), ``cuda``, ``tensorrt`` or ``cpu``.
+    A requested GPU provider that does not load falls back to the CPU with a warning,
+    unless ``require_gpu`` is set, which makes it an error.
+    """
+
+    provider: str = "auto"
+    device_id: int = 0
+    require_gpu: bool = False
+    intra_op_threads: int = 0  # 0: onnxruntime's default (one per core)
+    inter_op_threads: int = 1
+    max_batch: int = 256
+    pinned_buffers: int = 4  # staging buffers in the pool (pinned on GPU)
+    io_binding: bool = True  # GPU only
+
+    def __post_init__(self) -> None:
+        if self.provider not in PROVIDER_CHOICES:
+            raise ConfigError(
+                f"engine.provider {self.provider!r} is not one of {', '.join(PROVIDER_CHOICES)}"
+            )
+        if self.max_batch < 1 or self.pinned_buffers < 2:
+            raise ConfigError("engine.max_batch must be ≥ 1 and engine.pinned_buffers ≥ 2")
+
+
+def _import_ort() -> Any:
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise ConfigError(
+            "onnxruntime is not installed: pip install 'hitstream[cpu]' (or [gpu] on CUDA hosts)"
+        ) from exc
+    return ort
+
+
+class BufferPool:
+    """A fixed set of (max_batch, H, W) float32 staging buffers.
+
+    The batcher fills a buffer, the engine reads it, then it is released for reuse: no
+    per-batch allocation, and on GPU the buffers are pinned so host→device copies run at
+    full speed. ``acquire`` blocks while all buffers are in use, which bounds memory.
+    """
+
+    def __init__(self, buffers: list[np.ndarray], handles: list[Any] | None = None) -> None:
+        self._buffers = buffers
+        self._handles = handles or [None] * len(buffers)
+        self._free: queue.Queue[int] = queue.Queue()
+        for i in range(len(buffers)):
+            self._free.put(i)
+
+    @property
+    def size(self) -> int:
+        return len(self._buffers)
+
+    def acquire(self, timeout: float | None = None) -> tuple[int, np.ndarray]:
+        i = self._free.get(timeout=timeout)
+        return i, self._buffers[i]
+
+    def release(self, index: int) -> None:
+        self._free.put(index)
+
+    def handle(self, index: int) -> Any:
+        return self._handles[index]
+
+    def available(self) -> int:
+        return self._free.qsize()
+
+
+class Engine:
+    """Runs a bundle's ONNX graph on batches of raw frames."""
+
+    def __init__(self, bundle: Bundle, config: EngineConfig | None = None) -> None:
+        self.bundle = bundle
+        self.config = config or EngineConfig()
+        ort = _import_ort()
+        self._ort = ort
+        self.session = self._create_session(ort)
+        self.providers: list[str] = list(self.session.get_providers())
+        self.provider = SHORT_NAMES.get(self.providers[0], self.providers[0])
+        self.on_gpu = self.provider in ("CUDA", "TensorRT")
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1:
+            raise BundleError(f"{bundle.model_path}: expected one input, found {len(inputs)}")
+        self.input_name = inputs[0].name
+        if self.input_name != bundle.input_name:
+            raise BundleError(
+                f"{bundle.model_path}: graph input {self.input_name!r} differs from the "
+                f"manifest's {bundle.input_name!r}"
+            )
+        shape = inputs[0].shape
+        if len(shape) != 3 or tuple(shape[1:]) != bundle.frame_shape:
+            raise BundleError(
+                f"{bundle.model_path}: graph input shape {shape} does not match the manifest's "
+                f"frame shape {bundle.frame_shape}"
+            )
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        if "probabilities" not in self.output_names:
+            raise BundleError(f"{bundle.model_path}: graph has no 'probabilities' output")
+        self.pool = self._make_pool()
+        self._local = threading.local()
+        log.info(
+            "engine: model %s on %s (providers %s), batch ≤ %d",
+            bundle.label,
+            self.provider,
+            self.providers,
+            self.config.max_batch,
+        )
+
+    # -- setup -------------------------------------------------------------------------
+
+    def _provider_list(self, ort: Any) -> list[Any]:
+        cfg = self.config
+        wanted = cfg.provider
+        available = set(ort.get_available_providers())
+        if wanted == "auto":
+            wanted = "cuda" if "CUDAExecutionProvider" in available else "cpu"
+        names = [p for p in PROVIDERS[wanted] if p in available]
+        if wanted != "cpu" and hasattr(ort, "preload_dlls"):
+            try:  # CUDA/cuDNN from pip packages are found only after this call
+                ort.preload_dlls()
+            except Exception as exc:  # noqa: BLE001 - any loader failure means "no GPU"
+                log.warning("onnxruntime.preload_dlls failed: %s", exc)
+        options = {"device_id": cfg.device_id}
+        return [(n, options) if n != "CPUExecutionProvider" else n for n in names] or [
+            "CPUExecutionProvider"
+        ]
+
+    def _create_session(self, ort: Any) -> Any:
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        if self.config.intra_op_threads > 0:
+            so.intra_op_num_threads = self.config.intra_op_threads
+        so.inter_op_num_threads = max(1, self.config.inter_op_threads)
+        so.log_severity_level = 3
+        path = self.bundle.model_path
+        try:
+            session = ort.InferenceSession(
+                os.fspath(path), sess_options=so, providers=self._provider_list(ort)
+            )
+        except Exception as exc:  # onnxruntime raises its own (Fail, InvalidGraph, ...)
+            raise BundleError(f"onnxruntime cannot load {path}: {exc}") from exc
+        actual = session.get_providers()
+        if self.config.provider in ("cuda", "tensorrt") and actual[0] == "CPUExecutionProvider":
+            msg = (
+                f"engine.provider={self.config.provider} requested but onnxruntime runs on the "
+                "CPU (is onnxruntime-gpu installed and CUDA 13 / cuDNN 9 loadable?)"
+            )
+            if self.config.require_gpu:
+                raise ConfigError(msg)
+            log.warning("%s", msg)
+        return session
+
+    def _make_pool(self) -> BufferPool:
+        h, w = self.bundle.frame_shape
+        shape = (self.config.max_batch, h, w)
+        n = self.config.pinned_buffers
+        if self.on_gpu:
+            mem_info = self._pinned_memory_info()
+            if mem_info is not None:
+                try:
+                    vals = [
+                        self._ort.OrtValue.ortvalue_from_shape_and_type(
+                            shape, np.float32, memory_info=mem_info
+                        )
+                        for _ in range(n)
+                    ]
+                    log.info("engine: %d pinned staging buffers of %s", n, shape)
+                    return BufferPool([v.numpy() for v in vals], vals)
+                except Exception as exc:  # noqa: BLE001 - fall back to pageable memory
+                    log.warning("engine: pinned buffers unavailable (%s); using pageable", exc)
+        return BufferPool([np.zeros(shape, np.float32) for _ in range(n)])
+
+    def _pinned_memory_info(self) -> Any:
+        ort = self._ort
+        get_devices = getattr(ort, "get_ep_devices", None)
+        mem_type = getattr(ort, "OrtDeviceMemoryType", None)
+        if get_devices is None or mem_type is None:
+            return None
+        for dev in get_devices():
+            if dev.ep_name == self.providers[0]:
+                return dev.memory_info(mem_type.HOST_ACCESSIBLE)
+        return None
+
+    # -- inference ---------------------------------------------------------------------
+
+    def infer(self, frames: np.ndarray) -> dict[str, np.ndarray]:
+        """Run the graph on (B, H, W) float32 frames; returns every named output on the host."""
+        if frames.dtype != np.float32 or not frames.flags.c_contiguous:
+            frames = np.ascontiguousarray(frames, dtype=np.float32)
+        if self.on_gpu and self.config.io_binding:
+            return self._infer_bound(frames)
+        outs = self.session.run(None, {self.input_name: frames})
+        return dict(zip(self.output_names, outs, strict=True))
+
+    def _infer_bound(self, frames: np.ndarray) -> dict[str, np.ndarray]:
+        binding = getattr(self._local, "binding", None)
+        if binding is None:
+            binding = self.session.io_binding()
+            self._local.binding = binding
+        binding.bind_cpu_input(self.input_name, frames)
+        for name in self.output_names:
+            binding.bind_output(name, "cpu")
+        self.session.run_with_iobinding(binding)
+        outs = binding.copy_outputs_to_cpu()
+        binding.clear_binding_inputs()
+        binding.clear_binding_outputs()
+        return dict(zip(self.output_names, outs, strict=True))
+
+    def self_test(self) -> dict[str, np.ndarray]:
+        """A test inference on zeros: shapes and finiteness of every output are checked."""
+        h, w = self.bundle.frame_shape
+        out = self.infer(np.zeros((2, h, w), np.float32))
+        probs = out["probabilities"]
+        if probs.shape != (2, len(self.bundle.classes)):
+            raise BundleError(
+                f"{self.bundle.model_path}: probabilities have shape {probs.shape}, expected "
+                f"(2, {len(self.bundle.classes)}) for classes {list(self.bundle.classes)}"
+            )
+        if not np.isfinite(probs).all():
+            raise BundleError(f"{self.bundle.model_path}: test inference gave non-finite output")
+        return out

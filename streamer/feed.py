@@ -1,0 +1,144 @@
+"""Karabo-bridge client: receive protocol-2.2 messages from a ZeroMQ endpoint.
+
+``REQ`` asks for each message with ``b"next"`` (a bridge REP server, our replay's
+default), ``PULL`` takes what a PUSH server sends (back-pressure, lossless), ``SUB``
+listens to a PUB server (subscribes to everything; a slow client loses messages at the
+high-water mark). Not thread-safe: use one client per thread.
+
+>>> with FeedClient("tcp://127.0.0.1:45000", timeout_s=5) as feed:   # doctest: +SKIP
+...     data, metadata = feed.next()
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from typing import Any
+
+import zmq
+
+from streamer.protocol import DEFAULT_LIMITS, Limits, deserialize
+
+log = logging.getLogger(__name__)
+
+MODES: tuple[str, ...] = ("REQ", "PULL", "SUB")
+_SOCKET_TYPES = {"REQ": zmq.REQ, "PULL": zmq.PULL, "SUB": zmq.SUB}
+
+
+class FeedClient:
+    """Iterator and context manager over ``(data, metadata)`` messages of one endpoint.
+
+    ``timeout_s`` bounds every receive (None waits forever); a timeout raises
+    TimeoutError naming the endpoint. In REQ mode a timeout also recreates the socket
+    (the REQ state machine would otherwise wait forever for the lost reply), so the
+    client goes on once a producer answers again; a reply arriving after ``timeout_s``
+    is dropped, so choose ``timeout_s`` above the producer's worst reply time.
+    ``hwm`` is the receive high-water mark in messages. ``max_message_bytes`` bounds each
+    message (ZMQ_MAXMSGSIZE per part on the socket, and the whole message in
+    :func:`~streamer.protocol.deserialize`). A ``context`` passed in is never terminated.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        mode: str = "REQ",
+        *,
+        timeout_s: float | None = 5.0,
+        hwm: int = 8,
+        max_message_bytes: int | None = None,
+        limits: Limits = DEFAULT_LIMITS,
+        context: zmq.Context | None = None,
+    ) -> None:
+        mode = mode.upper()
+        if mode not in _SOCKET_TYPES:
+            raise ValueError(f"unknown feed mode {mode!r}; use one of {MODES}")
+        if max_message_bytes is not None:
+            limits = replace(limits, max_message_bytes=int(max_message_bytes))
+        self.endpoint = endpoint
+        self.mode = mode
+        self.timeout_s = timeout_s
+        self.hwm = hwm
+        self.limits = limits
+        self.messages = 0  # messages received
+        self.bytes = 0  # bytes received
+        self._own_context = context is None
+        self._context = zmq.Context() if context is None else context
+        self._socket: zmq.Socket | None = None
+        self._pending = False  # REQ: a request is out, its reply not yet received
+        self._socket = self._make_socket()
+
+    def _make_socket(self) -> zmq.Socket:
+        sock = self._context.socket(_SOCKET_TYPES[self.mode])
+        try:
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.RCVHWM, self.hwm)
+            sock.setsockopt(zmq.MAXMSGSIZE, self.limits.max_message_bytes)
+            if self.mode == "SUB":
+                sock.setsockopt(zmq.SUBSCRIBE, b"")
+            sock.connect(self.endpoint)
+        except BaseException:
+            sock.close(linger=0)
+            raise
+        return sock
+
+    def _reset(self) -> None:
+        """REQ after a timeout: drop the socket with its pending request, start afresh."""
+        if self._socket is not None:
+            self._socket.close(linger=0)
+        self._pending = False
+        self._socket = self._make_socket()
+        log.debug("REQ socket to %s recreated after a timeout", self.endpoint)
+
+    def recv_parts(self, timeout_s: float | None = None) -> list[zmq.Frame]:
+        """The parts of the next message, without copying (``timeout_s=None``: the
+        client's default). Raises TimeoutError naming the endpoint."""
+        sock = self._socket
+        if sock is None:
+            raise RuntimeError(f"feed client for {self.endpoint} is closed")
+        timeout = self.timeout_s if timeout_s is None else timeout_s
+        if self.mode == "REQ" and not self._pending:
+            try:
+                sock.send(b"next", flags=zmq.NOBLOCK)
+            except zmq.Again:  # no peer pipe (cannot happen with connect, kept for safety)
+                self._reset()
+                raise TimeoutError(f"could not send a request to {self.endpoint}") from None
+            self._pending = True
+        ms = -1 if timeout is None else max(0, round(timeout * 1000))
+        if not sock.poll(ms, zmq.POLLIN):
+            if self.mode == "REQ":
+                self._reset()
+            raise TimeoutError(f"no message from {self.endpoint} ({self.mode}) in {timeout} s")
+        parts = sock.recv_multipart(copy=False)
+        self._pending = False
+        self.messages += 1
+        self.bytes += sum(len(p.buffer) for p in parts)
+        return parts
+
+    def next(
+        self, timeout_s: float | None = None
+    ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+        """The next message as ``(data, metadata)``; raises TimeoutError or MessageError."""
+        return deserialize(self.recv_parts(timeout_s), limits=self.limits)
+
+    def __iter__(self) -> FeedClient:
+        return self
+
+    def __next__(self) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+        return self.next()
+
+    def close(self) -> None:
+        """Close the socket, and the context if this client created it."""
+        if self._socket is not None:
+            self._socket.close(linger=0)
+            self._socket = None
+        if self._own_context and not self._context.closed:
+            self._context.term()
+
+    def __enter__(self) -> FeedClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"FeedClient({self.endpoint!r}, {self.mode!r}, timeout_s={self.timeout_s})"

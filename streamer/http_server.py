@@ -1,0 +1,92 @@
+"""The streamer's HTTP endpoint: ``/metrics`` (Prometheus), ``/ready``, ``/healthz``.
+
+Bound to 127.0.0.1 unless configured otherwise. Extra routes (the live view) register
+through :meth:`StatusServer.route`. Runs in its own daemon thread, off the hot path.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from streamer.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[str], tuple[int, str, bytes]]  # query string -> (status, type, body)
+
+
+class StatusServer:
+    """Serves metrics and readiness; ``ready`` is set by the pipeline once it can take frames."""
+
+    def __init__(self, metrics: Metrics, host: str = "127.0.0.1", port: int = 9108) -> None:
+        self.metrics = metrics
+        self.ready = threading.Event()
+        self.status: Callable[[], dict[str, Any]] = dict
+        self._routes: dict[str, Handler] = {}
+        server = self
+
+        class _Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                path, _, query = self.path.partition("?")
+                try:
+                    code, ctype, body = server.handle(path, query)
+                except Exception:  # a broken view must never take the streamer down
+                    log.exception("http: error serving %s", path)
+                    code, ctype, body = 500, "text/plain", b"internal error\n"
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Cache-Control", "no-store")
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                log.debug("http: " + format, *args)
+
+        self._httpd = ThreadingHTTPServer((host, port), _Handler)
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, name="http", daemon=True
+        )
+
+    @property
+    def port(self) -> int:
+        return int(self._httpd.server_address[1])
+
+    @property
+    def url(self) -> str:
+        host = self._httpd.server_address[0]
+        return f"http://{host}:{self.port}"
+
+    def route(self, path: str, handler: Handler) -> None:
+        self._routes[path] = handler
+
+    def handle(self, path: str, query: str) -> tuple[int, str, bytes]:
+        if path == "/metrics":
+            return 200, CONTENT_TYPE_LATEST, generate_latest(self.metrics.registry)
+        if path == "/ready":
+            ok = self.ready.is_set()
+            return (200 if ok else 503), "text/plain", b"ready\n" if ok else b"not ready\n"
+        if path == "/healthz":
+            return 200, "text/plain", b"ok\n"
+        if path == "/status":
+            return 200, "application/json", json.dumps(self.status(), default=str).encode()
+        if path in self._routes:
+            return self._routes[path](query)
+        return 404, "text/plain", b"not found\n"
+
+    def start(self) -> StatusServer:
+        self._thread.start()
+        log.info("metrics on %s/metrics", self.url)
+        return self
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()

@@ -1,0 +1,158 @@
+"""Prometheus metrics of one streamer (``hitstream_`` prefix, own registry, no globals)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
+)  # fmt: skip
+
+
+class Metrics:
+    """Every counter the streamer exports, plus a short history for the summary/live view."""
+
+    def __init__(self, classes: tuple[str, ...] = (), hit_classes: tuple[str, ...] = ()) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.messages_received = Counter(
+            "hitstream_messages_received", "Messages received from the feed", registry=r
+        )
+        self.frames_received = Counter(
+            "hitstream_frames_received", "Frames decoded from the feed", registry=r
+        )
+        self.frames_classified = Counter(
+            "hitstream_frames_classified", "Frames labelled by the model", registry=r
+        )
+        self.frames_rejected = Counter(
+            "hitstream_frames_rejected",
+            "Frames or messages refused, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.frames_dropped = Counter(
+            "hitstream_frames_dropped",
+            "Frames lost: queue overflow in live mode, or gaps in train ids",
+            ["reason"],
+            registry=r,
+        )
+        self.frames_kept = Counter(
+            "hitstream_frames_kept", "Frames written to the kept data", registry=r
+        )
+        self.class_frames = Counter(
+            "hitstream_class_frames", "Frames per predicted class", ["class_name"], registry=r
+        )
+        self.hit_rate = Gauge(
+            "hitstream_hit_rate", "Fraction of hits over the last 10 s", registry=r
+        )
+        self.class_fraction = Gauge(
+            "hitstream_class_fraction",
+            "Fraction of frames per class over the last 10 s",
+            ["class_name"],
+            registry=r,
+        )
+        self.batch_latency = Histogram(
+            "hitstream_batch_inference_seconds",
+            "Model time per batch",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.frame_latency = Histogram(
+            "hitstream_frame_latency_seconds",
+            "Time from receiving a frame to its label",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "hitstream_batch_frames",
+            "Frames per inference batch",
+            buckets=(1, 8, 32, 64, 128, 256, 512, 1024),
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "hitstream_queue_depth", "Items waiting per pipeline queue", ["queue"], registry=r
+        )
+        self.bytes_written = Gauge(
+            "hitstream_bytes_written", "Bytes written to output files", registry=r
+        )
+        self.files_rotated = Counter(
+            "hitstream_files_rotated", "Output files finished and renamed", registry=r
+        )
+        self.free_disk_bytes = Gauge(
+            "hitstream_output_free_bytes", "Free bytes on the output filesystem", registry=r
+        )
+        self.model_info = Info("hitstream_model", "Model bundle in use", registry=r)
+        self.engine_info = Info("hitstream_engine", "Inference provider in use", registry=r)
+        self.model_swaps = Counter(
+            "hitstream_model_swaps", "Model bundles switched in, by result", ["result"], registry=r
+        )
+        self.up = Gauge("hitstream_up", "1 while the pipeline runs", registry=r)
+        self.last_frame_time = Gauge(
+            "hitstream_last_frame_timestamp_seconds",
+            "Wall-clock time of the last frame received",
+            registry=r,
+        )
+        self._lock = threading.Lock()
+        self._window: deque[tuple[float, np.ndarray]] = deque()
+        self.window_s = 10.0
+        self.set_classes(classes, hit_classes)
+
+    def set_classes(self, classes: tuple[str, ...], hit_classes: tuple[str, ...]) -> None:
+        """Adopt the class list of a (new) model."""
+        with self._lock:
+            self.classes = tuple(classes)
+            self._hit = np.array([c in hit_classes for c in classes], dtype=bool)
+            self._window.clear()
+            self.totals = dict.fromkeys(classes, 0)
+        for c in classes:
+            self.class_frames.labels(class_name=c)
+
+    def observe_labels(self, label: np.ndarray, now: float | None = None) -> None:
+        """Count a batch's labels (indices into ``classes``; -1 = unlabelled)."""
+        now = time.monotonic() if now is None else now
+        n = len(self.classes)
+        counts = np.bincount(label[label >= 0], minlength=n)[:n]
+        with self._lock:
+            for c, k in zip(self.classes, counts, strict=True):
+                if k:
+                    self.totals[c] += int(k)
+                    self.class_frames.labels(class_name=c).inc(int(k))
+            self._window.append((now, counts))
+            while self._window and self._window[0][0] < now - self.window_s:
+                self._window.popleft()
+            recent = np.sum([c for _, c in self._window], axis=0)
+        total = recent.sum()
+        if total:
+            self.hit_rate.set(float(recent[self._hit].sum() / total))
+            for c, k in zip(self.classes, recent, strict=True):
+                self.class_fraction.labels(class_name=c).set(float(k / total))
+
+    def rejected(self, reason: str, frames: int = 1) -> None:
+        self.frames_rejected.labels(reason=reason).inc(frames)
+
+    def dropped(self, reason: str, frames: int) -> None:
+        self.frames_dropped.labels(reason=reason).inc(frames)
+
+    def value(self, name: str, **labels: str) -> float:
+        """Current value of a sample (for summaries and tests)."""
+        v = self.registry.get_sample_value(name, labels or None)
+        return float(v) if v is not None else 0.0
+
+    def rejected_by_reason(self) -> dict[str, float]:
+        return self._by_label("hitstream_frames_rejected_total", "reason")
+
+    def dropped_by_reason(self) -> dict[str, float]:
+        return self._by_label("hitstream_frames_dropped_total", "reason")
+
+    def _by_label(self, sample: str, label: str) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for metric in self.registry.collect():
+            for s in metric.samples:
+                if s.name == sample:
+                    out[s.labels[label]] = s.value
+        return out

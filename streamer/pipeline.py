@@ -1,0 +1,395 @@
+"""The live consumer: receive → batch → infer → write, each stage in its own thread.
+
+Stages talk through bounded queues. In ``lossless`` mode a full queue blocks the stage
+before it, back to the feed (REQ stops asking, PUSH senders block): nothing is lost. In
+``live`` mode the receiver never blocks: a batch that finds no room is dropped and
+counted, and gaps in train ids are counted as dropped frames.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import Counter as Tally
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from streamer.batcher import Batcher, StagedBatch
+from streamer.bundle import load_bundle
+from streamer.config import ServeConfig, to_dict
+from streamer.decision import decide, keep_mask_for, threshold_vector
+from streamer.decode import SourceSpec, decode_message
+from streamer.engine import Engine
+from streamer.errors import HitstreamError, MessageError
+from streamer.feed import FeedClient
+from streamer.geometry import DetectorGeometry
+from streamer.metrics import Metrics
+from streamer.protocol import Limits, deserialize
+from streamer.run_index import build_run_index
+from streamer.types import EndOfRun, ResultBatch
+from streamer.writer import RollingWriter, WriterConfig
+
+log = logging.getLogger(__name__)
+
+_STOP = object()  # queue sentinel
+
+
+@dataclass
+class RunSummary:
+    """What a run did, for the log, the demo and tests."""
+
+    run: str
+    model: str
+    provider: str
+    frames_received: int = 0
+    frames_classified: int = 0
+    frames_kept: int = 0
+    rejected: dict[str, float] = field(default_factory=dict)
+    dropped: dict[str, float] = field(default_factory=dict)
+    per_class: dict[str, int] = field(default_factory=dict)
+    hit_rate: float = 0.0
+    elapsed_s: float = 0.0
+    frames_per_s: float = 0.0
+    files: list[str] = field(default_factory=list)
+    index: str | None = None
+    end_of_run: dict[str, Any] | None = None
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class _Model:
+    """Engine plus the decision vectors derived from its bundle and the output config."""
+
+    def __init__(self, engine: Engine, keep_classes: list[str] | None) -> None:
+        self.engine = engine
+        b = engine.bundle
+        self.classes = b.classes
+        self.keep_by_class = keep_mask_for(
+            b.classes, keep_classes if keep_classes is not None else b.keep_classes
+        )
+        self.min_prob = threshold_vector(b.classes, b.thresholds)
+        self.version = b.label
+
+    def classify(self, staged: StagedBatch) -> ResultBatch:
+        batch = staged.batch
+        out = self.engine.infer(batch.frames)
+        probs = np.asarray(out["probabilities"], dtype=np.float32)
+        label, keep = decide(probs, self.keep_by_class, self.min_prob)
+        tdist = out.get("template_distance")
+        n = len(batch)
+        return ResultBatch(
+            batch=batch,
+            probabilities=probs,
+            label=label,
+            template_distance=(
+                np.asarray(tdist, np.float32).reshape(n)
+                if tdist is not None
+                else np.full(n, np.nan, np.float32)
+            ),
+            keep=keep,
+            model_version=self.version,
+            classes=self.classes,
+        )
+
+
+class Pipeline:
+    """One streamer worker. ``run()`` blocks until the run ends or :meth:`stop` is called."""
+
+    def __init__(self, config: ServeConfig, *, metrics: Metrics | None = None) -> None:
+        self.config = config
+        bundle = load_bundle(config.model)
+        engine = Engine(bundle, config.engine)
+        engine.self_test()
+        self.model = _Model(engine, config.output.keep_classes)
+        self.metrics = metrics or Metrics()
+        self.metrics.set_classes(bundle.classes, bundle.hit_classes)
+        self.metrics.model_info.info(
+            {"name": bundle.name, "version": bundle.version, "path": str(bundle.path)}
+        )
+        self.metrics.engine_info.info(
+            {"provider": engine.provider, "providers": ",".join(engine.providers)}
+        )
+        self.pool = engine.pool
+        self.batcher = Batcher(self.pool, config.engine.max_batch, config.pipeline.max_delay_s)
+        self.spec = SourceSpec(
+            source=config.feed.source,
+            key=config.feed.key,
+            axis_order=config.feed.axis_order,
+            frame_shape=bundle.frame_shape,
+        )
+        out = config.output
+        self.writer = RollingWriter(
+            WriterConfig(
+                out_dir=Path(out.dir),
+                run=out.run,
+                worker=out.worker,
+                max_frames=out.max_frames,
+                max_bytes=out.max_bytes,
+                max_seconds=out.max_seconds,
+                compression=out.compression,
+                flush_every_s=out.flush_every_s,
+                min_free_bytes=out.min_free_bytes,
+            ),
+            classes=bundle.classes,
+            frame_shape=bundle.frame_shape,
+            geometry=DetectorGeometry(shape=bundle.frame_shape),
+            attrs={"model": bundle.label, "provider": engine.provider},
+        )
+        q = config.pipeline.queue_size
+        self._infer_q: queue.Queue[Any] = queue.Queue(maxsize=q)
+        self._write_q: queue.Queue[Any] = queue.Queue(maxsize=q)
+        self._stop = threading.Event()
+        self._done = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._errors: list[str] = []
+        self._end: EndOfRun | None = None
+        self._last_train: int | None = None
+        self._reject_logged: Tally[str] = Tally()
+        self._t0 = 0.0
+        self._t_last = 0.0
+        self.ready = threading.Event()
+
+    # -- control -------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the pipeline to finish its batches, close its files and return from run()."""
+        self._stop.set()
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "model": self.model.version,
+            "provider": self.model.engine.provider,
+            "frames_received": self.metrics.value("hitstream_frames_received_total"),
+            "frames_classified": self.metrics.value("hitstream_frames_classified_total"),
+            "per_class": dict(self.metrics.totals),
+            "config": to_dict(self.config),
+        }
+
+    def run(self) -> RunSummary:
+        lossless = self.config.pipeline.mode == "lossless"
+        n_inf = self.config.pipeline.inference_threads
+        self._threads = [
+            threading.Thread(target=self._infer_loop, name=f"infer-{i}", daemon=True)
+            for i in range(n_inf)
+        ]
+        self._threads.append(threading.Thread(target=self._write_loop, name="write", daemon=True))
+        for t in self._threads:
+            t.start()
+        self.metrics.up.set(1)
+        self._t0 = time.monotonic()
+        try:
+            self._receive_loop(lossless)
+        except Exception as exc:  # keep files consistent whatever happened
+            log.exception("receiver failed")
+            self._errors.append(f"receiver: {exc}")
+        finally:
+            staged = self.batcher.flush()
+            if staged is not None:
+                self._infer_q.put(staged)
+            for _ in range(n_inf):
+                self._infer_q.put(_STOP)
+            for t in self._threads[:-1]:
+                t.join()
+            self._write_q.put(_STOP)
+            self._threads[-1].join()
+            self.metrics.up.set(0)
+        return self._summary()
+
+    # -- stages --------------------------------------------------------------------------
+
+    def _receive_loop(self, lossless: bool) -> None:
+        cfg = self.config
+        limits = Limits(max_message_bytes=cfg.feed.max_message_bytes)
+        idle = cfg.pipeline.idle_timeout_s
+        with FeedClient(
+            cfg.feed.endpoint,
+            cfg.feed.mode,
+            timeout_s=cfg.feed.reconnect_s,
+            hwm=cfg.feed.hwm,
+            max_message_bytes=cfg.feed.max_message_bytes,
+        ) as feed:
+            self.ready.set()
+            log.info("receiving from %s (%s, %s mode)", cfg.feed.endpoint, cfg.feed.mode,
+                     cfg.pipeline.mode)
+            last_activity = time.monotonic()
+            while not self._stop.is_set():
+                try:
+                    parts = feed.recv_parts(timeout_s=cfg.feed.poll_s)
+                except TimeoutError:
+                    parts = None
+                now = time.monotonic()
+                if parts is not None:
+                    last_activity = now
+                    if self._handle_message(parts, limits, lossless) and cfg.pipeline.stop_at_end:
+                        break
+                staged = self.batcher.due(now)
+                if staged is not None:
+                    self._enqueue(staged, lossless)
+                if idle > 0 and now - last_activity > idle:
+                    log.info("no frames for %.1f s: stopping", idle)
+                    break
+                self.metrics.queue_depth.labels(queue="infer").set(self._infer_q.qsize())
+                self.metrics.queue_depth.labels(queue="write").set(self._write_q.qsize())
+
+    def _handle_message(self, parts: list[Any], limits: Limits, lossless: bool) -> bool:
+        """Decode, count and stage one message; True when it was the end-of-run marker."""
+        m = self.metrics
+        m.messages_received.inc()
+        try:
+            data, meta = deserialize(parts, limits=limits)
+            decoded = decode_message(data, meta, self.spec, now=time.time())
+        except MessageError as exc:
+            self._count_reject(exc.reason, 1, exc.detail)
+            return False
+        for reason, n in decoded.rejected.items():
+            self._count_reject(reason, n, "frames refused inside a message")
+        if decoded.end is not None:
+            self._end = decoded.end
+            log.info("end of run %r from the feed (%d frames sent)", decoded.end.run,
+                     decoded.end.frames)
+            return True
+        fb = decoded.batch
+        if fb is None or len(fb) == 0:
+            return False
+        m.frames_received.inc(len(fb))
+        m.last_frame_time.set(time.time())
+        self._check_gap(int(fb.train_id[0]), int(fb.train_id[-1]), len(fb))
+        if self._t0 == 0.0:
+            self._t0 = time.monotonic()
+        ready, dropped = self.batcher.add(fb, block=lossless)
+        if dropped:
+            m.dropped("no_buffer", dropped)
+        for staged in ready:
+            self._enqueue(staged, lossless)
+        return False
+
+    def _check_gap(self, first: int, last: int, n: int) -> None:
+        prev = self._last_train
+        if prev is not None and first > prev + 1:
+            missing_trains = first - prev - 1
+            per_train = max(1, n // max(1, last - first + 1))
+            self.metrics.dropped("train_gap", missing_trains * per_train)
+        if prev is None or last > prev:
+            self._last_train = last
+
+    def _count_reject(self, reason: str, n: int, detail: str) -> None:
+        self.metrics.rejected(reason, n)
+        self._reject_logged[reason] += 1
+        k = self._reject_logged[reason]
+        if k <= 5 or k % 1000 == 0:
+            log.warning("rejected (%s, #%d): %s", reason, k, detail)
+
+    def _enqueue(self, staged: StagedBatch, lossless: bool) -> None:
+        if lossless:
+            self._infer_q.put(staged)
+            return
+        try:
+            self._infer_q.put_nowait(staged)
+        except queue.Full:
+            self.metrics.dropped("queue_full", len(staged.batch))
+            self.pool.release(staged.pool_index)
+
+    def _infer_loop(self) -> None:
+        m = self.metrics
+        while True:
+            staged = self._infer_q.get()
+            if staged is _STOP:
+                return
+            t = time.monotonic()
+            try:
+                result = self.model.classify(staged)
+            except Exception as exc:  # a failing batch is counted, never fatal
+                log.exception("inference failed on a batch of %d frames", len(staged.batch))
+                m.rejected("inference", len(staged.batch))
+                self._errors.append(f"inference: {exc}")
+                self.pool.release(staged.pool_index)
+                continue
+            done = time.monotonic()
+            m.batch_latency.observe(done - t)
+            m.batch_size.observe(len(staged.batch))
+            for lat in (done - staged.batch.received)[:: max(1, len(staged.batch) // 16)]:
+                m.frame_latency.observe(float(lat))
+            m.frames_classified.inc(len(staged.batch))
+            m.observe_labels(result.label, done)
+            self._write_q.put((result, staged.pool_index))
+
+    def _write_loop(self) -> None:
+        m, w = self.metrics, self.writer
+        failed = False
+        files_before = 0
+        while True:
+            try:
+                item = self._write_q.get(timeout=self.config.output.flush_every_s)
+            except queue.Empty:
+                if not failed:
+                    self._guard(w.flush)
+                continue
+            if item is _STOP:
+                break
+            result, pool_index = item
+            try:
+                if not failed:
+                    failed = not self._guard(lambda r=result: w.write(r))
+                    if not failed:
+                        m.frames_kept.inc(int(result.keep.sum()))
+                        self._t_last = time.monotonic()
+                if failed:
+                    m.dropped("writer_stopped", len(result))
+            finally:
+                self.pool.release(pool_index)
+            m.bytes_written.set(w.bytes_written)
+            if len(w.files_closed) != files_before:
+                m.files_rotated.inc(len(w.files_closed) - files_before)
+                files_before = len(w.files_closed)
+        self._guard(w.close)
+        m.files_rotated.inc(len(w.files_closed) - files_before)
+
+    def _guard(self, fn: Any) -> bool:
+        """Run a writer call; on failure log it, stop the run and report False."""
+        try:
+            fn()
+            return True
+        except HitstreamError as exc:
+            log.error("writer: %s", exc)
+        except OSError as exc:
+            log.error("writer: I/O error: %s", exc)
+        self._errors.append(f"writer: {exc}")
+        self._stop.set()
+        return False
+
+    # -- summary -------------------------------------------------------------------------
+
+    def _summary(self) -> RunSummary:
+        m = self.metrics
+        cfg = self.config
+        s = RunSummary(run=cfg.output.run, model=self.model.version,
+                       provider=self.model.engine.provider)
+        s.frames_received = int(m.value("hitstream_frames_received_total"))
+        s.frames_classified = int(m.value("hitstream_frames_classified_total"))
+        s.frames_kept = int(m.value("hitstream_frames_kept_total"))
+        s.rejected = m.rejected_by_reason()
+        s.dropped = m.dropped_by_reason()
+        s.per_class = dict(m.totals)
+        hits = sum(v for c, v in s.per_class.items() if c in self.model.engine.bundle.hit_classes)
+        s.hit_rate = hits / s.frames_classified if s.frames_classified else 0.0
+        s.elapsed_s = max(0.0, (self._t_last or time.monotonic()) - self._t0)
+        s.frames_per_s = s.frames_classified / s.elapsed_s if s.elapsed_s > 0 else 0.0
+        s.files = [str(p) for p in self.writer.files_closed]
+        if self._end is not None:
+            s.end_of_run = {"run": self._end.run, "frames": self._end.frames,
+                            "trains": self._end.trains}
+        if s.files:
+            try:
+                s.index = str(build_run_index(Path(cfg.output.dir), cfg.output.run))
+            except (HitstreamError, OSError) as exc:
+                log.error("run index: %s", exc)
+                self._errors.append(f"index: {exc}")
+        s.error = "; ".join(self._errors) or None
+        return s

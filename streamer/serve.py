@@ -1,0 +1,134 @@
+"""``streamer serve``: classify a Karabo-bridge feed and write rolling CXI files."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from streamer.config import load_config, parse_override, to_dict
+from streamer.engine import PROVIDER_CHOICES
+from streamer.http_server import StatusServer
+from streamer.metrics import Metrics
+from streamer.pipeline import Pipeline, RunSummary
+
+HELP = "classify frames from a ZeroMQ (Karabo bridge 2.2) feed and write rolling CXI files"
+log = logging.getLogger("streamer.serve")
+
+# command-line flag -> dotted config key
+FLAG_KEYS = {
+    "model": "model",
+    "endpoint": "feed.endpoint",
+    "feed_mode": "feed.mode",
+    "source": "feed.source",
+    "key": "feed.key",
+    "mode": "pipeline.mode",
+    "out": "output.dir",
+    "run": "output.run",
+    "worker": "output.worker",
+    "provider": "engine.provider",
+    "batch": "engine.max_batch",
+    "threads": "engine.intra_op_threads",
+    "metrics_host": "metrics.host",
+    "metrics_port": "metrics.port",
+    "idle_timeout": "pipeline.idle_timeout_s",
+}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="TOML config file (see deploy/streamer.toml)")
+    p.add_argument("--model", help="model bundle directory (default models/default)")
+    p.add_argument("--endpoint", help="feed endpoint, e.g. tcp://127.0.0.1:45000")
+    p.add_argument("--feed-mode", choices=("REQ", "PULL", "SUB"), help="ZeroMQ pattern")
+    p.add_argument("--source", help="Karabo source name (default: first with the key)")
+    p.add_argument("--key", help="array key of the frames (default image.data)")
+    p.add_argument("--mode", choices=("lossless", "live"), help="overload policy")
+    p.add_argument("--out", help="output directory")
+    p.add_argument("--run", help="run name (file prefix)")
+    p.add_argument("--worker", help="worker name (file infix)")
+    p.add_argument("--provider", choices=PROVIDER_CHOICES, help="onnxruntime provider")
+    p.add_argument("--batch", type=int, help="max frames per inference batch")
+    p.add_argument("--threads", type=int, help="onnxruntime intra-op threads (CPU)")
+    p.add_argument("--metrics-host", help="address of the metrics endpoint")
+    p.add_argument("--metrics-port", type=int, help="metrics port (0: any free, -1: off)")
+    p.add_argument("--idle-timeout", type=float, help="stop after this many idle seconds")
+    p.add_argument("--keep-running", action="store_true",
+                   help="do not stop at the feed's end-of-run marker")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override any config key (repeatable)")
+    p.add_argument("--summary-json", type=Path, help="also write the run summary here")
+
+
+def run(args: argparse.Namespace) -> int:
+    overrides: dict[str, Any] = {
+        key: getattr(args, flag) for flag, key in FLAG_KEYS.items() if getattr(args, flag)
+        is not None
+    }
+    if args.keep_running:
+        overrides["pipeline.stop_at_end"] = False
+    for item in args.set:
+        k, v = parse_override(item)
+        overrides[k] = v
+    config = load_config(args.config, overrides)
+    log.debug("config: %s", json.dumps(to_dict(config)))
+    metrics = Metrics()
+    pipeline = Pipeline(config, metrics=metrics)
+    server = None
+    if config.metrics.port >= 0:
+        server = StatusServer(metrics, config.metrics.host, config.metrics.port).start()
+        server.status = pipeline.status
+    stop_signals = _install_signal_handlers(pipeline)
+    try:
+        summary = _run_with_ready_line(pipeline, server)
+    finally:
+        stop_signals()
+        if server is not None:
+            server.stop()
+    _report(summary, args.summary_json)
+    return 1 if summary.error else 0
+
+
+def _run_with_ready_line(pipeline: Pipeline, server: StatusServer | None) -> RunSummary:
+    def announce() -> None:
+        if pipeline.ready.wait():
+            if server is not None:
+                server.ready.set()
+            where = f" metrics {server.url}/metrics" if server else ""
+            print(f"streamer ready{where}", flush=True)
+
+    threading.Thread(target=announce, daemon=True).start()
+    return pipeline.run()
+
+
+def _install_signal_handlers(pipeline: Pipeline) -> Any:
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = {}
+
+    def handler(signum: int, _frame: Any) -> None:
+        log.info("signal %d: finishing batches and closing files", signum)
+        pipeline.stop()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        previous[sig] = signal.signal(sig, handler)
+
+    def restore() -> None:
+        for sig, h in previous.items():
+            signal.signal(sig, h)
+
+    return restore
+
+
+def _report(summary: RunSummary, path: Path | None) -> None:
+    d = summary.as_dict()
+    text = json.dumps(d, default=str)
+    print(f"summary {text}", flush=True)
+    if path is not None:
+        path.write_text(json.dumps(d, indent=2, default=str) + "\n", encoding="utf-8")
+    if summary.error:
+        print(f"streamer: finished with errors: {summary.error}", file=sys.stderr)

@@ -1,0 +1,609 @@
+"""Rolling, CXI-compatible HDF5 output: kept frames plus the decision of every frame seen.
+
+Files are named ``<run>_<worker>_<seq:04d>.cxi``. Each is written as ``<name>.part`` in SWMR
+mode (readers may open it with ``h5py.File(p, "r", libver="latest", swmr=True)``) and renamed
+with :func:`os.replace` only once it is complete, so a finished name is always a complete
+file. A new file starts when the current one holds ``max_frames`` kept frames (exactly: a
+batch is split between files when needed), reaches ``max_bytes`` (checked after each batch)
+or is ``max_seconds`` old (checked at each write and flush), whichever comes first. Files
+are opened lazily on the first frame, so no file is ever without frames.
+
+Layout of one file (CXI 1.6; ``N`` kept frames, ``M`` frames seen, ``C`` classes)::
+
+    /cxi_version                                   int 160
+    /entry_1                                       attrs: run, worker, sequence, classes,
+                                                   model (first model), models_at_open,
+                                                   hitstream_version, frame_shape,
+                                                   compression, geometry_* , user attrs
+    /entry_1/experiment_identifier                 str, the run name
+    /entry_1/start_time, /entry_1/end_time         ISO 8601 UTC str (end_time "" until closed)
+    /entry_1/models                                (K,) str "name:version", K grows on a swap
+    /entry_1/instrument_1/detector_1/data          (N, H, W) float32, chunks (1, H, W)
+    /entry_1/instrument_1/detector_1/distance      m        (only with a geometry)
+    /entry_1/instrument_1/detector_1/x_pixel_size  m        (only with a geometry)
+    /entry_1/instrument_1/detector_1/y_pixel_size  m        (only with a geometry)
+    /entry_1/instrument_1/source_1/energy          J, attr wavelength (m) (only with geometry)
+    /entry_1/data_1/data                           soft link to detector_1/data
+    /entry_1/result_1/{train_id (u8), pulse_id (u4), timestamp (f8, s), label (i2),
+                       probabilities (N, C) f4, template_distance (f4),
+                       model (i2, index into /entry_1/models)}     one row per kept frame
+    /entry_1/frames/{same columns, kept (bool), kept_index (i8, row of the kept data or -1)}
+                                                   one row per frame seen, in arrival order
+
+The writer is not thread-safe: one thread owns it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import h5py
+import hdf5plugin
+import numpy as np
+
+import streamer
+from streamer.errors import ConfigError, DiskFullError, OutputError
+from streamer.geometry import DetectorGeometry
+from streamer.types import ResultBatch
+
+CXI_VERSION = 160
+DATA_PATH = "/entry_1/instrument_1/detector_1/data"
+DATA_LINK = "/entry_1/data_1/data"
+DETECTOR_GROUP = "/entry_1/instrument_1/detector_1"
+SOURCE_GROUP = "/entry_1/instrument_1/source_1"
+KEPT_GROUP = "/entry_1/result_1"
+FRAMES_GROUP = "/entry_1/frames"
+MODELS_PATH = "/entry_1/models"
+FILE_SUFFIX = ".cxi"
+PART_SUFFIX = ".part"
+
+#: Columns of both tables (name -> dtype); ``probabilities`` is 2-D (rows, classes).
+COLUMNS: dict[str, np.dtype] = {
+    "train_id": np.dtype(np.uint64),
+    "pulse_id": np.dtype(np.uint32),
+    "timestamp": np.dtype(np.float64),
+    "label": np.dtype(np.int16),
+    "probabilities": np.dtype(np.float32),
+    "template_distance": np.dtype(np.float32),
+    "model": np.dtype(np.int16),
+}
+#: Columns only the all-frames table has.
+FRAME_ONLY_COLUMNS: dict[str, np.dtype] = {
+    "kept": np.dtype(np.bool_),
+    "kept_index": np.dtype(np.int64),
+}
+COMPRESSIONS = ("bitshuffle-lz4", "lz4", "zstd", "gzip", "none")
+TABLE_CHUNK = 4096
+MODEL_STR_BYTES = 256
+_MODEL_DTYPE = h5py.string_dtype("utf-8", MODEL_STR_BYTES)
+_TIME_DTYPE = h5py.string_dtype("utf-8", 32)
+_RUN_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
+_WORKER_RE = re.compile(r"[A-Za-z0-9-][A-Za-z0-9.-]{0,99}")
+_PLANCK_C = 6.62607015e-34 * 299_792_458.0  # h * c in J m
+
+
+def compression_options(name: str) -> dict[str, Any]:
+    """Keyword arguments of ``create_dataset`` for a compression name of :data:`COMPRESSIONS`."""
+    if name == "bitshuffle-lz4":
+        return dict(hdf5plugin.Bitshuffle(cname="lz4"))
+    if name == "lz4":
+        return dict(hdf5plugin.LZ4())
+    if name == "zstd":
+        return dict(hdf5plugin.Zstd())
+    if name == "gzip":
+        return {"compression": "gzip", "compression_opts": 1, "shuffle": True}
+    if name == "none":
+        return {}
+    raise ConfigError(f"compression {name!r}: choose one of {', '.join(COMPRESSIONS)}")
+
+
+def file_name(run: str, worker: str, seq: int) -> str:
+    """Final name of file ``seq`` of a run and worker."""
+    return f"{run}_{worker}_{seq:04d}{FILE_SUFFIX}"
+
+
+def file_pattern(run: str, worker: str | None = None) -> re.Pattern[str]:
+    """Regex of the run's file names (finished or ``.part``); groups ``worker``, ``seq``, ``part``.
+
+    Worker names cannot contain ``_``, so run ``a`` never matches the files of run ``a_b``.
+    """
+    w = re.escape(worker) if worker is not None else r"[A-Za-z0-9.-]+"
+    return re.compile(
+        rf"{re.escape(run)}_(?P<worker>{w})_(?P<seq>\d{{4,}}){re.escape(FILE_SUFFIX)}"
+        rf"(?P<part>{re.escape(PART_SUFFIX)})?"
+    )
+
+
+def check_name(kind: str, value: str) -> str:
+    """Return ``value`` if it is a safe run/worker name, else raise :class:`ConfigError`.
+
+    Run names: ``[A-Za-z0-9._-]``, 1-100 characters, no leading dot. Worker names: the same
+    without ``_`` (it separates run, worker and sequence number in file names). Names are
+    checked, not rewritten, so a file name always says exactly what was configured.
+    """
+    pattern = _WORKER_RE if kind == "worker" else _RUN_RE
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        allowed = "[A-Za-z0-9.-]" if kind == "worker" else "[A-Za-z0-9._-]"
+        raise ConfigError(
+            f"writer {kind} name {value!r}: use 1-100 characters of {allowed}, not starting "
+            "with '.'"
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class WriterConfig:
+    """Where and how the rolling writer writes.
+
+    ``max_frames`` counts kept frames per file; ``max_bytes`` is the file size (checked after
+    each batch, so a file may exceed it by up to one batch); ``max_seconds`` is the age of a
+    file. ``flush_every_s`` = 0 flushes after every batch. ``min_free_bytes`` > 0 makes the
+    writer raise :class:`DiskFullError` (after finishing the open file) when the output
+    directory's free space falls below it; checked before opening a file and at every flush.
+    """
+
+    out_dir: Path
+    run: str = "run"
+    worker: str = "w0"
+    max_frames: int = 10_000
+    max_bytes: int = 2 * 1024**3
+    max_seconds: float = 300.0
+    compression: str = "bitshuffle-lz4"
+    swmr: bool = True
+    flush_every_s: float = 1.0
+    min_free_bytes: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "out_dir", Path(self.out_dir))
+        check_name("run", self.run)
+        check_name("worker", self.worker)
+        compression_options(self.compression)
+        if self.max_frames < 1:
+            raise ConfigError(f"writer max_frames={self.max_frames}: must be >= 1")
+        if self.max_bytes < 1:
+            raise ConfigError(f"writer max_bytes={self.max_bytes}: must be >= 1")
+        if self.max_seconds < 0 or self.flush_every_s < 0:
+            raise ConfigError("writer max_seconds and flush_every_s must be >= 0")
+        if self.min_free_bytes < 0:
+            raise ConfigError(f"writer min_free_bytes={self.min_free_bytes}: must be >= 0")
+
+
+def next_sequence(out_dir: Path, run: str, worker: str) -> int:
+    """One more than the highest sequence number of the run/worker in ``out_dir`` (0 if none)."""
+    pattern = file_pattern(run, worker)
+    seqs = [
+        int(m["seq"])
+        for entry in os.scandir(out_dir)
+        if (m := pattern.fullmatch(entry.name)) is not None
+    ]
+    return max(seqs) + 1 if seqs else 0
+
+
+def _utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _attr_value(value: Any) -> Any:
+    """Dicts (and lists of dicts) become JSON text; other values go to h5py as they are."""
+    if isinstance(value, Mapping) or (
+        isinstance(value, list | tuple) and any(isinstance(v, Mapping) for v in value)
+    ):
+        return json.dumps(value, sort_keys=True)
+    return value
+
+
+@dataclass
+class _OpenFile:
+    """State of the ``.part`` file being written."""
+
+    h5: h5py.File
+    part: Path
+    final: Path
+    opened: float
+    data: h5py.Dataset
+    kept: dict[str, h5py.Dataset]
+    frames: dict[str, h5py.Dataset]
+    models_ds: h5py.Dataset
+    end_time: h5py.Dataset
+    models: dict[str, int] = field(default_factory=dict)
+    n_kept: int = 0
+    n_frames: int = 0
+    last_flush: float = 0.0
+
+    def datasets(self) -> list[h5py.Dataset]:
+        """In flush order: model list, kept data, kept table, all-frames table.
+
+        Whatever a flushed row refers to (a model, a kept row) is flushed before it.
+        """
+        return [self.models_ds, self.data, *self.kept.values(), *self.frames.values()]
+
+
+class RollingWriter:
+    """Writes :class:`ResultBatch` es to rolling CXI files; a context manager.
+
+    Example::
+
+        cfg = WriterConfig(Path("out"), run="r0042", worker="w0", max_frames=5000)
+        with RollingWriter(cfg, classes=("empty", "single"), frame_shape=(260, 257)) as w:
+            for result in results:
+                w.write(result)
+        print(w.files_closed)
+    """
+
+    def __init__(
+        self,
+        config: WriterConfig,
+        *,
+        classes: tuple[str, ...],
+        frame_shape: tuple[int, int],
+        geometry: DetectorGeometry | None = None,
+        attrs: dict[str, Any] | None = None,
+    ) -> None:
+        self.config = config
+        self.classes = tuple(str(c) for c in classes)
+        if not self.classes:
+            raise ConfigError("writer classes: need at least one class")
+        self.frame_shape = (int(frame_shape[0]), int(frame_shape[1]))
+        self.geometry = geometry
+        self.attrs = dict(attrs or {})
+        self._compression = compression_options(config.compression)
+        config.out_dir.mkdir(parents=True, exist_ok=True)
+        self._seq = next_sequence(config.out_dir, config.run, config.worker)
+        self._file: _OpenFile | None = None
+        self._closed = False
+        self._bytes_closed = 0
+        self.files_closed: list[Path] = []
+        self.frames_seen = 0
+        self.frames_kept = 0
+
+    # -- public API -----------------------------------------------------------------------
+
+    @property
+    def current_path(self) -> Path | None:
+        """The ``.part`` file being written, or None between files."""
+        return self._file.part if self._file is not None else None
+
+    @property
+    def bytes_written(self) -> int:
+        """Size of the finished files plus the current size of the open one."""
+        open_size = self._file.h5.id.get_filesize() if self._file is not None else 0
+        return self._bytes_closed + open_size
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def write(self, result: ResultBatch) -> None:
+        """Append one batch: every frame to the all-frames table, kept ones to the data."""
+        if self._closed:
+            raise OutputError(f"writer for {self.config.out_dir}/{self.config.run}: closed")
+        n = self._validate(result)
+        if n == 0:
+            return
+        now = time.monotonic()
+        if self._file is not None and self._flush_due(now):
+            self._guard_disk()
+        keep = np.asarray(result.keep, dtype=bool)
+        kept_pos = np.flatnonzero(keep)
+        start = 0
+        kept_before = 0  # kept frames of this batch before ``start``
+        while start < n:
+            if self._file is None:
+                self._open(result.model_version)
+            f = self._file
+            assert f is not None
+            room = self.config.max_frames - f.n_kept
+            if len(kept_pos) - kept_before > room:
+                end = int(kept_pos[kept_before + room])
+            else:
+                end = n
+            n_kept = self._append(f, result, keep, start, end)
+            self.frames_seen += end - start
+            self.frames_kept += n_kept
+            kept_before += n_kept
+            start = end
+            if f.n_kept >= self.config.max_frames or (
+                f.h5.id.get_filesize() >= self.config.max_bytes
+            ):
+                self.rotate()
+        if self._file is not None:
+            now = time.monotonic()
+            if now - self._file.opened >= self.config.max_seconds:
+                self.rotate()
+            elif self._flush_due(now):
+                self._flush_datasets(now)
+
+    def flush(self) -> None:
+        """Make everything written so far visible to SWMR readers and durable.
+
+        Also applies the time limit (finishes a file older than ``max_seconds``) and the
+        free-disk check, so call it periodically when frames may stop arriving.
+        """
+        if self._file is None:
+            return
+        self._guard_disk()
+        if time.monotonic() - self._file.opened >= self.config.max_seconds:
+            self.rotate()
+        else:
+            self._flush_datasets(time.monotonic())
+
+    def rotate(self) -> Path | None:
+        """Finish the open file (if any) and return its final path; the next write starts one."""
+        f = self._file
+        if f is None:
+            return None
+        self._file = None
+        try:
+            f.end_time[()] = _utc_now().encode()
+            self._flush_file(f)
+        finally:
+            f.h5.close()
+        with open(f.part, "rb") as fh:
+            os.fsync(fh.fileno())
+        if f.final.exists():
+            raise OutputError(f"{f.final}: exists already; left the new data in {f.part}")
+        os.replace(f.part, f.final)
+        self._bytes_closed += f.final.stat().st_size
+        self.files_closed.append(f.final)
+        return f.final
+
+    def close(self) -> None:
+        """Finish the open file; further writes raise :class:`OutputError`. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self.rotate()
+
+    def __enter__(self) -> RollingWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _validate(self, result: ResultBatch) -> int:
+        where = f"writer {self.config.run}/{self.config.worker}"
+        if tuple(result.classes) != self.classes:
+            raise OutputError(
+                f"{where}: batch classes {tuple(result.classes)} differ from the writer's "
+                f"{self.classes}; start a new writer for a model with other classes"
+            )
+        frames = result.batch.frames
+        n = len(result.batch)
+        if frames.ndim != 3 or tuple(frames.shape[1:]) != self.frame_shape:
+            raise OutputError(
+                f"{where}: frames of shape {frames.shape}, expected (B, {self.frame_shape[0]}, "
+                f"{self.frame_shape[1]})"
+            )
+        c = len(self.classes)
+        expected = {
+            "batch.train_id": (result.batch.train_id, (n,)),
+            "batch.pulse_id": (result.batch.pulse_id, (n,)),
+            "batch.timestamp": (result.batch.timestamp, (n,)),
+            "probabilities": (result.probabilities, (n, c)),
+            "label": (result.label, (n,)),
+            "template_distance": (result.template_distance, (n,)),
+            "keep": (result.keep, (n,)),
+        }
+        for name, (arr, shape) in expected.items():
+            if np.shape(arr) != shape:
+                raise OutputError(f"{where}: {name} has shape {np.shape(arr)}, expected {shape}")
+        return n
+
+    def _flush_due(self, now: float) -> bool:
+        assert self._file is not None
+        return now - self._file.last_flush >= self.config.flush_every_s
+
+    def _guard_disk(self) -> None:
+        limit = self.config.min_free_bytes
+        if limit <= 0:
+            return
+        free = shutil.disk_usage(self.config.out_dir).free
+        if free < limit:
+            finished = self.rotate()
+            raise DiskFullError(
+                f"{self.config.out_dir}: {free} bytes free, below min_free_bytes={limit}"
+                + (f"; finished {finished.name}" if finished else "")
+            )
+
+    def _open(self, model_version: str) -> None:
+        self._guard_disk()
+        cfg = self.config
+        while True:
+            final = cfg.out_dir / file_name(cfg.run, cfg.worker, self._seq)
+            part = final.with_name(final.name + PART_SUFFIX)
+            self._seq += 1
+            if final.exists() or part.exists():
+                continue
+            try:
+                h5 = h5py.File(part, "w-", libver="latest")
+            except FileExistsError:
+                continue
+            break
+        try:
+            self._file = self._create_layout(h5, part, final, self._seq - 1, model_version)
+        except BaseException:
+            h5.close()
+            part.unlink(missing_ok=True)
+            raise
+        if cfg.swmr:
+            h5.swmr_mode = True
+
+    def _create_layout(
+        self, h5: h5py.File, part: Path, final: Path, seq: int, model_version: str
+    ) -> _OpenFile:
+        cfg = self.config
+        h, w = self.frame_shape
+        c = len(self.classes)
+        h5.create_dataset("cxi_version", data=np.int64(CXI_VERSION))
+        entry = h5.create_group("entry_1")
+        for key, value in self.attrs.items():
+            entry.attrs[str(key)] = _attr_value(value)
+        entry.attrs.update(
+            {
+                "NX_class": "NXentry",
+                "run": cfg.run,
+                "worker": cfg.worker,
+                "sequence": seq,
+                "classes": list(self.classes),
+                "model": model_version,
+                "hitstream_version": streamer.__version__,
+                "frame_shape": list(self.frame_shape),
+                "compression": cfg.compression,
+            }
+        )
+        entry.create_dataset("experiment_identifier", data=cfg.run)
+        entry.create_dataset("start_time", data=_utc_now().encode(), dtype=_TIME_DTYPE)
+        end_time = entry.create_dataset("end_time", data=b"", dtype=_TIME_DTYPE)
+        models_ds = entry.create_dataset(
+            "models", shape=(0,), maxshape=(None,), chunks=(16,), dtype=_MODEL_DTYPE
+        )
+        det = h5.create_group(DETECTOR_GROUP)
+        data = det.create_dataset(
+            "data",
+            shape=(0, h, w),
+            maxshape=(None, h, w),
+            chunks=(1, h, w),
+            dtype=np.float32,
+            **self._compression,
+        )
+        data.attrs["axes"] = "experiment_identifier:y:x"
+        if self.geometry is not None:
+            g = self.geometry
+            for key, value in g.as_attrs().items():
+                entry.attrs[f"geometry_{key}"] = value
+            for name, value in (
+                ("distance", g.distance_m),
+                ("x_pixel_size", g.pixel_size_m),
+                ("y_pixel_size", g.pixel_size_m),
+            ):
+                det.create_dataset(name, data=np.float64(value)).attrs["units"] = "m"
+            det.attrs["hole_radius_px"] = g.hole_radius_px
+            det.attrs["gap_rows"] = g.gap_rows
+            src = h5.create_group(SOURCE_GROUP)
+            energy = src.create_dataset("energy", data=np.float64(_PLANCK_C / g.wavelength_m))
+            energy.attrs["units"] = "J"
+            energy.attrs["wavelength"] = g.wavelength_m
+            src.attrs["wavelength"] = g.wavelength_m
+        h5.create_group("entry_1/data_1")[DATA_LINK.rsplit("/", 1)[1]] = h5py.SoftLink(DATA_PATH)
+
+        def table(group_path: str, columns: dict[str, np.dtype], what: str) -> dict:
+            group = h5.create_group(group_path)
+            group.attrs["classes"] = list(self.classes)
+            group.attrs["description"] = what
+            out = {}
+            for name, dtype in columns.items():
+                shape: tuple[int, ...] = (0, c) if name == "probabilities" else (0,)
+                out[name] = group.create_dataset(
+                    name,
+                    shape=shape,
+                    maxshape=(None, *shape[1:]),
+                    chunks=(TABLE_CHUNK, *shape[1:]),
+                    dtype=dtype,
+                    **self._compression,
+                )
+            return out
+
+        kept = table(KEPT_GROUP, COLUMNS, "one row per kept frame, same order as data_1/data")
+        frames = table(
+            FRAMES_GROUP,
+            COLUMNS | FRAME_ONLY_COLUMNS,
+            "one row per frame seen (kept or not), in arrival order; kept_index is the row "
+            "of the kept frame in data_1/data, -1 if not kept",
+        )
+        now = time.monotonic()
+        return _OpenFile(
+            h5=h5,
+            part=part,
+            final=final,
+            opened=now,
+            last_flush=now,
+            data=data,
+            kept=kept,
+            frames=frames,
+            models_ds=models_ds,
+            end_time=end_time,
+        )
+
+    def _model_index(self, f: _OpenFile, version: str) -> int:
+        idx = f.models.get(version)
+        if idx is None:
+            raw = version.encode()
+            if len(raw) > MODEL_STR_BYTES:
+                raise OutputError(
+                    f"{f.part}: model version {version[:40]!r}... longer than "
+                    f"{MODEL_STR_BYTES} bytes"
+                )
+            idx = len(f.models)
+            f.models_ds.resize((idx + 1,))
+            f.models_ds[idx] = raw
+            f.models[version] = idx
+        return idx
+
+    def _append(
+        self, f: _OpenFile, result: ResultBatch, keep: np.ndarray, start: int, end: int
+    ) -> int:
+        """Write rows ``start:end`` of a batch; return how many of them were kept."""
+        b = result.batch
+        sl = slice(start, end)
+        k = keep[sl]
+        n = end - start
+        kept_rows = np.flatnonzero(k)
+        nk = len(kept_rows)
+        model = np.full(n, self._model_index(f, result.model_version), dtype=np.int16)
+        cols = {
+            "train_id": b.train_id[sl],
+            "pulse_id": b.pulse_id[sl],
+            "timestamp": b.timestamp[sl],
+            "label": result.label[sl],
+            "probabilities": result.probabilities[sl],
+            "template_distance": result.template_distance[sl],
+            "model": model,
+        }
+        k0, n0 = f.n_kept, f.n_frames
+        if nk:
+            frames = b.frames[sl] if nk == n else b.frames[sl][kept_rows]
+            f.data.resize(k0 + nk, axis=0)
+            f.data[k0 : k0 + nk] = np.ascontiguousarray(frames, dtype=np.float32)
+            for name, ds in f.kept.items():
+                ds.resize(k0 + nk, axis=0)
+                arr = cols[name] if nk == n else cols[name][kept_rows]
+                ds[k0 : k0 + nk] = np.asarray(arr, dtype=COLUMNS[name])
+        kept_index = np.full(n, -1, dtype=np.int64)
+        kept_index[kept_rows] = np.arange(k0, k0 + nk)
+        cols["kept"] = k
+        cols["kept_index"] = kept_index
+        dtypes = COLUMNS | FRAME_ONLY_COLUMNS
+        for name, ds in f.frames.items():
+            ds.resize(n0 + n, axis=0)
+            ds[n0 : n0 + n] = np.asarray(cols[name], dtype=dtypes[name])
+        f.n_kept += nk
+        f.n_frames += n
+        return nk
+
+    def _flush_datasets(self, now: float) -> None:
+        assert self._file is not None
+        self._flush_file(self._file)
+        self._file.last_flush = now
+
+    def _flush_file(self, f: _OpenFile) -> None:
+        if self.config.swmr:
+            for ds in f.datasets():
+                ds.flush()
+        f.h5.flush()

@@ -1,0 +1,94 @@
+"""Engine and bundle checks on a real onnxruntime session."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from streamer.bundle import load_bundle
+from streamer.engine import Engine, EngineConfig
+from streamer.errors import BundleError, ConfigError
+from tests.tiny_bundle import CLASSES, expected_probabilities, make_tiny_bundle
+
+
+@pytest.fixture()
+def tiny(tmp_path: Path) -> Path:
+    return make_tiny_bundle(tmp_path / "tiny")
+
+
+def test_engine_matches_numpy_and_reports_cpu(tiny: Path) -> None:
+    engine = Engine(load_bundle(tiny), EngineConfig(provider="auto", max_batch=8))
+    assert engine.provider == "CPU"
+    rng = np.random.default_rng(0)
+    frames = rng.poisson(rng.uniform(0, 0.2, size=(5, 1, 1)), size=(5, 260, 257)).astype(np.float32)
+    out = engine.infer(frames)
+    np.testing.assert_allclose(out["probabilities"], expected_probabilities(frames), atol=1e-5)
+    assert out["template_distance"].shape == (5,)
+    assert engine.self_test()["probabilities"].shape == (2, len(CLASSES))
+
+
+def test_requested_gpu_without_gpu_falls_back_or_fails(tiny: Path) -> None:
+    engine = Engine(load_bundle(tiny), EngineConfig(provider="cuda"))
+    assert engine.provider == "CPU"
+    with pytest.raises(ConfigError, match="runs on the CPU"):
+        Engine(load_bundle(tiny), EngineConfig(provider="cuda", require_gpu=True))
+
+
+def test_pool_bounds_buffers(tiny: Path) -> None:
+    engine = Engine(load_bundle(tiny), EngineConfig(max_batch=4, pinned_buffers=2))
+    a, buf_a = engine.pool.acquire()
+    b, _ = engine.pool.acquire()
+    assert buf_a.shape == (4, 260, 257) and engine.pool.available() == 0
+    engine.pool.release(a)
+    assert engine.pool.acquire(timeout=0.1)[0] == a
+    engine.pool.release(a)
+    engine.pool.release(b)
+
+
+def test_corrupted_model_is_refused(tiny: Path) -> None:
+    with open(tiny / "model.onnx", "r+b") as f:
+        f.seek(100)
+        f.write(b"\x00garbage\x00")
+    with pytest.raises(BundleError, match="corrupted: sha256"):
+        load_bundle(tiny)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda root: (root / "manifest.json").unlink(), "has no manifest.json"),
+        (lambda root: (root / "manifest.json").write_text("{not json"), "not valid JSON"),
+        (lambda root: (root / "model.onnx").unlink(), "is missing model.onnx"),
+        (lambda root: shutil.rmtree(root), "does not exist"),
+    ],
+)
+def test_broken_bundles_give_clear_errors(tiny: Path, mutate, message: str) -> None:
+    mutate(tiny)
+    with pytest.raises(BundleError, match=message):
+        load_bundle(tiny)
+
+
+def test_manifest_checks(tiny: Path) -> None:
+    manifest = json.loads((tiny / "manifest.json").read_text())
+    manifest["keep_classes"] = ["banana"]
+    (tiny / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="unknown classes"):
+        load_bundle(tiny)
+    manifest["keep_classes"] = ["single"]
+    manifest["files"]["../escape"] = "0" * 64
+    (tiny / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="outside the bundle"):
+        load_bundle(tiny)
+
+
+def test_input_shape_mismatch_is_refused(tmp_path: Path) -> None:
+    root = make_tiny_bundle(tmp_path / "small", shape=(64, 64))
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["input"]["shape"] = [None, 260, 257]
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="does not match"):
+        Engine(load_bundle(root))

@@ -1,0 +1,96 @@
+"""Decision rule, batcher and config: the small pure parts of the pipeline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from streamer.batcher import Batcher
+from streamer.config import ServeConfig, load_config, parse_override
+from streamer.decision import decide, keep_mask_for, threshold_vector
+from streamer.engine import BufferPool
+from streamer.errors import ConfigError
+from streamer.types import FrameBatch
+
+CLASSES = ("single", "multiple", "empty", "other")
+
+
+def test_decide_labels_and_keeps_with_thresholds() -> None:
+    probs = np.array(
+        [[0.9, 0.05, 0.05, 0.0], [0.55, 0.45, 0.0, 0.0], [0.1, 0.8, 0.1, 0.0], [np.nan, 0, 0, 0]],
+        np.float32,
+    )
+    keep_by = keep_mask_for(CLASSES, ["single"])
+    label, keep = decide(probs, keep_by, threshold_vector(CLASSES, {"single": 0.6}))
+    assert label.tolist() == [0, 0, 1, -1]
+    assert keep.tolist() == [True, False, False, False]
+    with pytest.raises(ValueError, match="banana"):
+        keep_mask_for(CLASSES, ["banana"])
+
+
+def _fb(tid: int, n: int) -> FrameBatch:
+    frames = np.full((n, 4, 5), tid, np.float32)
+    return FrameBatch(
+        frames=frames,
+        train_id=np.full(n, tid, np.uint64),
+        pulse_id=np.arange(n, dtype=np.uint32),
+        timestamp=np.zeros(n),
+        received=np.zeros(n),
+    )
+
+
+def test_batcher_fills_splits_and_flushes() -> None:
+    pool = BufferPool([np.zeros((4, 4, 5), np.float32) for _ in range(3)])
+    b = Batcher(pool, max_batch=4, max_delay_s=10.0)
+    ready, dropped = b.add(_fb(1, 3))
+    assert ready == [] and dropped == 0 and b.pending == 3
+    ready, _ = b.add(_fb(2, 3))  # 3 + 3 = one full batch of 4 and 2 pending
+    assert len(ready) == 1
+    batch = ready[0].batch
+    assert batch.train_id.tolist() == [1, 1, 1, 2] and batch.pulse_id.tolist() == [0, 1, 2, 0]
+    assert batch.frames[:, 0, 0].tolist() == [1, 1, 1, 2]
+    assert b.due() is None  # deadline not reached
+    rest = b.flush()
+    assert rest is not None and rest.batch.train_id.tolist() == [2, 2]
+    pool.release(ready[0].pool_index)
+    pool.release(rest.pool_index)
+    assert pool.available() == 3
+
+
+def test_batcher_deadline_and_live_drop() -> None:
+    pool = BufferPool([np.zeros((4, 4, 5), np.float32) for _ in range(2)])
+    b = Batcher(pool, max_batch=4, max_delay_s=0.0)
+    b.add(_fb(1, 1))
+    staged = b.due()
+    assert staged is not None and len(staged.batch) == 1
+    ready, dropped = b.add(_fb(2, 9), block=False)  # one free buffer: 4 staged, 5 dropped
+    assert len(ready) == 1 and dropped == 5
+
+
+def test_config_file_overrides_and_unknown_keys(tmp_path: Path) -> None:
+    cfg_file = tmp_path / "s.toml"
+    cfg_file.write_text(
+        'model = "models/x"\n[feed]\nmode = "PULL"\n[pipeline]\nmode = "live"\n'
+        '[output]\nkeep_classes = ["single", "multiple"]\n'
+    )
+    cfg = load_config(cfg_file, {"engine.max_batch": 64, "output.run": "r7"})
+    assert cfg.feed.mode == "PULL" and cfg.pipeline.mode == "live"
+    assert cfg.engine.max_batch == 64 and cfg.output.run == "r7"
+    assert cfg.output.keep_classes == ["single", "multiple"] and cfg.model == Path("models/x")
+    cfg_file.write_text("[feed]\nendpont = 'tcp://x'\n")
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_config(cfg_file)
+    with pytest.raises(ConfigError, match="must be an integer"):
+        load_config(None, {"engine.max_batch": "many"})
+    with pytest.raises(ConfigError, match="feed.mode"):
+        load_config(None, {"feed.mode": "DEALER"})
+    assert parse_override("engine.max_batch=32") == ("engine.max_batch", 32)
+    assert parse_override("feed.mode=SUB") == ("feed.mode", "SUB")
+
+
+def test_deploy_config_loads() -> None:
+    """The documented example holds exactly the defaults (so it cannot drift)."""
+    cfg = load_config(Path(__file__).parent.parent / "deploy" / "streamer.toml")
+    assert cfg == ServeConfig()

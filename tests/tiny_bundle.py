@@ -1,0 +1,88 @@
+"""A tiny hand-built ONNX bundle for streamer tests that must not depend on training.
+
+Graph: frames (B, H, W) → clip ≥ 0 → sum per frame (photons) → four logits that are affine
+in log1p(photons) → softmax ``probabilities``; plus ``template_distance`` = photons / 1000.
+So bright frames come out as 'single' and dark ones as 'empty': easy to predict in tests.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from streamer.bundle import write_manifest
+
+CLASSES = ("single", "multiple", "empty", "other")
+SLOPE = np.array([1.0, 0.2, -1.0, 0.0], np.float32)
+OFFSET = np.array([-6.0, 0.0, 6.0, 0.5], np.float32)
+
+
+def expected_probabilities(frames: np.ndarray) -> np.ndarray:
+    """What the tiny graph computes, in numpy."""
+    photons = np.clip(frames, 0, None).sum(axis=(1, 2), dtype=np.float64)
+    logits = np.log1p(photons)[:, None] * SLOPE + OFFSET
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def make_tiny_bundle(root: Path, shape: tuple[int, int] = (260, 257), version: str = "1") -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    h, w = shape
+    nodes = [
+        helper.make_node("Relu", ["frames"], ["pos"]),
+        helper.make_node("ReduceSum", ["pos", "axes"], ["photons_k"], keepdims=1),
+        helper.make_node("Reshape", ["photons_k", "col"], ["photons"]),
+        helper.make_node("Add", ["photons", "one"], ["p1"]),
+        helper.make_node("Log", ["p1"], ["lp"]),
+        helper.make_node("Mul", ["lp", "slope"], ["ls"]),
+        helper.make_node("Add", ["ls", "offset"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
+        helper.make_node("Reshape", ["photons", "flat"], ["ph_flat"]),
+        helper.make_node("Div", ["ph_flat", "thousand"], ["template_distance"]),
+    ]
+    inits = [
+        numpy_helper.from_array(np.array([1, 2], np.int64), "axes"),
+        numpy_helper.from_array(np.array([-1, 1], np.int64), "col"),
+        numpy_helper.from_array(np.array([-1], np.int64), "flat"),
+        numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+        numpy_helper.from_array(np.array(1000.0, np.float32), "thousand"),
+        numpy_helper.from_array(SLOPE[None, :], "slope"),
+        numpy_helper.from_array(OFFSET[None, :], "offset"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("frames", TensorProto.FLOAT, ["batch", h, w])],
+        [
+            helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 4]),
+            helper.make_tensor_value_info("template_distance", TensorProto.FLOAT, ["batch"]),
+        ],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, root / "model.onnx")
+    write_manifest(
+        root,
+        {
+            "name": "tiny",
+            "version": version,
+            "classes": list(CLASSES),
+            "hit_classes": ["single", "multiple", "other"],
+            "keep_classes": ["single"],
+            "thresholds": {"single": 0.5},
+            "input": {"name": "frames", "shape": [None, h, w], "dtype": "float32"},
+            "outputs": {
+                "probabilities": {"shape": [None, 4], "dtype": "float32"},
+                "template_distance": {"shape": [None], "dtype": "float32"},
+            },
+            "training": {"note": "hand-built test graph"},
+            "metrics": {},
+            "software": {"onnx": onnx.__version__},
+        },
+    )
+    return root
