@@ -174,9 +174,7 @@ def from_dict(cls: Any, data: dict[str, Any], where: str = "") -> Any:
         raise ConfigError(
             f"{prefix}unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(names))}"
         )
-    kwargs = {
-        k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()
-    }
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
     return cls(**kwargs)
 
 

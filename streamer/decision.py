@@ -7,13 +7,13 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 
-def keep_mask_for(
-    classes: Sequence[str], keep_classes: Sequence[str]
-) -> np.ndarray:
+def keep_mask_for(classes: Sequence[str], keep_classes: Sequence[str]) -> np.ndarray:
     """Boolean (C,) vector: which class indices are kept."""
     unknown = set(keep_classes) - set(classes)
     if unknown:
-        raise ValueError(f"keep classes {sorted(unknown)} are not among the model's {list(classes)}")
+        raise ValueError(
+            f"keep classes {sorted(unknown)} are not among the model's {list(classes)}"
+        )
     return np.array([c in keep_classes for c in classes], dtype=bool)
 
 

@@ -125,8 +125,25 @@ def to_frames(array: np.ndarray, axis_order: str) -> np.ndarray:
     if "modules" not in axes:
         arr = arr[:, np.newaxis]
     p, m, h, w = arr.shape
-    frames = np.ascontiguousarray(arr, dtype=np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):  # out of range -> inf -> rejected
+        frames = np.ascontiguousarray(arr, dtype=np.float32)
     return frames.reshape(p, m * h, w)
+
+
+def finite_frames(frames: np.ndarray) -> np.ndarray:
+    """``(B,)`` bool: which float32 frames hold no NaN/Inf.
+
+    One SIMD sum per frame screens the batch (NaN and Inf propagate into the sum; einsum
+    rather than BLAS, whose threads thrash on a busy machine); only frames whose sum is
+    not finite are checked pixel by pixel, since a float32 sum of large finite values can
+    overflow.
+    """
+    b = frames.shape[0]
+    with np.errstate(over="ignore", invalid="ignore"):
+        good = np.isfinite(np.einsum("ij->i", frames.reshape(b, math.prod(frames.shape[1:]))))
+    for i in np.flatnonzero(~good):
+        good[i] = bool(np.isfinite(frames[i]).all())
+    return good
 
 
 def _as_train_id(value: Any, where: str) -> int:
@@ -222,7 +239,7 @@ def decode_message(
     pulse_id = _pulse_ids(values, spec.pulse_key, n)
     rejected: dict[str, int] = {}
     if array.dtype.kind == "f" and n:
-        good = np.isfinite(frames.sum(axis=(1, 2), dtype=np.float64))  # float64 sum: no overflow
+        good = finite_frames(frames)
         if not good.all():
             rejected["nonfinite"] = int(n - np.count_nonzero(good))
             frames, pulse_id = frames[good], pulse_id[good]

@@ -85,17 +85,38 @@ def run(args: argparse.Namespace) -> int:
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     with open(out / "streamer.log", "w") as slog, open(out / "replay.log", "w") as rlog:
         serve = _spawn(
-            ["serve", "--model", str(args.model), "--endpoint", endpoint, "--out",
-             str(files_dir), "--run", "demo", "--metrics-port", "0",
-             "--summary-json", str(out / "summary.json"),
-             "--set", "output.min_free_bytes=0"],
+            [
+                "serve",
+                "--model",
+                str(args.model),
+                "--endpoint",
+                endpoint,
+                "--out",
+                str(files_dir),
+                "--run",
+                "demo",
+                "--metrics-port",
+                "0",
+                "--summary-json",
+                str(out / "summary.json"),
+                "--set",
+                "output.min_free_bytes=0",
+            ],
             slog,
         )
         try:
             print(wait_for_line(serve, "streamer ready", 120))
             replay = _spawn(
-                ["replay", str(run_path), "--dataset", "/entry_1/data_1/data", "--endpoint",
-                 endpoint, "--frames-per-message", str(args.frames_per_message)],
+                [
+                    "replay",
+                    str(run_path),
+                    "--dataset",
+                    "/entry_1/data_1/data",
+                    "--endpoint",
+                    endpoint,
+                    "--frames-per-message",
+                    str(args.frames_per_message),
+                ],
                 rlog,
             )
             wait_for_line(replay, "ready", 60)
@@ -120,7 +141,9 @@ def _report(out: Path, files_dir: Path, bundle: Any, sim: Any, summary: dict[str
     pred = np.array(bundle.classes)[tables.label[order]]
     truth = np.array(sim.classes)[sim.labels]
     acc = float(np.mean(pred == truth)) if complete else float("nan")
-    kept, kept_labels = read_kept_frames(files_dir, "demo", limit=12)
+    n_show = min(12, len(tables.kept.label))
+    kept = read_kept_frames(files_dir, "demo", np.arange(n_show))
+    kept_labels = tables.kept.label[:n_show]
     png = plot_run_summary(
         out / "demo_summary.png",
         classes=bundle.classes,
@@ -135,7 +158,10 @@ def _report(out: Path, files_dir: Path, bundle: Any, sim: Any, summary: dict[str
         ("frames sent", n),
         ("frames received", summary["frames_received"]),
         ("frames classified", summary["frames_classified"]),
-        ("frames in the files (each once)", f"{len(ids)} ({'complete' if complete else 'MISSING'})"),
+        (
+            "frames in the files (each once)",
+            f"{len(ids)} ({'complete' if complete else 'MISSING'})",
+        ),
         ("frames kept", summary["frames_kept"]),
         *((f"  {c}", summary["per_class"].get(c, 0)) for c in bundle.classes),
         ("hit rate", f"{100 * summary['hit_rate']:.1f} %"),

@@ -12,11 +12,13 @@ high-water mark). Not thread-safe: use one client per thread.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import replace
 from typing import Any
 
 import zmq
 
+from streamer.errors import ConfigError
 from streamer.protocol import DEFAULT_LIMITS, Limits, deserialize
 
 log = logging.getLogger(__name__)
@@ -28,11 +30,13 @@ _SOCKET_TYPES = {"REQ": zmq.REQ, "PULL": zmq.PULL, "SUB": zmq.SUB}
 class FeedClient:
     """Iterator and context manager over ``(data, metadata)`` messages of one endpoint.
 
-    ``timeout_s`` bounds every receive (None waits forever); a timeout raises
-    TimeoutError naming the endpoint. In REQ mode a timeout also recreates the socket
-    (the REQ state machine would otherwise wait forever for the lost reply), so the
-    client goes on once a producer answers again; a reply arriving after ``timeout_s``
-    is dropped, so choose ``timeout_s`` above the producer's worst reply time.
+    ``timeout_s`` is the default wait of a receive (None waits forever); a receive that
+    gets nothing raises TimeoutError naming the endpoint. REQ: a request stays pending
+    across receives with shorter timeouts (a poll loop loses nothing); once it has gone
+    unanswered for ``timeout_s`` the socket is recreated (the REQ state machine would
+    otherwise wait forever for a reply lost with a dead producer), so the client goes on
+    when a producer answers again. A reply later than ``timeout_s`` is then dropped:
+    choose ``timeout_s`` above the producer's worst reply time.
     ``hwm`` is the receive high-water mark in messages. ``max_message_bytes`` bounds each
     message (ZMQ_MAXMSGSIZE per part on the socket, and the whole message in
     :func:`~streamer.protocol.deserialize`). A ``context`` passed in is never terminated.
@@ -51,7 +55,7 @@ class FeedClient:
     ) -> None:
         mode = mode.upper()
         if mode not in _SOCKET_TYPES:
-            raise ValueError(f"unknown feed mode {mode!r}; use one of {MODES}")
+            raise ConfigError(f"unknown feed mode {mode!r}; use one of {MODES}")
         if max_message_bytes is not None:
             limits = replace(limits, max_message_bytes=int(max_message_bytes))
         self.endpoint = endpoint
@@ -65,7 +69,13 @@ class FeedClient:
         self._context = zmq.Context() if context is None else context
         self._socket: zmq.Socket | None = None
         self._pending = False  # REQ: a request is out, its reply not yet received
-        self._socket = self._make_socket()
+        self._sent_at = 0.0  # REQ: monotonic time the pending request went out
+        try:
+            self._socket = self._make_socket()
+        except zmq.ZMQError as exc:
+            if self._own_context:
+                self._context.term()
+            raise ConfigError(f"cannot connect to feed endpoint {endpoint!r}: {exc}") from exc
 
     def _make_socket(self) -> zmq.Socket:
         sock = self._context.socket(_SOCKET_TYPES[self.mode])
@@ -103,9 +113,14 @@ class FeedClient:
                 self._reset()
                 raise TimeoutError(f"could not send a request to {self.endpoint}") from None
             self._pending = True
+            self._sent_at = time.monotonic()
         ms = -1 if timeout is None else max(0, round(timeout * 1000))
         if not sock.poll(ms, zmq.POLLIN):
-            if self.mode == "REQ":
+            if (
+                self.mode == "REQ"
+                and self.timeout_s is not None
+                and time.monotonic() - self._sent_at >= self.timeout_s
+            ):
                 self._reset()
             raise TimeoutError(f"no message from {self.endpoint} ({self.mode}) in {timeout} s")
         parts = sock.recv_multipart(copy=False)

@@ -52,9 +52,7 @@ class StatusServer:
 
         self._httpd = ThreadingHTTPServer((host, port), _Handler)
         self._httpd.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, name="http", daemon=True
-        )
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="http", daemon=True)
 
     @property
     def port(self) -> int:

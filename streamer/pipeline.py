@@ -183,7 +183,6 @@ class Pipeline:
         for t in self._threads:
             t.start()
         self.metrics.up.set(1)
-        self._t0 = time.monotonic()
         try:
             self._receive_loop(lossless)
         except Exception as exc:  # keep files consistent whatever happened
@@ -216,8 +215,12 @@ class Pipeline:
             max_message_bytes=cfg.feed.max_message_bytes,
         ) as feed:
             self.ready.set()
-            log.info("receiving from %s (%s, %s mode)", cfg.feed.endpoint, cfg.feed.mode,
-                     cfg.pipeline.mode)
+            log.info(
+                "receiving from %s (%s, %s mode)",
+                cfg.feed.endpoint,
+                cfg.feed.mode,
+                cfg.pipeline.mode,
+            )
             last_activity = time.monotonic()
             while not self._stop.is_set():
                 try:
@@ -252,8 +255,9 @@ class Pipeline:
             self._count_reject(reason, n, "frames refused inside a message")
         if decoded.end is not None:
             self._end = decoded.end
-            log.info("end of run %r from the feed (%d frames sent)", decoded.end.run,
-                     decoded.end.frames)
+            log.info(
+                "end of run %r from the feed (%d frames sent)", decoded.end.run, decoded.end.frames
+            )
             return True
         fb = decoded.batch
         if fb is None or len(fb) == 0:
@@ -369,8 +373,9 @@ class Pipeline:
     def _summary(self) -> RunSummary:
         m = self.metrics
         cfg = self.config
-        s = RunSummary(run=cfg.output.run, model=self.model.version,
-                       provider=self.model.engine.provider)
+        s = RunSummary(
+            run=cfg.output.run, model=self.model.version, provider=self.model.engine.provider
+        )
         s.frames_received = int(m.value("hitstream_frames_received_total"))
         s.frames_classified = int(m.value("hitstream_frames_classified_total"))
         s.frames_kept = int(m.value("hitstream_frames_kept_total"))
@@ -383,8 +388,11 @@ class Pipeline:
         s.frames_per_s = s.frames_classified / s.elapsed_s if s.elapsed_s > 0 else 0.0
         s.files = [str(p) for p in self.writer.files_closed]
         if self._end is not None:
-            s.end_of_run = {"run": self._end.run, "frames": self._end.frames,
-                            "trains": self._end.trains}
+            s.end_of_run = {
+                "run": self._end.run,
+                "frames": self._end.frames,
+                "trains": self._end.trains,
+            }
         if s.files:
             try:
                 s.index = str(build_run_index(Path(cfg.output.dir), cfg.output.run))

@@ -7,6 +7,7 @@ writer) are read in SWMR mode and cut to the rows that are consistent across the
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,8 @@ from streamer.writer import (
     PART_SUFFIX,
     file_pattern,
 )
+
+log = logging.getLogger(__name__)
 
 
 def list_run_files(
@@ -89,6 +92,27 @@ class RunTables:
     file_frames: np.ndarray  # (n_files + 1,) offsets of each file's rows in ``frames``
     file_kept: np.ndarray  # (n_files + 1,) offsets of each file's rows in ``kept``
 
+    # Shortcuts to the all-frames table.
+    @property
+    def train_id(self) -> np.ndarray:
+        return self.frames.train_id
+
+    @property
+    def pulse_id(self) -> np.ndarray:
+        return self.frames.pulse_id
+
+    @property
+    def timestamp(self) -> np.ndarray:
+        return self.frames.timestamp
+
+    @property
+    def label(self) -> np.ndarray:
+        return self.frames.label
+
+    @property
+    def probabilities(self) -> np.ndarray:
+        return self.frames.probabilities
+
     def model_versions(self, table: FrameTable) -> np.ndarray:
         """The model version string of each row of ``table``."""
         return np.asarray(self.models, dtype=object)[table.model]
@@ -126,7 +150,7 @@ def _read_file(path: Path) -> _FileTables:
             n_frames, n_kept = _consistent_counts(h5)
             frames = {c: h5[FRAMES_GROUP][c][:n_frames] for c in COLUMNS | FRAME_ONLY_COLUMNS}
             kept = {c: h5[KEPT_GROUP][c][:n_kept] for c in COLUMNS}
-    except KeyError as exc:
+    except (KeyError, OSError) as exc:
         raise InputDataError(f"{path}: not a hitstream CXI file ({exc})") from exc
     # A .part file may show a row whose kept frame or model is not flushed yet: cut there.
     bad = np.flatnonzero((frames["kept_index"] >= n_kept) | (frames["model"] >= len(models)))
@@ -151,18 +175,27 @@ def read_run(
 
     Model indices are remapped to one list for the run (first appearance order) and
     ``kept_index`` to rows of the run's kept table. Raises :class:`InputDataError` when
-    there is no file or the files disagree on classes or frame shape.
+    there is no file or the files disagree on classes or frame shape. A ``.part`` file
+    that cannot be read (just created, or its writer was killed before the first flush) is
+    skipped with a warning.
     """
-    files = list_run_files(out_dir, run, worker=worker, include_part=include_part)
-    if not files:
+    loaded: list[tuple[Path, _FileTables]] = []
+    for path in list_run_files(out_dir, run, worker=worker, include_part=include_part):
+        try:
+            loaded.append((path, _read_file(path)))
+        except InputDataError as exc:
+            if not _is_part(path):
+                raise
+            log.warning("skipping %s: %s", path.name, exc)
+    if not loaded:
         raise InputDataError(f"{out_dir}: no files of run {run!r}" + _worker_note(worker))
+    files = [p for p, _ in loaded]
     models: dict[str, int] = {}
     frames_parts: list[dict[str, np.ndarray]] = []
     kept_parts: list[dict[str, np.ndarray]] = []
     file_frames, file_kept = [0], [0]
     first: _FileTables | None = None
-    for i, path in enumerate(files):
-        t = _read_file(path)
+    for i, (path, t) in enumerate(loaded):
         if first is None:
             first = t
         elif (t.classes, t.frame_shape) != (first.classes, first.frame_shape):
@@ -187,7 +220,9 @@ def read_run(
     empty = _empty_table(len(first.classes)) | {"file": np.zeros(0, np.int32)}
 
     def concat(parts: list[dict[str, np.ndarray]]) -> FrameTable:
-        return FrameTable(**{k: np.concatenate([v] + [p[k] for p in parts]) for k, v in empty.items()})
+        return FrameTable(
+            **{k: np.concatenate([v] + [p[k] for p in parts]) for k, v in empty.items()}
+        )
 
     return RunTables(
         files=files,
@@ -205,12 +240,24 @@ def _worker_note(worker: str | None) -> str:
     return f" (worker {worker!r})" if worker is not None else ""
 
 
-def _kept_counts(files: Sequence[Path]) -> list[int]:
-    counts = []
-    for path in files:
-        with open_cxi(path) as h5:
-            counts.append(_consistent_counts(h5)[1])
-    return counts
+def _is_part(path: Path) -> bool:
+    return path.name.endswith(PART_SUFFIX)
+
+
+def _kept_files(
+    out_dir: Path, run: str, worker: str | None, include_part: bool
+) -> list[tuple[Path, int]]:
+    """Readable files of the run with their number of consistent kept frames."""
+    out = []
+    for path in list_run_files(out_dir, run, worker=worker, include_part=include_part):
+        try:
+            with open_cxi(path) as h5:
+                out.append((path, _consistent_counts(h5)[1]))
+        except (InputDataError, KeyError, OSError) as exc:
+            if not _is_part(path):
+                raise InputDataError(f"{path}: not a hitstream CXI file ({exc})") from exc
+            log.warning("skipping %s: %s", path.name, exc)
+    return out
 
 
 def iter_kept_frames(
@@ -226,9 +273,8 @@ def iter_kept_frames(
     ``start`` is the row of the block's first frame in :attr:`RunTables.kept`.
     """
     start = 0
-    for path in list_run_files(out_dir, run, worker=worker, include_part=include_part):
+    for path, n in _kept_files(out_dir, run, worker, include_part):
         with open_cxi(path) as h5:
-            n = _consistent_counts(h5)[1]
             data = h5[DATA_PATH]
             for i in range(0, n, block):
                 frames = data[i : min(i + block, n)]
@@ -245,8 +291,9 @@ def read_kept_frames(
     include_part: bool = False,
 ) -> np.ndarray:
     """Kept frames by row of :attr:`RunTables.kept` (any order, repeats allowed): (K, H, W)."""
-    files = list_run_files(out_dir, run, worker=worker, include_part=include_part)
-    offsets = np.concatenate([[0], np.cumsum(_kept_counts(files))])
+    kept_files = _kept_files(out_dir, run, worker, include_part)
+    files = [p for p, _ in kept_files]
+    offsets = np.concatenate([[0], np.cumsum([n for _, n in kept_files])]).astype(np.int64)
     index = np.asarray(index, dtype=np.int64).reshape(-1)
     if len(index) and (index.min() < 0 or index.max() >= offsets[-1]):
         raise InputDataError(

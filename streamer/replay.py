@@ -164,7 +164,10 @@ def open_frames(path: str | Path, dataset: str) -> tuple[h5py.File, h5py.Dataset
     except OSError as exc:
         raise InputDataError(f"cannot open {path} as HDF5: {exc}") from exc
     try:
-        obj = f.get(dataset)
+        try:
+            obj = f.get(dataset)
+        except (KeyError, OSError, ValueError) as exc:  # e.g. a broken external link
+            raise InputDataError(f"{path}: cannot open dataset {dataset!r}: {exc}") from exc
         if not isinstance(obj, h5py.Dataset):
             what = "is not a dataset" if obj is not None else "not found"
             raise InputDataError(
@@ -402,7 +405,9 @@ class ReplayServer:
             log.exception("replay thread failed")
 
     def start(self) -> ReplayServer:
-        """Run in a daemon thread."""
+        """Run in a daemon thread (``with ReplayServer(...)`` calls this)."""
+        if self._thread is not None:
+            raise RuntimeError("ReplayServer.start() called twice")
         self._thread = threading.Thread(target=self._run_in_thread, name="replay", daemon=True)
         self._thread.start()
         return self
@@ -457,21 +462,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"ZeroMQ address to bind, or a port on 127.0.0.1 (default {DEFAULT_ENDPOINT})",
     )
     parser.add_argument(
-        "-z", "--mode", default="REP", choices=MODES, type=str.upper, help="socket type"
+        "-z",
+        "--mode",
+        default="REP",
+        choices=MODES,
+        type=str.upper,
+        help="socket type (default REP)",
     )
-    parser.add_argument("--source", default=DEFAULT_SOURCE, help="source name")
-    parser.add_argument("--key", default=DEFAULT_KEY, help="key of the frames array")
+    parser.add_argument(
+        "--source", default=DEFAULT_SOURCE, help="source name (default %(default)s)"
+    )
+    parser.add_argument(
+        "--key", default=DEFAULT_KEY, help="key of the frames array (default %(default)s)"
+    )
     parser.add_argument(
         "-k",
         "--frames-per-message",
         type=int,
         default=DEFAULT_FRAMES_PER_MESSAGE,
-        help="frames per message (train)",
+        help="frames per message, one train (default %(default)s)",
     )
     parser.add_argument(
         "--rate", type=float, default=0.0, help="frames/s to pace to (0: as fast as taken)"
     )
-    parser.add_argument("--first-train-id", type=int, default=1)
+    parser.add_argument(
+        "--first-train-id", type=int, default=1, help="train id of the first message"
+    )
     parser.add_argument("--start", type=int, default=0, help="first frame to send")
     parser.add_argument("--stop", type=int, default=None, help="frame to stop before")
     parser.add_argument("--repeat", type=int, default=1, help="send the range N times")
@@ -482,7 +498,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-end-marker", action="store_true", help="do not send the end-of-run marker"
     )
     parser.add_argument(
-        "--linger", type=float, default=1.0, help="REP: quiet seconds before leaving"
+        "--linger",
+        type=float,
+        default=1.0,
+        help="REP: quiet seconds before leaving (default %(default)s)",
     )
     parser.add_argument(
         "--expected-clients",
@@ -490,7 +509,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=1,
         help="end markers to deliver (REP/PUSH); subscribers to wait for (PUB)",
     )
-    parser.add_argument("--hwm", type=int, default=4, help="send high-water mark (messages)")
+    parser.add_argument(
+        "--hwm", type=int, default=4, help="send high-water mark, messages (default %(default)s)"
+    )
     parser.add_argument(
         "--pub-lossy", action="store_true", help="PUB: drop for slow subscribers (live-like)"
     )

@@ -119,8 +119,9 @@ def build_run_index(out_dir: Path, run: str, *, worker: str | None = None) -> Pa
             else:
                 entry.attrs.pop("worker", None)
             entry.create_dataset("experiment_identifier", data=run)
-            entry.create_dataset("files", data=np.array(names, dtype=object),
-                                 dtype=h5py.string_dtype())
+            entry.create_dataset(
+                "files", data=np.array(names, dtype=object), dtype=h5py.string_dtype()
+            )
             entry.create_dataset("file_frames", data=tables.file_frames)
             entry.create_dataset("file_kept", data=tables.file_kept)
             entry.create_dataset(

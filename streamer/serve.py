@@ -57,17 +57,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics-host", help="address of the metrics endpoint")
     p.add_argument("--metrics-port", type=int, help="metrics port (0: any free, -1: off)")
     p.add_argument("--idle-timeout", type=float, help="stop after this many idle seconds")
-    p.add_argument("--keep-running", action="store_true",
-                   help="do not stop at the feed's end-of-run marker")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override any config key (repeatable)")
+    p.add_argument(
+        "--keep-running", action="store_true", help="do not stop at the feed's end-of-run marker"
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override any config key (repeatable)",
+    )
     p.add_argument("--summary-json", type=Path, help="also write the run summary here")
 
 
 def run(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {
-        key: getattr(args, flag) for flag, key in FLAG_KEYS.items() if getattr(args, flag)
-        is not None
+        key: getattr(args, flag)
+        for flag, key in FLAG_KEYS.items()
+        if getattr(args, flag) is not None
     }
     if args.keep_running:
         overrides["pipeline.stop_at_end"] = False

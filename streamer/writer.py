@@ -8,17 +8,26 @@ batch is split between files when needed), reaches ``max_bytes`` (checked after 
 or is ``max_seconds`` old (checked at each write and flush), whichever comes first. Files
 are opened lazily on the first frame, so no file is ever without frames.
 
+Kept pixels are written at each batch (one resize and one slice assignment); the table rows
+are buffered and appended in one go per column at each flush (at least every
+``flush_every_s``), every 4096 rows and when a file is finished. SWMR readers see what was
+flushed; a killed writer leaves what it last flushed.
+
 Layout of one file (CXI 1.6; ``N`` kept frames, ``M`` frames seen, ``C`` classes)::
 
     /cxi_version                                   int 160
-    /entry_1                                       attrs: run, worker, sequence, classes,
-                                                   model (first model), models_at_open,
-                                                   hitstream_version, frame_shape,
-                                                   compression, geometry_* , user attrs
+    /entry_1                                       attrs: NX_class, run, worker, sequence,
+                                                   classes, model (model of the first batch;
+                                                   all in /entry_1/models), hitstream_version,
+                                                   frame_shape, compression, geometry_*
+                                                   (with a geometry), the ``attrs`` given
+                                                   (ours win on a clash; dicts as JSON text)
     /entry_1/experiment_identifier                 str, the run name
     /entry_1/start_time, /entry_1/end_time         ISO 8601 UTC str (end_time "" until closed)
     /entry_1/models                                (K,) str "name:version", K grows on a swap
-    /entry_1/instrument_1/detector_1/data          (N, H, W) float32, chunks (1, H, W)
+    /entry_1/instrument_1/detector_1/data          (N, H, W) float32, chunks (1, H, W),
+                                                   compressed; attrs axes, and on the group
+                                                   hole_radius_px, gap_rows (with geometry)
     /entry_1/instrument_1/detector_1/distance      m        (only with a geometry)
     /entry_1/instrument_1/detector_1/x_pixel_size  m        (only with a geometry)
     /entry_1/instrument_1/detector_1/y_pixel_size  m        (only with a geometry)
@@ -29,6 +38,8 @@ Layout of one file (CXI 1.6; ``N`` kept frames, ``M`` frames seen, ``C`` classes
                        model (i2, index into /entry_1/models)}     one row per kept frame
     /entry_1/frames/{same columns, kept (bool), kept_index (i8, row of the kept data or -1)}
                                                    one row per frame seen, in arrival order
+    result_1 and frames carry attrs classes and description; 1-D columns are chunked by
+    4096 rows and compressed like the data.
 
 The writer is not thread-safe: one thread owns it.
 """
@@ -216,9 +227,32 @@ class _OpenFile:
     models_ds: h5py.Dataset
     end_time: h5py.Dataset
     models: dict[str, int] = field(default_factory=dict)
-    n_kept: int = 0
-    n_frames: int = 0
+    n_kept: int = 0  # kept frames written to ``data``
+    n_frames: int = 0  # frames seen (rows of the all-frames table, pending included)
     last_flush: float = 0.0
+    pending_kept: list[dict[str, np.ndarray]] = field(default_factory=list)
+    pending_frames: list[dict[str, np.ndarray]] = field(default_factory=list)
+    pending_rows: int = 0
+
+    def write_pending(self) -> None:
+        """Append the buffered table rows: the kept table first, then the all-frames table."""
+        for pending, datasets in (
+            (self.pending_kept, self.kept),
+            (self.pending_frames, self.frames),
+        ):
+            if not pending:
+                continue
+            n0 = next(iter(datasets.values())).shape[0]
+            for name, ds in datasets.items():
+                arr = (
+                    pending[0][name]
+                    if len(pending) == 1
+                    else np.concatenate([p[name] for p in pending])
+                )
+                ds.resize(n0 + len(arr), axis=0)
+                ds[n0 : n0 + len(arr)] = arr
+            pending.clear()
+        self.pending_rows = 0
 
     def datasets(self) -> list[h5py.Dataset]:
         """In flush order: model list, kept data, kept table, all-frames table.
@@ -303,10 +337,9 @@ class RollingWriter:
             f = self._file
             assert f is not None
             room = self.config.max_frames - f.n_kept
-            if len(kept_pos) - kept_before > room:
-                end = int(kept_pos[kept_before + room])
-            else:
-                end = n
+            # Cut before the kept frame that would overfill the file.
+            over = len(kept_pos) - kept_before > room
+            end = int(kept_pos[kept_before + room]) if over else n
             n_kept = self._append(f, result, keep, start, end)
             self.frames_seen += end - start
             self.frames_kept += n_kept
@@ -454,7 +487,12 @@ class RollingWriter:
         h5.create_dataset("cxi_version", data=np.int64(CXI_VERSION))
         entry = h5.create_group("entry_1")
         for key, value in self.attrs.items():
-            entry.attrs[str(key)] = _attr_value(value)
+            try:
+                entry.attrs[str(key)] = _attr_value(value)
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(
+                    f"writer attribute {key!r}: cannot store {value!r} ({exc})"
+                ) from exc
         entry.attrs.update(
             {
                 "NX_class": "NXentry",
@@ -567,6 +605,7 @@ class RollingWriter:
         kept_rows = np.flatnonzero(k)
         nk = len(kept_rows)
         model = np.full(n, self._model_index(f, result.model_version), dtype=np.int16)
+        # Copies: the caller may reuse its arrays once write() returns.
         cols = {
             "train_id": b.train_id[sl],
             "pulse_id": b.pulse_id[sl],
@@ -576,25 +615,21 @@ class RollingWriter:
             "template_distance": result.template_distance[sl],
             "model": model,
         }
-        k0, n0 = f.n_kept, f.n_frames
+        cols = {name: np.array(a, dtype=COLUMNS[name]) for name, a in cols.items()}
+        k0 = f.n_kept
         if nk:
             frames = b.frames[sl] if nk == n else b.frames[sl][kept_rows]
             f.data.resize(k0 + nk, axis=0)
             f.data[k0 : k0 + nk] = np.ascontiguousarray(frames, dtype=np.float32)
-            for name, ds in f.kept.items():
-                ds.resize(k0 + nk, axis=0)
-                arr = cols[name] if nk == n else cols[name][kept_rows]
-                ds[k0 : k0 + nk] = np.asarray(arr, dtype=COLUMNS[name])
+            f.pending_kept.append(cols if nk == n else {c: a[kept_rows] for c, a in cols.items()})
         kept_index = np.full(n, -1, dtype=np.int64)
         kept_index[kept_rows] = np.arange(k0, k0 + nk)
-        cols["kept"] = k
-        cols["kept_index"] = kept_index
-        dtypes = COLUMNS | FRAME_ONLY_COLUMNS
-        for name, ds in f.frames.items():
-            ds.resize(n0 + n, axis=0)
-            ds[n0 : n0 + n] = np.asarray(cols[name], dtype=dtypes[name])
+        f.pending_frames.append(cols | {"kept": k.copy(), "kept_index": kept_index})
         f.n_kept += nk
         f.n_frames += n
+        f.pending_rows += n
+        if f.pending_rows >= TABLE_CHUNK:
+            f.write_pending()
         return nk
 
     def _flush_datasets(self, now: float) -> None:
@@ -603,6 +638,7 @@ class RollingWriter:
         self._file.last_flush = now
 
     def _flush_file(self, f: _OpenFile) -> None:
+        f.write_pending()
         if self.config.swmr:
             for ds in f.datasets():
                 ds.flush()

@@ -1,8 +1,14 @@
 """Frame preprocessing in TensorFlow ops, for training and for the exported ONNX graph.
 
 Mirrors :mod:`trainer.preprocess` step by step (same constants; a test checks parity).
-Only ops that tf2onnx converts cleanly are used: IsFinite/Where, Maximum/Minimum, a fixed
-3×3 convolution, average pooling, Log, Sqrt, ReduceMean (tf2onnx has no Log1p).
+Only ops that tf2onnx converts cleanly and onnxruntime runs fast on the CPU are used:
+full-resolution work is one AveragePool; the rest runs on the 4× smaller binned image.
+(tf2onnx has no Log1p; a Select whose condition is not IsNaN/IsInf becomes
+``cond*x + (1-cond)*y``, which lets NaN through; single-channel Conv is slow in
+onnxruntime, so the neighbour sum is an AveragePool.)
+
+Constants (masks) are created inside the calling function, so a ``tf.function``
+embeds them in its graph instead of capturing them as inputs.
 """
 
 from __future__ import annotations
@@ -15,38 +21,76 @@ from trainer import preprocess as ref
 
 
 def mask_constant(geometry: DetectorGeometry | None = None) -> tf.Tensor:
-    """The detector mask as a (H, W) float32 graph constant."""
+    """The full-resolution detector mask as a (H, W) float32 constant."""
     return tf.constant(np.array(ref.detector_mask(geometry)), dtype=tf.float32)
 
 
-def _neighbour_kernel() -> tf.Tensor:
-    k = np.ones((3, 3, 1, 1), dtype=np.float32)
-    k[1, 1, 0, 0] = 0.0
-    return tf.constant(k)
+def binned_mask_constant(geometry: DetectorGeometry | None = None) -> tf.Tensor:
+    """The binned mask as a (h, w) float32 constant."""
+    return tf.constant(np.array(ref.binned_mask(geometry)), dtype=tf.float32)
 
 
-def clean_frames(frames: tf.Tensor, geometry: DetectorGeometry | None = None) -> tf.Tensor:
-    """Finite, non-negative, masked, hot pixels capped: (B, H, W) → (B, H, W)."""
-    x = tf.convert_to_tensor(frames, dtype=tf.float32)
-    x = tf.where(tf.math.is_finite(x), x, tf.zeros_like(x))
-    x = tf.maximum(x, 0.0) * mask_constant(geometry)
-    x4 = x[..., tf.newaxis]
-    neigh = tf.nn.conv2d(x4, _neighbour_kernel(), strides=1, padding="SAME")
-    cap = ref.HOT_ABS + (ref.HOT_REL / 8.0) * neigh
-    return tf.minimum(x4, cap)[..., 0]
+def bin_frames(frames: tf.Tensor, geometry: DetectorGeometry | None = None) -> tf.Tensor:
+    """Raw (B, H, W) → cleaned binned photon counts (B, h, w); see :mod:`trainer.preprocess`."""
+    x = tf.expand_dims(tf.convert_to_tensor(frames, dtype=tf.float32), -1)
+    b = tf.squeeze(tf.nn.avg_pool2d(x, ref.BIN, ref.BIN, padding="VALID"), -1) * float(ref.BIN**2)
+    b = tf.clip_by_value(b, 0.0, ref.PIXEL_MAX) * binned_mask_constant(geometry)
+    b = tf.where(tf.math.is_nan(b), 0.0, b)
+    padded = tf.pad(tf.expand_dims(b, -1), [[0, 0], [1, 1], [1, 1], [0, 0]])
+    box = tf.squeeze(tf.nn.avg_pool2d(padded, 3, 1, padding="VALID"), -1) * 9.0
+    cap = ref.HOT_ABS + (ref.HOT_REL / 8.0) * (box - b)
+    return tf.minimum(b, cap)
+
+
+def channels(binned: tf.Tensor) -> tf.Tensor:
+    """(B, h, w) cleaned binned counts → (B, h, w, 2) network input.
+
+    Both channels are ``sqrt(b)`` times a per-frame scale, built as ONE broadcast multiply
+    into (B, 2, h, w) and transposed to channels-last; tf2onnx cancels that transpose
+    against the one it puts before the first convolution (NCHW), so no copy remains."""
+    s = tf.expand_dims(tf.sqrt(binned), 1)
+    mean = tf.reduce_mean(binned, axis=[1, 2])
+    level = tf.fill(tf.shape(mean), 1.0 / ref.LEVEL_SCALE)
+    scales = tf.stack([level, tf.math.rsqrt(mean + ref.SHAPE_EPS)], axis=1)
+    x = s * tf.reshape(scales, [-1, 2, 1, 1])
+    return tf.transpose(x, [0, 2, 3, 1])
 
 
 def preprocess(
     frames: tf.Tensor, geometry: DetectorGeometry | None = None
 ) -> tuple[tf.Tensor, tf.Tensor]:
-    """Raw frames (B, H, W) → (network input (B, h, w, 3), photons (B,))."""
-    clean = clean_frames(frames, geometry)
-    photons = tf.reduce_sum(clean, axis=[1, 2])
-    pooled = tf.nn.avg_pool2d(clean[..., tf.newaxis], ref.BIN, ref.BIN, padding="VALID")
-    b = pooled * float(ref.BIN * ref.BIN)
-    level = tf.math.log(b + 1.0) * (1.0 / ref.LEVEL_SCALE)
-    mean = tf.reduce_mean(b, axis=[1, 2], keepdims=True)
-    shape = tf.sqrt(b / (mean + ref.SHAPE_EPS))
-    radius = tf.constant(ref.radius_channel(geometry))[tf.newaxis, :, :, tf.newaxis]
-    radius = tf.broadcast_to(radius, tf.shape(b))
-    return tf.concat([level, shape, radius], axis=-1), photons
+    """Raw frames (B, H, W) → (network input (B, h, w, 2), photons (B,))."""
+    b = bin_frames(frames, geometry)
+    return channels(b), tf.reduce_sum(b, axis=[1, 2])
+
+
+OUTPUTS: dict[str, dict] = {
+    "probabilities": {
+        "shape": [None, "C"],
+        "dtype": "float32",
+        "description": "softmax class probabilities; column i is classes[i]",
+    },
+    "photons": {
+        "shape": [None],
+        "dtype": "float32",
+        "description": (
+            "photons per frame on valid bins after cleaning (2x2 bins that touch neither "
+            "the beam-stop hole nor the gap; negatives, NaN and hot pixels removed)"
+        ),
+    },
+}
+
+
+def inference_function(model, geometry: DetectorGeometry | None = None):
+    """A ``tf.function`` from raw frames ``(B, H, W)`` float32 (input ``frames``) to the
+    named outputs of :data:`OUTPUTS`: the graph that is exported to ONNX."""
+    geometry = geometry or DetectorGeometry()
+    h, w = geometry.shape
+
+    @tf.function(input_signature=[tf.TensorSpec([None, h, w], tf.float32, name="frames")])
+    def infer(frames):
+        images, photons = preprocess(frames, geometry)
+        logits = model(images, training=False)
+        return {"probabilities": tf.nn.softmax(logits, axis=-1), "photons": photons}
+
+    return infer

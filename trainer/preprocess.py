@@ -5,20 +5,25 @@ test checks that both agree. Templates, reports and notebooks use this module.
 
 Steps, on raw photon-count frames ``(N, 260, 257)`` float32:
 
-1. NaN/±Inf → 0, negatives → 0, multiply by the detector mask (beam-stop hole and the gap
-   between detector halves, from :class:`streamer.geometry.DetectorGeometry`).
-2. Hot pixels tamed: each pixel is capped at ``HOT_ABS + HOT_REL × mean of its 8
-   neighbours``. Diffraction speckles are smooth over several pixels, so real signal passes;
+1. 2×2 binning by summing (the last of the 257 columns is cropped): ``(130, 128)``. This is
+   the only full-resolution pass, which is what keeps CPU serving fast. Never more than
+   2×2: interference fringes of multiple hits are only a few pixels wide.
+2. Binned: clip to ``[0, PIXEL_MAX]`` (negative sums → 0, +Inf → PIXEL_MAX), NaN → 0 (a NaN
+   or ±Inf pair makes its bin 0), then the binned detector mask: bins that touch the
+   beam-stop hole or the gap between the detector halves
+   (:class:`streamer.geometry.DetectorGeometry`) are 0. Clipping after summing keeps zero-
+   mean detector noise unbiased (clipping each pixel first would add a positive offset);
+   masking after binning costs at most one binned pixel around the hole.
+3. Hot pixels tamed: each bin is capped at ``HOT_ABS + HOT_REL × mean of its 8
+   neighbours``. Diffraction speckles are smooth over several bins, so real signal passes;
    an isolated hot pixel next to near-empty neighbours is cut to ``HOT_ABS`` photons.
-   The sum of the cleaned frame is the ``photons`` output.
-3. 2×2 binning by summing (the last of the 257 columns is cropped): ``(130, 128)``.
-   Never more than 2×2: interference fringes of multiple hits are only a few pixels wide.
-4. Three channels, ``(N, 130, 128, 3)`` (channels last):
-   ``level = log1p(b) / LEVEL_SCALE`` (absolute photon level: empty vs hit),
-   ``shape = sqrt(b / (mean(b) + SHAPE_EPS))`` (variance-stabilised, normalised by the
-   frame's mean binned count so that runs of different photon levels look alike),
-   ``radius`` (distance to the beam centre / ``RADIUS_SCALE``, a constant channel that
-   tells the network the scattering angle).
+   The sum of the result is the ``photons`` output (photons on valid bins, per frame).
+4. Two channels, ``(N, 130, 128, 2)`` (channels last), from ``s = sqrt(b)``
+   (variance-stabilising for Poisson counts):
+   ``level = s / LEVEL_SCALE`` (absolute photon level: empty vs hit),
+   ``shape = s / sqrt(mean(b) + SHAPE_EPS)`` (normalised by the frame's mean binned count,
+   so runs of different photon levels look alike). The first convolution mixes them, i.e.
+   applies a kernel blended per frame by its photon level.
 """
 
 from __future__ import annotations
@@ -29,42 +34,40 @@ import numpy as np
 
 from streamer.geometry import DetectorGeometry
 
-HOT_ABS = 10.0  # photons: an isolated pixel may hold this much
+PIXEL_MAX = 1.0e6  # photons per raw pixel; +Inf and absurd values end here
+HOT_ABS = 10.0  # photons: an isolated bin may hold this much
 HOT_REL = 4.0  # ... plus this many times the mean of its 8 neighbours
-LEVEL_SCALE = 4.0  # log1p(binned counts) / LEVEL_SCALE
-SHAPE_EPS = 0.05  # photons per binned pixel; keeps empty frames from blowing up
-RADIUS_SCALE = 90.0  # binned pixels
+LEVEL_SCALE = 4.0  # sqrt(binned counts) / LEVEL_SCALE
+SHAPE_EPS = 0.05  # photons per bin; keeps nearly empty frames from blowing up
 BIN = 2
-CHANNELS = ("level", "shape", "radius")
+CHANNELS = ("level", "shape")
 
 
 def beam_centre(geometry: DetectorGeometry) -> tuple[float, float]:
     """(row, column) of the beam in pixel coordinates: the centre of the frame."""
-    h, w = geometry.shape
-    return (h - 1) / 2.0, (w - 1) / 2.0
-
-
-def _mask(geometry: DetectorGeometry) -> np.ndarray:
-    h, w = geometry.shape
-    cy, cx = beam_centre(geometry)
-    yy, xx = np.mgrid[0:h, 0:w]
-    mask = (yy - cy) ** 2 + (xx - cx) ** 2 > geometry.hole_radius_px**2
-    if geometry.gap_rows > 0:
-        top = round(cy + 0.5 - geometry.gap_rows / 2)
-        mask[top : top + geometry.gap_rows, :] = False
-    return mask.astype(np.float32)
+    return geometry.center_px
 
 
 @lru_cache(maxsize=8)
-def _mask_cached(geometry: DetectorGeometry) -> np.ndarray:
-    m = _mask(geometry)
-    m.setflags(write=False)
-    return m
+def _masks(geometry: DetectorGeometry) -> tuple[np.ndarray, np.ndarray]:
+    pix = geometry.valid_pixels()
+    h, w = geometry.shape
+    hb, wb = h // BIN, w // BIN
+    binned = pix[: hb * BIN, : wb * BIN].reshape(hb, BIN, wb, BIN).all(axis=(1, 3))
+    out = (pix.astype(np.float32), binned.astype(np.float32))
+    for m in out:
+        m.setflags(write=False)
+    return out
 
 
 def detector_mask(geometry: DetectorGeometry | None = None) -> np.ndarray:
     """(H, W) float32, 1 for valid pixels, 0 in the beam-stop hole and the gap (read-only)."""
-    return _mask_cached(geometry or DetectorGeometry())
+    return _masks(geometry or DetectorGeometry())[0]
+
+
+def binned_mask(geometry: DetectorGeometry | None = None) -> np.ndarray:
+    """(h, w) float32, 1 for bins whose pixels are all valid (read-only)."""
+    return _masks(geometry or DetectorGeometry())[1]
 
 
 def binned_shape(geometry: DetectorGeometry | None = None) -> tuple[int, int]:
@@ -73,61 +76,44 @@ def binned_shape(geometry: DetectorGeometry | None = None) -> tuple[int, int]:
     return h // BIN, w // BIN
 
 
-def radius_channel(geometry: DetectorGeometry | None = None) -> np.ndarray:
-    """(h, w) float32: distance of each binned pixel's centre to the beam / RADIUS_SCALE."""
-    geometry = geometry or DetectorGeometry()
-    h, w = binned_shape(geometry)
-    cy, cx = beam_centre(geometry)
-    yy = (np.arange(h) * BIN + (BIN - 1) / 2 - cy) / BIN
-    xx = (np.arange(w) * BIN + (BIN - 1) / 2 - cx) / BIN
-    r = np.sqrt(yy[:, None] ** 2 + xx[None, :] ** 2) / RADIUS_SCALE
-    return r.astype(np.float32)
-
-
-def clean_frames(frames: np.ndarray, geometry: DetectorGeometry | None = None) -> np.ndarray:
-    """Steps 1–2: finite, non-negative, masked, hot pixels capped. (N, H, W) float32."""
+def bin_frames(frames: np.ndarray, geometry: DetectorGeometry | None = None) -> np.ndarray:
+    """Steps 1–3: raw (N, H, W) → cleaned binned photon counts (N, h, w) float32."""
     x = np.asarray(frames, dtype=np.float32)
     if x.ndim == 2:
         x = x[None]
-    mask = detector_mask(geometry)
-    if x.shape[1:] != mask.shape:
-        raise ValueError(f"frames of shape {x.shape[1:]} do not match the geometry {mask.shape}")
-    x = np.where(np.isfinite(x), x, np.float32(0))
-    x = np.maximum(x, np.float32(0)) * mask
-    padded = np.pad(x, ((0, 0), (1, 1), (1, 1)))
-    h, w = x.shape[1:]
-    neigh = np.zeros_like(x)
+    geometry = geometry or DetectorGeometry()
+    if x.shape[1:] != tuple(geometry.shape):
+        raise ValueError(f"frames of shape {x.shape[1:]} do not match the geometry {geometry.shape}")
+    n = x.shape[0]
+    hb, wb = binned_shape(geometry)
+    with np.errstate(invalid="ignore", over="ignore"):
+        x = x[:, : hb * BIN, : wb * BIN].reshape(n, hb, BIN, wb, BIN)
+        b = x.sum(axis=(2, 4), dtype=np.float32)
+        b = np.clip(b, np.float32(0), np.float32(PIXEL_MAX)) * binned_mask(geometry)
+    b = np.where(np.isnan(b), np.float32(0), b)
+    padded = np.pad(b, ((0, 0), (1, 1), (1, 1)))
+    box = np.zeros_like(b)
     for dy in (0, 1, 2):
         for dx in (0, 1, 2):
-            if dy == 1 and dx == 1:
-                continue
-            neigh += padded[:, dy : dy + h, dx : dx + w]
-    cap = np.float32(HOT_ABS) + np.float32(HOT_REL / 8.0) * neigh
-    return np.minimum(x, cap).astype(np.float32)
+            box += padded[:, dy : dy + hb, dx : dx + wb]
+    cap = np.float32(HOT_ABS) + np.float32(HOT_REL / 8.0) * (box - b)
+    return np.minimum(b, cap).astype(np.float32)
 
 
-def bin_frames(clean: np.ndarray) -> np.ndarray:
-    """Step 3: 2×2 sums of cleaned frames, odd trailing rows/columns cropped."""
-    n, h, w = clean.shape
-    hb, wb = h // BIN, w // BIN
-    x = clean[:, : hb * BIN, : wb * BIN].reshape(n, hb, BIN, wb, BIN)
-    return x.sum(axis=(2, 4), dtype=np.float32)
-
-
-def channels(binned: np.ndarray, geometry: DetectorGeometry | None = None) -> np.ndarray:
-    """Step 4: (N, h, w) binned counts → (N, h, w, 3) network input."""
+def channels(binned: np.ndarray) -> np.ndarray:
+    """Step 4: (N, h, w) cleaned binned counts → (N, h, w, 2) network input."""
     b = binned.astype(np.float32)
-    level = np.log(b + np.float32(1)) / np.float32(LEVEL_SCALE)
+    s = np.sqrt(b)
     mean = b.mean(axis=(1, 2), keepdims=True, dtype=np.float32)
-    shape = np.sqrt(b / (mean + np.float32(SHAPE_EPS)))
-    radius = np.broadcast_to(radius_channel(geometry), b.shape)
-    return np.stack([level, shape, radius], axis=-1).astype(np.float32)
+    level = s * np.float32(1.0 / LEVEL_SCALE)
+    shape = s / np.sqrt(mean + np.float32(SHAPE_EPS))
+    return np.stack([level, shape], axis=-1).astype(np.float32)
 
 
 def preprocess(
     frames: np.ndarray, geometry: DetectorGeometry | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Raw frames (N, H, W) → (network input (N, h, w, 3), photons (N,))."""
-    clean = clean_frames(frames, geometry)
-    photons = clean.sum(axis=(1, 2), dtype=np.float64).astype(np.float32)
-    return channels(bin_frames(clean), geometry), photons
+    """Raw frames (N, H, W) → (network input (N, h, w, 2), photons (N,))."""
+    b = bin_frames(frames, geometry)
+    photons = b.sum(axis=(1, 2), dtype=np.float64).astype(np.float32)
+    return channels(b), photons
