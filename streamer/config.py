@@ -172,7 +172,8 @@ def from_dict(cls: Any, data: dict[str, Any], where: str = "") -> Any:
     if unknown:
         prefix = f"[{where}] " if where else ""
         raise ConfigError(
-            f"{prefix}unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(names))}"
+            f"{prefix}unknown key(s) {', '.join(sorted(unknown))}; "
+            f"known: {', '.join(sorted(names))}"
         )
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
     return cls(**kwargs)

@@ -159,7 +159,7 @@ class Engine:
         if wanted != "cpu" and hasattr(ort, "preload_dlls"):
             try:  # CUDA/cuDNN from pip packages are found only after this call
                 ort.preload_dlls()
-            except Exception as exc:  # noqa: BLE001 - any loader failure means "no GPU"
+            except Exception as exc:
                 log.warning("onnxruntime.preload_dlls failed: %s", exc)
         options = {"device_id": cfg.device_id}
         return [(n, options) if n != "CPUExecutionProvider" else n for n in names] or [
@@ -208,7 +208,7 @@ class Engine:
                     ]
                     log.info("engine: %d pinned staging buffers of %s", n, shape)
                     return BufferPool([v.numpy() for v in vals], vals)
-                except Exception as exc:  # noqa: BLE001 - fall back to pageable memory
+                except Exception as exc:
                     log.warning("engine: pinned buffers unavailable (%s); using pageable", exc)
         return BufferPool([np.zeros(shape, np.float32) for _ in range(n)])
 

@@ -360,11 +360,9 @@ class Pipeline:
         try:
             fn()
             return True
-        except HitstreamError as exc:
+        except (HitstreamError, OSError) as exc:
             log.error("writer: %s", exc)
-        except OSError as exc:
-            log.error("writer: I/O error: %s", exc)
-        self._errors.append(f"writer: {exc}")
+            self._errors.append(f"writer: {exc}")
         self._stop.set()
         return False
 
@@ -384,7 +382,7 @@ class Pipeline:
         s.per_class = dict(m.totals)
         hits = sum(v for c, v in s.per_class.items() if c in self.model.engine.bundle.hit_classes)
         s.hit_rate = hits / s.frames_classified if s.frames_classified else 0.0
-        s.elapsed_s = max(0.0, (self._t_last or time.monotonic()) - self._t0)
+        s.elapsed_s = max(0.0, (self._t_last or time.monotonic()) - self._t0) if self._t0 else 0.0
         s.frames_per_s = s.frames_classified / s.elapsed_s if s.elapsed_s > 0 else 0.0
         s.files = [str(p) for p in self.writer.files_closed]
         if self._end is not None:

@@ -19,7 +19,7 @@ def plot_run_summary(
     title: str,
     max_frames: int = 12,
 ) -> Path:
-    """Montage of kept frames (log scale), class counts and hit rate per 50 trains."""
+    """Montage of kept frames (log scale, central region), class counts, hit rate over time."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -34,7 +34,11 @@ def plot_run_summary(
         ax = fig.add_subplot(grid[i // cols, i % cols])
         ax.set_axis_off()
         if i < n_show:
-            img = np.log1p(np.clip(kept_frames[i], 0, None))
+            frame = kept_frames[i]
+            h, w = frame.shape
+            r = min(h, w) // 3  # the low-q region, where single-particle signal lives
+            crop = frame[h // 2 - r : h // 2 + r, w // 2 - r : w // 2 + r]
+            img = np.log1p(np.clip(crop, 0, None))
             ax.imshow(img, cmap="magma", origin="lower", interpolation="nearest")
             name = classes[kept_labels[i]] if 0 <= kept_labels[i] < len(classes) else "?"
             ax.set_title(f"kept #{i}: {name}", fontsize=9)

@@ -84,7 +84,7 @@ def test_config_file_overrides_and_unknown_keys(tmp_path: Path) -> None:
         load_config(cfg_file)
     with pytest.raises(ConfigError, match="must be an integer"):
         load_config(None, {"engine.max_batch": "many"})
-    with pytest.raises(ConfigError, match="feed.mode"):
+    with pytest.raises(ConfigError, match=r"feed\.mode"):
         load_config(None, {"feed.mode": "DEALER"})
     assert parse_override("engine.max_batch=32") == ("engine.max_batch", 32)
     assert parse_override("feed.mode=SUB") == ("feed.mode", "SUB")

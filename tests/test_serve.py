@@ -161,11 +161,27 @@ def test_serve_cli_sigterm_finishes_batches_and_closes_files(
     out = tmp_path / "out"
     summary_json = tmp_path / "summary.json"
     with (
-        command("streamer", "serve", "--model", tiny, "--endpoint", endpoint, "--out", out,
-                "--run", "sig", "--metrics-port", "0", "--summary-json", summary_json,
-                "--set", "output.min_free_bytes=0") as serve,
-        command("streamer", "replay", run_file, "--endpoint", endpoint, "-k", "4",
-                "--rate", "200") as replay,
+        command(
+            "streamer",
+            "serve",
+            "--model",
+            tiny,
+            "--endpoint",
+            endpoint,
+            "--out",
+            out,
+            "--run",
+            "sig",
+            "--metrics-port",
+            "0",
+            "--summary-json",
+            summary_json,
+            "--set",
+            "output.min_free_bytes=0",
+        ) as serve,
+        command(
+            "streamer", "replay", run_file, "--endpoint", endpoint, "-k", "4", "--rate", "200"
+        ) as replay,
     ):
         ready = wait_for_line(serve, "streamer ready", 60)
         url = ready.split("metrics ", 1)[1].strip().rsplit("/", 1)[0]
@@ -175,7 +191,9 @@ def test_serve_cli_sigterm_finishes_batches_and_closes_files(
         # wait until frames flow, then stop the streamer mid-run
         for _ in range(200):
             text = urllib.request.urlopen(f"{url}/metrics", timeout=5).read().decode()
-            line = [x for x in text.splitlines() if x.startswith("hitstream_frames_classified_total")]
+            line = [
+                x for x in text.splitlines() if x.startswith("hitstream_frames_classified_total")
+            ]
             if line and float(line[0].split()[-1]) >= 20:
                 break
             threading.Event().wait(0.05)
