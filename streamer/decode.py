@@ -4,7 +4,9 @@ Frames sit under one source and key (default key ``image.data``). The array's ax
 named by :attr:`SourceSpec.axis_order`, e.g. ``"pulses,H,W"`` (files, our replay),
 ``"H,W"`` (one frame per message) or ``"modules,fs,ss,pulses"`` (live AGIPD). Axis names:
 ``pulses`` (alias ``frames``), ``modules``, ``H`` (alias ``ss``, slow scan = rows),
-``W`` (alias ``fs``, fast scan = columns). A module axis is assembled *naively*: modules
+``W`` (alias ``fs``, fast scan = columns), ``data_gain`` (raw AGIPD from files, e.g.
+``"pulses,data_gain,ss,fs"`` as extra-data names it: entry 0 is the ADC data and is kept,
+entry 1 the gain bits and is dropped). A module axis is assembled *naively*: modules
 are stacked vertically, module 0 on top (``(M, H, W) -> (M*H, W)``), with no geometry,
 so one module passes through unchanged and a multi-module detector gives a tall frame
 (set ``frame_shape`` to catch that).
@@ -44,6 +46,7 @@ _AXIS_ALIASES = {
     "ss": "H",
     "w": "W",
     "fs": "W",
+    "data_gain": "data_gain",
 }
 _FRAME_KINDS = "iuf"  # integer, unsigned, float; bool and complex are rejected
 
@@ -94,13 +97,13 @@ def parse_axis_order(axis_order: str) -> tuple[str, ...]:
         if c is None:
             raise ConfigError(
                 f"unknown axis {name!r} in axis order {axis_order!r}; "
-                "use pulses/frames, modules, H/ss, W/fs"
+                "use pulses/frames, modules, H/ss, W/fs, data_gain"
             )
         canon.append(c)
     if len(set(canon)) != len(canon) or "H" not in canon or "W" not in canon:
         raise ConfigError(
             f"axis order {axis_order!r} needs one H (ss) and one W (fs) axis, "
-            "at most one pulses and one modules axis"
+            "at most one pulses, one modules and one data_gain axis"
         )
     return tuple(canon)
 
@@ -109,7 +112,8 @@ def to_frames(array: np.ndarray, axis_order: str) -> np.ndarray:
     """``(P, H', W)`` float32 C-contiguous frames from an array with named axes.
 
     No copy when the array is already float32, C-contiguous and in ``pulses,H,W`` order
-    (the result is then a view and may be read-only). Modules stack vertically.
+    (the result is then a view and may be read-only). Modules stack vertically; of a
+    ``data_gain`` axis only entry 0 (the data) is kept.
     """
     axes = parse_axis_order(axis_order)
     if array.ndim != len(axes):
@@ -118,6 +122,12 @@ def to_frames(array: np.ndarray, axis_order: str) -> np.ndarray:
         )
     if array.dtype.kind not in _FRAME_KINDS:
         raise MessageError("dtype", f"frames of dtype {array.dtype} (need int or float)")
+    if "data_gain" in axes:
+        g = axes.index("data_gain")
+        if array.shape[g] < 1:
+            raise MessageError("shape", f"array of shape {array.shape} has an empty data_gain axis")
+        array = array[(slice(None),) * g + (0,)]
+        axes = axes[:g] + axes[g + 1 :]
     order = [axes.index(a) for a in ("pulses", "modules", "H", "W") if a in axes]
     arr = array.transpose(order) if order != list(range(array.ndim)) else array
     if "pulses" not in axes:

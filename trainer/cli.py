@@ -9,6 +9,7 @@ from streamer.cli_util import run_commands
 COMMANDS = {
     "simulate": "trainer.simulate_cli",
     "train": "trainer.train_cli",
+    "build-default": "trainer.build_default_cli",
 }
 
 

@@ -123,8 +123,7 @@ def _train_dataset(frames, labels, weights, cfg: TrainConfig):
 
     ds = tf.data.Dataset.range(n).shuffle(n, seed=cfg.seed, reshuffle_each_iteration=True)
     ds = ds.batch(cfg.batch_size).map(
-        lambda i: tf.numpy_function(load, [i], [tf.float32, tf.int32, tf.float32]),
-        deterministic=True,
+        lambda i: tf.numpy_function(load, [i], [tf.float32, tf.int32, tf.float32])
     )
     seeds = tf.data.Dataset.random(seed=cfg.seed, rerandomize_each_iteration=True).batch(2)
     h, w = cfg.geometry.shape
@@ -153,8 +152,6 @@ def _epoch_logger(total: int):
         def on_epoch_end(self, epoch, logs=None):
             logs = logs or {}
             parts = [f"{k} {v:.4f}" for k, v in logs.items() if k != "learning_rate"]
-            if "learning_rate" in logs:
-                parts.append(f"lr {float(logs['learning_rate']):.1e}")
             dt = time.perf_counter() - self._t
             print(f"epoch {epoch + 1}/{total} ({dt:.0f} s): " + ", ".join(parts),
                   file=sys.stderr, flush=True)
@@ -172,7 +169,8 @@ def train_model(
     progress: bool = True,
 ) -> TrainResult:
     """Train ``config.architecture`` on raw frames (N, H, W) with integer labels into
-    ``classes``; early stopping on the validation loss restores the best weights."""
+    ``classes``. Adam with a cosine-decaying learning rate; early stopping on the
+    validation loss restores the best weights."""
     import keras
     import tensorflow as tf
 
@@ -203,8 +201,10 @@ def train_model(
     model = build_model(
         config.architecture, (*binned_shape(config.geometry), len(CHANNELS)), len(classes)
     )
+    steps = config.epochs * -(-len(frames) // config.batch_size)
+    schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, steps, alpha=0.02)
     model.compile(
-        optimizer=keras.optimizers.Adam(config.learning_rate),
+        optimizer=keras.optimizers.Adam(schedule),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         weighted_metrics=[],
         metrics=["accuracy"],
@@ -212,9 +212,6 @@ def train_model(
     callbacks = [
         keras.callbacks.EarlyStopping(
             monitor="val_loss", patience=config.patience, restore_best_weights=True
-        ),
-        keras.callbacks.ReduceLROnPlateau(
-            monitor="val_loss", factor=0.5, patience=max(1, config.patience // 2), min_lr=1e-5
         ),
     ]
     if progress:

@@ -1,0 +1,229 @@
+"""``trainer build-default``: the one reproducible command for ``models/default/``.
+
+Simulates a training and a validation run (fixed seeds, default simulator settings) and a
+test run with another seed AND other particle/beam parameters (:data:`TEST_CONFIG`: lower
+photon level, wider particle size range, more background and hot pixels), trains the
+``compact`` CNN, chooses the single-hit threshold on validation, evaluates on both, and
+exports the bundle. The test metrics in the manifest measure generalisation beyond the
+training distribution.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import multiprocessing
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from streamer.errors import ConfigError
+
+HELP = "build the shipped default model bundle (simulate, train compact, evaluate, export)"
+log = logging.getLogger(__name__)
+
+TRAIN_SEED, VAL_SEED, TEST_SEED = 20261127, 20261128, 20261129
+TRAIN_SEED_NN = 7
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """Sizes of the simulated runs and of the training."""
+
+    n_train: int = 5000
+    n_val: int = 1000
+    n_test: int = 1000
+    epochs: int = 30
+    batch_size: int = 64
+    target_precision: float = 0.97
+
+
+FULL = BuildPlan()
+QUICK = BuildPlan(n_train=320, n_val=160, n_test=160, epochs=2)
+
+
+def test_config():
+    """Simulator settings of the test run: other photon level, particle sizes, background."""
+    from trainer.simulate import SimConfig
+
+    return SimConfig(
+        radius_nm=(26.0, 46.0),
+        photons=(150.0, 1500.0),
+        background_photons=(10.0, 80.0),
+        hot_pixels_per_frame=1.0,
+    )
+
+
+def _simulate_part(args: tuple) -> tuple[int, np.ndarray, np.ndarray]:
+    from trainer.simulate import simulate_frames
+
+    start, stop, seed, config = args
+    run = simulate_frames(start, stop, seed, config)
+    return start, run.frames, run.labels
+
+
+def simulate_parallel(n: int, seed: int, config=None, workers: int = 2, desc: str = "simulate",
+                      chunk: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Frames 0..n-1 of a simulated run, computed in worker processes (frame i depends only
+    on (seed, i), so the result does not depend on ``workers``)."""
+    from tqdm import tqdm
+
+    from trainer.simulate import SimConfig
+
+    config = config or SimConfig()
+    frames = np.empty((n, *config.geometry.shape), np.float32)
+    labels = np.empty(n, np.int8)
+    parts = [(a, min(a + chunk, n), seed, config) for a in range(0, n, chunk)]
+    with tqdm(total=n, unit="frame", desc=desc) as bar:
+        if workers <= 1:
+            results = map(_simulate_part, parts)
+            for start, f, lab in results:
+                frames[start : start + len(f)], labels[start : start + len(f)] = f, lab
+                bar.update(len(f))
+        else:
+            ctx = multiprocessing.get_context("spawn")  # never fork a process holding TF
+            with ProcessPoolExecutor(workers, mp_context=ctx) as ex:
+                for start, f, lab in ex.map(_simulate_part, parts):
+                    frames[start : start + len(f)], labels[start : start + len(f)] = f, lab
+                    bar.update(len(f))
+    return frames, labels
+
+
+def history_png(history: dict[str, list[float]]) -> bytes:
+    """Loss and accuracy per epoch as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    for ax, key in zip(axes, ("loss", "accuracy"), strict=True):
+        for prefix, style in (("", "-"), ("val_", "--")):
+            values = history.get(prefix + key)
+            if values:
+                ax.plot(range(1, len(values) + 1), values, style,
+                        label=("validation " if prefix else "training ") + key)
+        ax.set_xlabel("epoch")
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def onnx_probabilities(model_path: Path, frames: np.ndarray, batch: int = 256) -> np.ndarray:
+    """Probabilities of the exported graph (onnxruntime, CPU)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    out = [session.run(["probabilities"], {"frames": frames[i : i + batch]})[0]
+           for i in range(0, len(frames), batch)]
+    return np.concatenate(out)
+
+
+def build_default(out: Path, force: bool = False, plan: BuildPlan = FULL, workers: int = 2,
+                  name: str = "default") -> dict:
+    """Simulate, train, evaluate and export; returns the manifest's metrics."""
+    from trainer.simulate import SIM_CLASSES, SimConfig
+
+    if out.exists() and not force:
+        raise ConfigError(f"{out} already exists; pass --force to replace it")
+    t0 = time.perf_counter()
+    train_cfg, test_cfg = SimConfig(), test_config()
+    x_tr, y_tr = simulate_parallel(plan.n_train, TRAIN_SEED, train_cfg, workers, "train run")
+    x_va, y_va = simulate_parallel(plan.n_val, VAL_SEED, train_cfg, workers, "validation run")
+    x_te, y_te = simulate_parallel(plan.n_test, TEST_SEED, test_cfg, workers, "test run")
+    t_sim = time.perf_counter() - t0
+
+    from trainer.export import export_bundle
+    from trainer.train import (
+        TrainConfig,
+        choose_threshold,
+        classification_metrics,
+        predict_probabilities,
+        train_model,
+    )
+
+    classes = list(SIM_CLASSES)
+    config = TrainConfig(architecture="compact", epochs=plan.epochs,
+                         batch_size=plan.batch_size, seed=TRAIN_SEED_NN)
+    result = train_model(x_tr, y_tr, classes, x_va, y_va, config)
+    single = classes.index("single")
+    thresholds = {"single": choose_threshold(result.val_probabilities, y_va, single,
+                                             plan.target_precision)}
+    p_te = predict_probabilities(result.model, x_te)
+    metrics = {
+        "validation": classification_metrics(result.val_probabilities, y_va, classes, thresholds),
+        "test": classification_metrics(p_te, y_te, classes, thresholds),
+    }
+    summary = {
+        "command": "trainer build-default" + (" --quick" if plan != FULL else ""),
+        "simulator": "trainer.simulate",
+        "runs": {
+            "train": {"seed": TRAIN_SEED, "frames": plan.n_train,
+                      "counts": _counts(y_tr, classes), "config": "SimConfig() defaults"},
+            "validation": {"seed": VAL_SEED, "frames": plan.n_val,
+                           "counts": _counts(y_va, classes), "config": "SimConfig() defaults"},
+            "test": {"seed": TEST_SEED, "frames": plan.n_test, "counts": _counts(y_te, classes),
+                     "config": _diff(asdict(test_cfg), asdict(train_cfg))},
+        },
+        "config": config.as_dict(),
+        "class_weights": result.class_weights,
+        "epochs_run": len(result.history.get("loss", [])),
+        "best_epoch": result.best_epoch,
+        "train_seconds": round(result.seconds, 1),
+        "simulate_seconds": round(t_sim, 1),
+        "threshold_rule": f"lowest p(single) with validation keep precision >= "
+                          f"{plan.target_precision} (not below 0.5)",
+    }
+    path = export_bundle(
+        result.model, out, name=name, classes=classes, thresholds=thresholds,
+        training_summary=summary, metrics=metrics, force=force,
+        extra_files={"training.png": history_png(result.history)},
+    )
+    p_onnx = onnx_probabilities(path / "model.onnx", x_te)
+    diff = float(np.abs(p_onnx - p_te).max())
+    if diff > 1e-3:
+        raise ConfigError(f"{path}: ONNX and Keras probabilities differ by {diff:.2e}")
+    log.info("built %s in %.0f s (simulation %.0f s, training %.0f s); ONNX vs Keras max "
+             "difference %.1e", path, time.perf_counter() - t0, t_sim, result.seconds, diff)
+    return metrics
+
+
+def _counts(labels: np.ndarray, classes: list[str]) -> dict[str, int]:
+    return {c: int(np.sum(labels == i)) for i, c in enumerate(classes)}
+
+
+def _diff(a: dict, b: dict) -> dict:
+    return {k: v for k, v in a.items() if b.get(k) != v}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", type=Path, default=Path("models/default"),
+                   help="bundle directory [models/default]")
+    p.add_argument("--force", action="store_true", help="replace an existing bundle")
+    p.add_argument("--quick", action="store_true",
+                   help="tiny runs and 2 epochs: a smoke test, not a useful model")
+    p.add_argument("--workers", type=int, default=2, help="simulation processes [2]")
+
+
+def run(args: argparse.Namespace) -> int:
+    plan = QUICK if args.quick else FULL
+    t0 = time.perf_counter()
+    metrics = build_default(args.out, force=args.force, plan=plan, workers=args.workers)
+    lines = [f"wrote {args.out} in {time.perf_counter() - t0:.0f} s"]
+    for split, m in metrics.items():
+        k = m["keep"]["single"]
+        lines.append(f"{split}: accuracy {m['accuracy']:.4f}; single kept at p>="
+                     f"{k['threshold']:.3f}: precision {k['precision']:.4f}, recall "
+                     f"{k['recall']:.4f}; per class recall "
+                     + json.dumps({c: v["recall"] for c, v in m["per_class"].items()}))
+    print("\n".join(lines))
+    return 0
