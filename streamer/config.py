@@ -66,6 +66,7 @@ class PipelineConfig:
     inference_threads: int = 1
     stop_at_end: bool = True  # stop after the feed's end-of-run marker
     idle_timeout_s: float = 0.0  # > 0: stop after this long without frames
+    model_watch_s: float = 0.0  # > 0: check the model path's manifest this often, swap on change
 
     def __post_init__(self) -> None:
         if self.mode not in PIPELINE_MODES:

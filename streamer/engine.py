@@ -137,7 +137,6 @@ class Engine:
         self.output_names = [o.name for o in self.session.get_outputs()]
         if "probabilities" not in self.output_names:
             raise BundleError(f"{bundle.model_path}: graph has no 'probabilities' output")
-        self.pool = self._make_pool()
         self._local = threading.local()
         log.info(
             "engine: model %s on %s (providers %s), batch ≤ %d",
@@ -192,7 +191,8 @@ class Engine:
             log.warning("%s", msg)
         return session
 
-    def _make_pool(self) -> BufferPool:
+    def create_pool(self) -> BufferPool:
+        """Staging buffers for this engine's batches (pinned host memory on GPU)."""
         h, w = self.bundle.frame_shape
         shape = (self.config.max_batch, h, w)
         n = self.config.pinned_buffers

@@ -1,4 +1,4 @@
-"""The streamer's HTTP endpoint: ``/metrics`` (Prometheus), ``/ready``, ``/healthz``.
+"""The streamer's HTTP endpoint: ``/metrics`` (Prometheus), ``/ready``, ``/healthz``, ``/status``.
 
 Bound to 127.0.0.1 unless configured otherwise. Extra routes (the live view) register
 through :meth:`StatusServer.route`. Runs in its own daemon thread, off the hot path.
@@ -20,6 +20,8 @@ from streamer.metrics import Metrics
 log = logging.getLogger(__name__)
 
 Handler = Callable[[str], tuple[int, str, bytes]]  # query string -> (status, type, body)
+PostHandler = Callable[[bytes], tuple[int, str, bytes]]  # request body -> (status, type, body)
+MAX_POST_BYTES = 64 * 1024
 
 
 class StatusServer:
@@ -30,13 +32,28 @@ class StatusServer:
         self.ready = threading.Event()
         self.status: Callable[[], dict[str, Any]] = dict
         self._routes: dict[str, Handler] = {}
+        self._post_routes: dict[str, PostHandler] = {}
         server = self
 
         class _Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 path, _, query = self.path.partition("?")
+                self._answer(path, lambda: server.handle(path, query))
+
+            def do_POST(self) -> None:
+                path = self.path.partition("?")[0]
+                length = int(self.headers.get("Content-Length") or 0)
+                if path not in server._post_routes:
+                    self._answer(path, lambda: (404, "text/plain", b"not found\n"))
+                elif not 0 <= length <= MAX_POST_BYTES:
+                    self._answer(path, lambda: (413, "text/plain", b"body too large\n"))
+                else:
+                    body = self.rfile.read(length)
+                    self._answer(path, lambda: server._post_routes[path](body))
+
+            def _answer(self, path: str, make: Callable[[], tuple[int, str, bytes]]) -> None:
                 try:
-                    code, ctype, body = server.handle(path, query)
+                    code, ctype, body = make()
                 except Exception:  # a broken view must never take the streamer down
                     log.exception("http: error serving %s", path)
                     code, ctype, body = 500, "text/plain", b"internal error\n"
@@ -65,6 +82,9 @@ class StatusServer:
 
     def route(self, path: str, handler: Handler) -> None:
         self._routes[path] = handler
+
+    def post_route(self, path: str, handler: PostHandler) -> None:
+        self._post_routes[path] = handler
 
     def handle(self, path: str, query: str) -> tuple[int, str, bytes]:
         if path == "/metrics":

@@ -29,6 +29,7 @@ from streamer.errors import HitstreamError, MessageError
 from streamer.feed import FeedClient
 from streamer.geometry import DetectorGeometry
 from streamer.metrics import Metrics
+from streamer.model_swap import ModelSwapper
 from streamer.protocol import Limits, deserialize
 from streamer.run_index import build_run_index
 from streamer.types import EndOfRun, ResultBatch
@@ -107,16 +108,18 @@ class Pipeline:
         bundle = load_bundle(config.model)
         engine = Engine(bundle, config.engine)
         engine.self_test()
-        self.model = _Model(engine, config.output.keep_classes)
         self.metrics = metrics or Metrics()
         self.metrics.set_classes(bundle.classes, bundle.hit_classes)
-        self.metrics.model_info.info(
-            {"name": bundle.name, "version": bundle.version, "path": str(bundle.path)}
+        self._install(engine)
+        self.swapper = ModelSwapper(
+            current=lambda: self.model.engine,
+            install=self._install,
+            config=config.engine,
+            metrics=self.metrics,
+            watch_path=Path(config.model),
+            watch_s=config.pipeline.model_watch_s,
         )
-        self.metrics.engine_info.info(
-            {"provider": engine.provider, "providers": ",".join(engine.providers)}
-        )
-        self.pool = engine.pool
+        self.pool = engine.create_pool()
         self.batcher = Batcher(self.pool, config.engine.max_batch, config.pipeline.max_delay_s)
         self.spec = SourceSpec(
             source=config.feed.source,
@@ -158,6 +161,15 @@ class Pipeline:
 
     # -- control -------------------------------------------------------------------------
 
+    def _install(self, engine: Engine) -> None:
+        """Make ``engine`` label the next batch (assignment is atomic between batches)."""
+        b = engine.bundle
+        self.model = _Model(engine, self.config.output.keep_classes)
+        self.metrics.model_info.info({"name": b.name, "version": b.version, "path": str(b.path)})
+        self.metrics.engine_info.info(
+            {"provider": engine.provider, "providers": ",".join(engine.providers)}
+        )
+
     def stop(self) -> None:
         """Ask the pipeline to finish its batches, close its files and return from run()."""
         self._stop.set()
@@ -183,6 +195,7 @@ class Pipeline:
         for t in self._threads:
             t.start()
         self.metrics.up.set(1)
+        self.swapper.start()
         try:
             self._receive_loop(lossless)
         except Exception as exc:  # keep files consistent whatever happened
@@ -198,6 +211,7 @@ class Pipeline:
                 t.join()
             self._write_q.put(_STOP)
             self._threads[-1].join()
+            self.swapper.stop()
             self.metrics.up.set(0)
         return self._summary()
 

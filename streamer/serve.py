@@ -13,8 +13,10 @@ from typing import Any
 
 from streamer.config import load_config, parse_override, to_dict
 from streamer.engine import PROVIDER_CHOICES
+from streamer.errors import ConfigError
 from streamer.http_server import StatusServer
 from streamer.metrics import Metrics
+from streamer.model_swap import parse_swap_body
 from streamer.pipeline import Pipeline, RunSummary
 
 HELP = "classify frames from a ZeroMQ (Karabo bridge 2.2) feed and write rolling CXI files"
@@ -89,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
     if config.metrics.port >= 0:
         server = StatusServer(metrics, config.metrics.host, config.metrics.port).start()
         server.status = pipeline.status
+        server.post_route("/model", lambda body: _swap_answer(pipeline, body))
     stop_signals = _install_signal_handlers(pipeline)
     try:
         summary = _run_with_ready_line(pipeline, server)
@@ -112,6 +115,15 @@ def _run_with_ready_line(pipeline: Pipeline, server: StatusServer | None) -> Run
     return pipeline.run()
 
 
+def _swap_answer(pipeline: Pipeline, body: bytes) -> tuple[int, str, bytes]:
+    """``POST /model {"path": ...}``: validate and switch; 409 with the reason if refused."""
+    try:
+        result = pipeline.swapper.request(parse_swap_body(body))
+    except ConfigError as exc:
+        return 400, "application/json", json.dumps({"ok": False, "message": str(exc)}).encode()
+    return (200 if result.ok else 409), "application/json", json.dumps(result.as_dict()).encode()
+
+
 def _install_signal_handlers(pipeline: Pipeline) -> Any:
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
@@ -121,8 +133,15 @@ def _install_signal_handlers(pipeline: Pipeline) -> Any:
         log.info("signal %d: finishing batches and closing files", signum)
         pipeline.stop()
 
+    def reload(signum: int, _frame: Any) -> None:
+        log.info("SIGHUP: reloading the model from %s", pipeline.config.model)
+        threading.Thread(
+            target=pipeline.swapper.request, args=(pipeline.config.model,), daemon=True
+        ).start()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
         previous[sig] = signal.signal(sig, handler)
+    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, reload)
 
     def restore() -> None:
         for sig, h in previous.items():

@@ -40,13 +40,14 @@ def test_requested_gpu_without_gpu_falls_back_or_fails(tiny: Path) -> None:
 
 def test_pool_bounds_buffers(tiny: Path) -> None:
     engine = Engine(load_bundle(tiny), EngineConfig(max_batch=4, pinned_buffers=2))
-    a, buf_a = engine.pool.acquire()
-    b, _ = engine.pool.acquire()
-    assert buf_a.shape == (4, 260, 257) and engine.pool.available() == 0
-    engine.pool.release(a)
-    assert engine.pool.acquire(timeout=0.1)[0] == a
-    engine.pool.release(a)
-    engine.pool.release(b)
+    pool = engine.create_pool()
+    a, buf_a = pool.acquire()
+    b, _ = pool.acquire()
+    assert buf_a.shape == (4, 260, 257) and pool.available() == 0
+    pool.release(a)
+    assert pool.acquire(timeout=0.1)[0] == a
+    pool.release(a)
+    pool.release(b)
 
 
 def test_corrupted_model_is_refused(tiny: Path) -> None:

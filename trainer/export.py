@@ -135,6 +135,15 @@ def write_confusion_png(path: Path, metrics: Mapping[str, Any], classes: Sequenc
     plt.close(fig)
 
 
+def _make_readable(root: Path) -> None:
+    """mkdtemp/mkstemp create owner-only entries; give the bundle the usual permissions."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(root, 0o777 & ~umask)
+    for p in root.rglob("*"):
+        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~umask)
+
+
 def _place(tmp: Path, out: Path, force: bool) -> None:
     """Rename the finished bundle into place; with ``force`` swap out an existing one."""
     if not out.exists():
@@ -238,6 +247,7 @@ def export_bundle(
         }
         write_manifest(tmp, manifest)
         load_bundle(tmp, verify=True)
+        _make_readable(tmp)
         _place(tmp, out, force)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
