@@ -14,7 +14,8 @@ from streamer.types import FrameBatch
 
 @dataclass
 class StagedBatch:
-    """A batch whose frames live in pool buffer ``pool_index`` (release it when written)."""
+    """A batch whose frames live in pool buffer ``pool_index`` (release it when written);
+    -1: the frames are the received message itself (nothing to release)."""
 
     batch: FrameBatch
     pool_index: int
@@ -24,13 +25,18 @@ class Batcher:
     """Copies frames into pool buffers and hands out full (or overdue) batches.
 
     ``block=False`` (live mode) never waits for a free buffer: frames that find none are
-    returned as a count of dropped frames instead.
+    returned as a count of dropped frames instead. ``zero_copy_min`` > 0: a message of at
+    least that many frames arriving while nothing is pending becomes its own batch(es)
+    without copying (``pool_index`` -1): the engine reads the received buffer in place.
     """
 
-    def __init__(self, pool: BufferPool, max_batch: int, max_delay_s: float) -> None:
+    def __init__(
+        self, pool: BufferPool, max_batch: int, max_delay_s: float, zero_copy_min: int = 0
+    ) -> None:
         self.pool = pool
         self.max_batch = max_batch
         self.max_delay_s = max_delay_s
+        self.zero_copy_min = zero_copy_min
         self._index: int | None = None
         self._buf: np.ndarray | None = None
         self._n = 0
@@ -45,6 +51,10 @@ class Batcher:
         """Stage ``fb``; returns the batches now full and the number of frames dropped."""
         ready: list[StagedBatch] = []
         start, total = 0, len(fb)
+        if self.zero_copy_min and self._n == 0 and total >= self.zero_copy_min:
+            for a in range(0, total, self.max_batch):
+                ready.append(StagedBatch(_slice(fb, a, min(total, a + self.max_batch)), -1))
+            return ready, 0
         while start < total:
             if self._buf is None and not self._open(block):
                 return ready, total - start
@@ -101,7 +111,7 @@ class Batcher:
 
 
 def _slice(fb: FrameBatch, a: int, b: int) -> FrameBatch:
-    """Ids of frames a..b-1 (the pixels are copied separately into the pool buffer)."""
+    """Frames a..b-1 (views, no copy)."""
     return FrameBatch(
         frames=fb.frames[a:b],
         train_id=fb.train_id[a:b],

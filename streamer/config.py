@@ -49,6 +49,8 @@ class FeedConfig:
     poll_s: float = 0.05  # receive timeout per poll; also bounds batching deadlines
     reconnect_s: float = 5.0  # REQ: no answer for this long -> new socket
     hwm: int = 64
+    prefetch: bool = True  # REQ: request message i+1 while decoding message i
+    drain_s: float = 2.0  # on stop: wait this long for a reply already requested
     max_message_bytes: int = 1 << 30
 
     def __post_init__(self) -> None:
@@ -64,6 +66,7 @@ class PipelineConfig:
     max_delay_s: float = 0.05  # a partial batch waits at most this long
     queue_size: int = 4  # batches waiting for the engine / for the writer
     inference_threads: int = 1
+    zero_copy_min: int = 16  # CPU: messages with ≥ this many frames are inferred in place
     stop_at_end: bool = True  # stop after the feed's end-of-run marker
     idle_timeout_s: float = 0.0  # > 0: stop after this long without frames
     model_watch_s: float = 0.0  # > 0: check the model path's manifest this often, swap on change

@@ -173,6 +173,9 @@ class Engine:
             so.intra_op_num_threads = self.config.intra_op_threads
         so.inter_op_num_threads = max(1, self.config.inter_op_threads)
         so.log_severity_level = 3
+        # idle pool threads must not spin: the receiver and writer need the cores
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so.add_session_config_entry("session.inter_op.allow_spinning", "0")
         path = self.bundle.model_path
         try:
             session = ort.InferenceSession(

@@ -11,6 +11,7 @@ high-water mark). Not thread-safe: use one client per thread.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import replace
@@ -40,6 +41,8 @@ class FeedClient:
     ``hwm`` is the receive high-water mark in messages. ``max_message_bytes`` bounds each
     message (ZMQ_MAXMSGSIZE per part on the socket, and the whole message in
     :func:`~streamer.protocol.deserialize`). A ``context`` passed in is never terminated.
+    ``prefetch`` (REQ): send the next request as soon as a reply arrives, so the server
+    prepares message i+1 while this side decodes message i; still one message in flight.
     """
 
     def __init__(
@@ -52,6 +55,7 @@ class FeedClient:
         max_message_bytes: int | None = None,
         limits: Limits = DEFAULT_LIMITS,
         context: zmq.Context | None = None,
+        prefetch: bool = False,
     ) -> None:
         mode = mode.upper()
         if mode not in _SOCKET_TYPES:
@@ -63,6 +67,7 @@ class FeedClient:
         self.timeout_s = timeout_s
         self.hwm = hwm
         self.limits = limits
+        self.prefetch = prefetch and mode == "REQ"
         self.messages = 0  # messages received
         self.bytes = 0  # bytes received
         self._own_context = context is None
@@ -99,6 +104,20 @@ class FeedClient:
         self._socket = self._make_socket()
         log.debug("REQ socket to %s recreated after a timeout", self.endpoint)
 
+    def _request(self, sock: zmq.Socket) -> None:
+        try:
+            sock.send(b"next", flags=zmq.NOBLOCK)
+        except zmq.Again:  # no peer pipe (cannot happen with connect, kept for safety)
+            self._reset()
+            raise TimeoutError(f"could not send a request to {self.endpoint}") from None
+        self._pending = True
+        self._sent_at = time.monotonic()
+
+    @property
+    def pending(self) -> bool:
+        """REQ: a request is out whose reply has not been received (a stop should take it)."""
+        return self._pending
+
     def recv_parts(self, timeout_s: float | None = None) -> list[zmq.Frame]:
         """The parts of the next message, without copying (``timeout_s=None``: the
         client's default). Raises TimeoutError naming the endpoint."""
@@ -107,13 +126,7 @@ class FeedClient:
             raise RuntimeError(f"feed client for {self.endpoint} is closed")
         timeout = self.timeout_s if timeout_s is None else timeout_s
         if self.mode == "REQ" and not self._pending:
-            try:
-                sock.send(b"next", flags=zmq.NOBLOCK)
-            except zmq.Again:  # no peer pipe (cannot happen with connect, kept for safety)
-                self._reset()
-                raise TimeoutError(f"could not send a request to {self.endpoint}") from None
-            self._pending = True
-            self._sent_at = time.monotonic()
+            self._request(sock)
         ms = -1 if timeout is None else max(0, round(timeout * 1000))
         if not sock.poll(ms, zmq.POLLIN):
             if (
@@ -125,6 +138,9 @@ class FeedClient:
             raise TimeoutError(f"no message from {self.endpoint} ({self.mode}) in {timeout} s")
         parts = sock.recv_multipart(copy=False)
         self._pending = False
+        if self.prefetch:  # ask for the next message now: the server works while we decode
+            with contextlib.suppress(TimeoutError):  # the next recv_parts asks again
+                self._request(sock)
         self.messages += 1
         self.bytes += sum(len(p.buffer) for p in parts)
         return parts

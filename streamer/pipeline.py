@@ -120,7 +120,12 @@ class Pipeline:
             watch_s=config.pipeline.model_watch_s,
         )
         self.pool = engine.create_pool()
-        self.batcher = Batcher(self.pool, config.engine.max_batch, config.pipeline.max_delay_s)
+        self.batcher = Batcher(
+            self.pool,
+            config.engine.max_batch,
+            config.pipeline.max_delay_s,
+            zero_copy_min=0 if engine.on_gpu else config.pipeline.zero_copy_min,
+        )
         self.spec = SourceSpec(
             source=config.feed.source,
             key=config.feed.key,
@@ -169,6 +174,10 @@ class Pipeline:
         self.metrics.engine_info.info(
             {"provider": engine.provider, "providers": ",".join(engine.providers)}
         )
+
+    def _release(self, pool_index: int) -> None:
+        if pool_index >= 0:
+            self.pool.release(pool_index)
 
     def stop(self) -> None:
         """Ask the pipeline to finish its batches, close its files and return from run()."""
@@ -227,6 +236,7 @@ class Pipeline:
             timeout_s=cfg.feed.reconnect_s,
             hwm=cfg.feed.hwm,
             max_message_bytes=cfg.feed.max_message_bytes,
+            prefetch=cfg.feed.prefetch,
         ) as feed:
             self.ready.set()
             log.info(
@@ -254,6 +264,19 @@ class Pipeline:
                     break
                 self.metrics.queue_depth.labels(queue="infer").set(self._infer_q.qsize())
                 self.metrics.queue_depth.labels(queue="write").set(self._write_q.qsize())
+            self._drain(feed, limits, lossless)
+
+    def _drain(self, feed: FeedClient, limits: Limits, lossless: bool) -> None:
+        """Stopped with a request out (REQ): the server may already have sent that train,
+        so take the reply rather than lose it."""
+        if not feed.pending or self._end is not None:
+            return
+        feed.prefetch = False
+        try:
+            parts = feed.recv_parts(timeout_s=self.config.feed.drain_s)
+        except TimeoutError:
+            return
+        self._handle_message(parts, limits, lossless)
 
     def _handle_message(self, parts: list[Any], limits: Limits, lossless: bool) -> bool:
         """Decode, count and stage one message; True when it was the end-of-run marker."""
@@ -312,7 +335,7 @@ class Pipeline:
             self._infer_q.put_nowait(staged)
         except queue.Full:
             self.metrics.dropped("queue_full", len(staged.batch))
-            self.pool.release(staged.pool_index)
+            self._release(staged.pool_index)
 
     def _infer_loop(self) -> None:
         m = self.metrics
@@ -327,7 +350,7 @@ class Pipeline:
                 log.exception("inference failed on a batch of %d frames", len(staged.batch))
                 m.rejected("inference", len(staged.batch))
                 self._errors.append(f"inference: {exc}")
-                self.pool.release(staged.pool_index)
+                self._release(staged.pool_index)
                 continue
             done = time.monotonic()
             m.batch_latency.observe(done - t)
@@ -361,7 +384,7 @@ class Pipeline:
                 if failed:
                     m.dropped("writer_stopped", len(result))
             finally:
-                self.pool.release(pool_index)
+                self._release(pool_index)
             m.bytes_written.set(w.bytes_written)
             if len(w.files_closed) != files_before:
                 m.files_rotated.inc(len(w.files_closed) - files_before)

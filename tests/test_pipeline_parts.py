@@ -94,3 +94,15 @@ def test_deploy_config_loads() -> None:
     """The documented example holds exactly the defaults (so it cannot drift)."""
     cfg = load_config(Path(__file__).parent.parent / "deploy" / "streamer.toml")
     assert cfg == ServeConfig()
+
+
+def test_batcher_zero_copy_for_large_messages() -> None:
+    pool = BufferPool([np.zeros((4, 4, 5), np.float32) for _ in range(2)])
+    b = Batcher(pool, max_batch=4, max_delay_s=10.0, zero_copy_min=3)
+    fb = _fb(7, 6)
+    ready, _ = b.add(fb)
+    assert [len(s.batch) for s in ready] == [4, 2] and all(s.pool_index == -1 for s in ready)
+    assert np.shares_memory(ready[0].batch.frames, fb.frames)  # no copy
+    assert pool.available() == 2
+    ready, _ = b.add(_fb(8, 2))  # small message: staged in a pool buffer as before
+    assert ready == [] and b.pending == 2 and pool.available() == 1

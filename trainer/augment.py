@@ -108,9 +108,7 @@ def augment_frames(
         )
         flip = tf.random.stateless_uniform([n], seeds[3]) < (0.5 if config.mirror else 0.0)
         mirror = tf.where(flip, -1.0, 1.0)
-        shift = tf.random.stateless_uniform(
-            [n, 2], seeds[4], -config.shift_px, config.shift_px
-        )
+        shift = tf.random.stateless_uniform([n, 2], seeds[4], -config.shift_px, config.shift_px)
         x = tf.gather(x, tf.constant(gap_fill_rows(geometry)), axis=1)
         h, w = geometry.shape
         x = tf.raw_ops.ImageProjectiveTransformV3(

@@ -67,8 +67,9 @@ def _simulate_part(args: tuple) -> tuple[int, np.ndarray, np.ndarray]:
     return start, run.frames, run.labels
 
 
-def simulate_parallel(n: int, seed: int, config=None, workers: int = 2, desc: str = "simulate",
-                      chunk: int = 64) -> tuple[np.ndarray, np.ndarray]:
+def simulate_parallel(
+    n: int, seed: int, config=None, workers: int = 2, desc: str = "simulate", chunk: int = 64
+) -> tuple[np.ndarray, np.ndarray]:
     """Frames 0..n-1 of a simulated run, computed in worker processes (frame i depends only
     on (seed, i), so the result does not depend on ``workers``)."""
     from tqdm import tqdm
@@ -106,8 +107,12 @@ def history_png(history: dict[str, list[float]]) -> bytes:
         for prefix, style in (("", "-"), ("val_", "--")):
             values = history.get(prefix + key)
             if values:
-                ax.plot(range(1, len(values) + 1), values, style,
-                        label=("validation " if prefix else "training ") + key)
+                ax.plot(
+                    range(1, len(values) + 1),
+                    values,
+                    style,
+                    label=("validation " if prefix else "training ") + key,
+                )
         ax.set_xlabel("epoch")
         ax.legend()
         ax.grid(alpha=0.3)
@@ -123,13 +128,16 @@ def onnx_probabilities(model_path: Path, frames: np.ndarray, batch: int = 256) -
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-    out = [session.run(["probabilities"], {"frames": frames[i : i + batch]})[0]
-           for i in range(0, len(frames), batch)]
+    out = [
+        session.run(["probabilities"], {"frames": frames[i : i + batch]})[0]
+        for i in range(0, len(frames), batch)
+    ]
     return np.concatenate(out)
 
 
-def build_default(out: Path, force: bool = False, plan: BuildPlan = FULL, workers: int = 2,
-                  name: str = "default") -> dict:
+def build_default(
+    out: Path, force: bool = False, plan: BuildPlan = FULL, workers: int = 2, name: str = "default"
+) -> dict:
     """Simulate, train, evaluate and export; returns the manifest's metrics."""
     from trainer.simulate import SIM_CLASSES, SimConfig
 
@@ -152,12 +160,14 @@ def build_default(out: Path, force: bool = False, plan: BuildPlan = FULL, worker
     )
 
     classes = list(SIM_CLASSES)
-    config = TrainConfig(architecture="compact", epochs=plan.epochs,
-                         batch_size=plan.batch_size, seed=TRAIN_SEED_NN)
+    config = TrainConfig(
+        architecture="compact", epochs=plan.epochs, batch_size=plan.batch_size, seed=TRAIN_SEED_NN
+    )
     result = train_model(x_tr, y_tr, classes, x_va, y_va, config)
     single = classes.index("single")
-    thresholds = {"single": choose_threshold(result.val_probabilities, y_va, single,
-                                             plan.target_precision)}
+    thresholds = {
+        "single": choose_threshold(result.val_probabilities, y_va, single, plan.target_precision)
+    }
     p_te = predict_probabilities(result.model, x_te)
     metrics = {
         "validation": classification_metrics(result.val_probabilities, y_va, classes, thresholds),
@@ -167,12 +177,24 @@ def build_default(out: Path, force: bool = False, plan: BuildPlan = FULL, worker
         "command": "trainer build-default" + (" --quick" if plan != FULL else ""),
         "simulator": "trainer.simulate",
         "runs": {
-            "train": {"seed": TRAIN_SEED, "frames": plan.n_train,
-                      "counts": _counts(y_tr, classes), "config": "SimConfig() defaults"},
-            "validation": {"seed": VAL_SEED, "frames": plan.n_val,
-                           "counts": _counts(y_va, classes), "config": "SimConfig() defaults"},
-            "test": {"seed": TEST_SEED, "frames": plan.n_test, "counts": _counts(y_te, classes),
-                     "config": _diff(asdict(test_cfg), asdict(train_cfg))},
+            "train": {
+                "seed": TRAIN_SEED,
+                "frames": plan.n_train,
+                "counts": _counts(y_tr, classes),
+                "config": "SimConfig() defaults",
+            },
+            "validation": {
+                "seed": VAL_SEED,
+                "frames": plan.n_val,
+                "counts": _counts(y_va, classes),
+                "config": "SimConfig() defaults",
+            },
+            "test": {
+                "seed": TEST_SEED,
+                "frames": plan.n_test,
+                "counts": _counts(y_te, classes),
+                "config": _diff(asdict(test_cfg), asdict(train_cfg)),
+            },
         },
         "config": config.as_dict(),
         "class_weights": result.class_weights,
@@ -181,19 +203,32 @@ def build_default(out: Path, force: bool = False, plan: BuildPlan = FULL, worker
         "train_seconds": round(result.seconds, 1),
         "simulate_seconds": round(t_sim, 1),
         "threshold_rule": f"lowest p(single) with validation keep precision >= "
-                          f"{plan.target_precision} (not below 0.5)",
+        f"{plan.target_precision} (not below 0.5)",
     }
     path = export_bundle(
-        result.model, out, name=name, classes=classes, thresholds=thresholds,
-        training_summary=summary, metrics=metrics, force=force,
+        result.model,
+        out,
+        name=name,
+        classes=classes,
+        thresholds=thresholds,
+        training_summary=summary,
+        metrics=metrics,
+        force=force,
         extra_files={"training.png": history_png(result.history)},
     )
     p_onnx = onnx_probabilities(path / "model.onnx", x_te)
     diff = float(np.abs(p_onnx - p_te).max())
     if diff > 1e-3:
         raise ConfigError(f"{path}: ONNX and Keras probabilities differ by {diff:.2e}")
-    log.info("built %s in %.0f s (simulation %.0f s, training %.0f s); ONNX vs Keras max "
-             "difference %.1e", path, time.perf_counter() - t0, t_sim, result.seconds, diff)
+    log.info(
+        "built %s in %.0f s (simulation %.0f s, training %.0f s); ONNX vs Keras max "
+        "difference %.1e",
+        path,
+        time.perf_counter() - t0,
+        t_sim,
+        result.seconds,
+        diff,
+    )
     return metrics
 
 
@@ -206,11 +241,15 @@ def _diff(a: dict, b: dict) -> dict:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", type=Path, default=Path("models/default"),
-                   help="bundle directory [models/default]")
+    p.add_argument(
+        "--out", type=Path, default=Path("models/default"), help="bundle directory [models/default]"
+    )
     p.add_argument("--force", action="store_true", help="replace an existing bundle")
-    p.add_argument("--quick", action="store_true",
-                   help="tiny runs and 2 epochs: a smoke test, not a useful model")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny runs and 2 epochs: a smoke test, not a useful model",
+    )
     p.add_argument("--workers", type=int, default=2, help="simulation processes [2]")
 
 
@@ -221,9 +260,11 @@ def run(args: argparse.Namespace) -> int:
     lines = [f"wrote {args.out} in {time.perf_counter() - t0:.0f} s"]
     for split, m in metrics.items():
         k = m["keep"]["single"]
-        lines.append(f"{split}: accuracy {m['accuracy']:.4f}; single kept at p>="
-                     f"{k['threshold']:.3f}: precision {k['precision']:.4f}, recall "
-                     f"{k['recall']:.4f}; per class recall "
-                     + json.dumps({c: v["recall"] for c, v in m["per_class"].items()}))
+        lines.append(
+            f"{split}: accuracy {m['accuracy']:.4f}; single kept at p>="
+            f"{k['threshold']:.3f}: precision {k['precision']:.4f}, recall "
+            f"{k['recall']:.4f}; per class recall "
+            + json.dumps({c: v["recall"] for c, v in m["per_class"].items()})
+        )
     print("\n".join(lines))
     return 0

@@ -93,11 +93,19 @@ def check_onnx(path: Path, frame_shape: tuple[int, int], n_classes: int) -> dict
     inputs = session.get_inputs()
     if [i.name for i in inputs] != [INPUT_NAME]:
         raise BundleError(f"{path}: graph inputs {[i.name for i in inputs]}, want [{INPUT_NAME!r}]")
-    out = dict(zip([o.name for o in session.get_outputs()],
-                   session.run(None, {INPUT_NAME: np.zeros((2, *frame_shape), np.float32)}),
-                   strict=True))
+    out = dict(
+        zip(
+            [o.name for o in session.get_outputs()],
+            session.run(None, {INPUT_NAME: np.zeros((2, *frame_shape), np.float32)}),
+            strict=True,
+        )
+    )
     prob = out.get("probabilities")
-    if prob is None or prob.shape != (2, n_classes) or not np.allclose(prob.sum(axis=1), 1, atol=1e-4):
+    if (
+        prob is None
+        or prob.shape != (2, n_classes)
+        or not np.allclose(prob.sum(axis=1), 1, atol=1e-4)
+    ):
         raise BundleError(f"{path}: 'probabilities' output missing or malformed")
     return {
         "inputs": {i.name: list(i.shape) for i in inputs},
@@ -123,8 +131,15 @@ def write_confusion_png(path: Path, metrics: Mapping[str, Any], classes: Sequenc
         ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
         for i in range(len(classes)):
             for j in range(len(classes)):
-                ax.text(j, i, f"{int(conf[i, j])}", ha="center", va="center",
-                        color="white" if norm[i, j] > 0.6 else "black", fontsize=9)
+                ax.text(
+                    j,
+                    i,
+                    f"{int(conf[i, j])}",
+                    ha="center",
+                    va="center",
+                    color="white" if norm[i, j] > 0.6 else "black",
+                    fontsize=9,
+                )
         ax.set_xticks(range(len(classes)), classes, rotation=30)
         ax.set_yticks(range(len(classes)), classes)
         ax.set_xlabel("predicted")
@@ -190,8 +205,11 @@ def export_bundle(
     geometry = geometry or DetectorGeometry()
     out = Path(out_dir)
     classes = list(classes)
-    for key, subset in (("hit_classes", hit_classes), ("keep_classes", keep_classes),
-                        ("thresholds", list(thresholds or {}))):
+    for key, subset in (
+        ("hit_classes", hit_classes),
+        ("keep_classes", keep_classes),
+        ("thresholds", list(thresholds or {})),
+    ):
         unknown = set(subset) - set(classes)
         if unknown:
             raise BundleError(f"{key} names unknown classes {sorted(unknown)}")
@@ -206,8 +224,11 @@ def export_bundle(
         io = check_onnx(tmp / MODEL_FILE, tuple(geometry.shape), len(classes))
         model_info: dict[str, Any] = {"opset": opset}
         if is_keras:
-            model_info.update(architecture=model_or_fn.name, params=int(model_or_fn.count_params()),
-                              macs_per_frame=count_macs(model_or_fn))
+            model_info.update(
+                architecture=model_or_fn.name,
+                params=int(model_or_fn.count_params()),
+                macs_per_frame=count_macs(model_or_fn),
+            )
             model_or_fn.save(tmp / KERAS_FILE)
         if metrics:
             (tmp / EVALUATION_FILE).write_text(json.dumps(metrics, indent=2) + "\n")

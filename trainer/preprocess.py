@@ -83,7 +83,7 @@ def bin_frames(frames: np.ndarray, geometry: DetectorGeometry | None = None) -> 
         x = x[None]
     geometry = geometry or DetectorGeometry()
     if x.shape[1:] != tuple(geometry.shape):
-        raise ValueError(f"frames of shape {x.shape[1:]} do not match the geometry {geometry.shape}")
+        raise ValueError(f"frames {x.shape[1:]} do not match the geometry {geometry.shape}")
     n = x.shape[0]
     hb, wb = binned_shape(geometry)
     with np.errstate(invalid="ignore", over="ignore"):

@@ -38,9 +38,9 @@ class TrainConfig:
     patience: int = 6
     class_weights: bool = True
     augment: bool = True
-    augment_config: AugmentConfig = AugmentConfig()
+    augment_config: AugmentConfig = field(default_factory=AugmentConfig)
     deterministic: bool = True
-    geometry: DetectorGeometry = DetectorGeometry()
+    geometry: DetectorGeometry = field(default_factory=DetectorGeometry)
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -73,11 +73,13 @@ def class_weights_for(labels: np.ndarray, n_classes: int) -> np.ndarray:
 
 def _check_inputs(frames: np.ndarray, labels: np.ndarray, n_classes: int, what: str) -> None:
     if frames.ndim != 3 or len(frames) != len(labels):
-        raise ValueError(f"{what}: need frames (N, H, W) and N labels, got {frames.shape} and "
-                         f"{np.shape(labels)}")
+        raise ValueError(
+            f"{what}: need frames (N, H, W) and N labels, got {frames.shape} and {np.shape(labels)}"
+        )
     if len(labels) and (labels.min() < 0 or labels.max() >= n_classes):
-        raise ValueError(f"{what}: labels must be in [0, {n_classes}), got "
-                         f"[{labels.min()}, {labels.max()}]")
+        raise ValueError(
+            f"{what}: labels must be in [0, {n_classes}), got [{labels.min()}, {labels.max()}]"
+        )
 
 
 def preprocess_batches(frames: np.ndarray, geometry: DetectorGeometry, batch: int = 256):
@@ -135,9 +137,7 @@ def _train_dataset(frames, labels, weights, cfg: TrainConfig):
         images, _ = graph.preprocess(x, cfg.geometry)
         return images, tf.ensure_shape(y, [None]), tf.ensure_shape(sw, [None])
 
-    ds = tf.data.Dataset.zip((ds, seeds)).map(
-        transform, num_parallel_calls=2, deterministic=True
-    )
+    ds = tf.data.Dataset.zip((ds, seeds)).map(transform, num_parallel_calls=2, deterministic=True)
     return ds.prefetch(2)
 
 
@@ -153,8 +153,11 @@ def _epoch_logger(total: int):
             logs = logs or {}
             parts = [f"{k} {v:.4f}" for k, v in logs.items() if k != "learning_rate"]
             dt = time.perf_counter() - self._t
-            print(f"epoch {epoch + 1}/{total} ({dt:.0f} s): " + ", ".join(parts),
-                  file=sys.stderr, flush=True)
+            print(
+                f"epoch {epoch + 1}/{total} ({dt:.0f} s): " + ", ".join(parts),
+                file=sys.stderr,
+                flush=True,
+            )
 
     return EpochLog()
 
@@ -185,14 +188,16 @@ def train_model(
     if len(frames) == 0 or len(val_frames) == 0:
         raise ValueError("training and validation sets must not be empty")
     if tuple(frames.shape[1:]) != tuple(config.geometry.shape):
-        raise ValueError(f"frames {frames.shape[1:]} differ from the geometry's "
-                         f"{config.geometry.shape}")
+        raise ValueError(
+            f"frames {frames.shape[1:]} differ from the geometry's {config.geometry.shape}"
+        )
     t0 = time.perf_counter()
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
-    weights = (class_weights_for(labels, len(classes)) if config.class_weights
-               else np.ones(len(classes)))
+    weights = (
+        class_weights_for(labels, len(classes)) if config.class_weights else np.ones(len(classes))
+    )
     train_ds = _train_dataset(frames, labels, weights, config)
     val_images = preprocess_batches(val_frames, config.geometry)
     val_ds = tf.data.Dataset.from_tensor_slices((val_images, val_labels.astype(np.int32)))
@@ -224,8 +229,13 @@ def train_model(
     val_prob = predict_probabilities(model, val_frames, config.geometry)
     metrics = classification_metrics(val_prob, val_labels, classes)
     seconds = time.perf_counter() - t0
-    log.info("trained %s in %.0f s, best epoch %d, validation accuracy %.4f",
-             config.architecture, seconds, best_epoch, metrics["accuracy"])
+    log.info(
+        "trained %s in %.0f s, best epoch %d, validation accuracy %.4f",
+        config.architecture,
+        seconds,
+        best_epoch,
+        metrics["accuracy"],
+    )
     return TrainResult(
         model=model,
         history=history,
@@ -302,8 +312,12 @@ def classification_metrics(
         prec = tp / conf[:, i].sum() if conf[:, i].sum() else 0.0
         rec = tp / conf[i].sum() if conf[i].sum() else 0.0
         f1 = 2 * prec * rec / (prec + rec) if prec + rec else 0.0
-        per_class[name] = {"precision": round(float(prec), 5), "recall": round(float(rec), 5),
-                           "f1": round(float(f1), 5), "support": int(conf[i].sum())}
+        per_class[name] = {
+            "precision": round(float(prec), 5),
+            "recall": round(float(rec), 5),
+            "f1": round(float(f1), 5),
+            "support": int(conf[i].sum()),
+        }
     out: dict[str, Any] = {
         "frames": len(y),
         "accuracy": round(float(np.trace(conf) / max(1, len(y))), 5),

@@ -36,9 +36,7 @@ def class_order(names: Sequence[str]) -> tuple[str, ...]:
     from trainer.simulate import SIM_CLASSES
 
     present = set(names)
-    return tuple(c for c in SIM_CLASSES if c in present) + tuple(
-        sorted(present - set(SIM_CLASSES))
-    )
+    return tuple(c for c in SIM_CLASSES if c in present) + tuple(sorted(present - set(SIM_CLASSES)))
 
 
 def _geometry_of(dset, path: Path) -> DetectorGeometry:
@@ -74,7 +72,10 @@ def load_labelled_frames(
     from trainer.simulate import default_labels_path, read_labels_csv
 
     paths = [Path(p) for p in paths]
-    csvs = [Path(p) for p in labels_paths] if labels_paths else [default_labels_path(p) for p in paths]
+    if labels_paths:
+        csvs = [Path(p) for p in labels_paths]
+    else:
+        csvs = [default_labels_path(p) for p in paths]
     wanted: dict[str, dict[int, str]] = defaultdict(dict)
     for csv_path in csvs:
         runs, index, names = read_labels_csv(csv_path)
@@ -107,8 +108,9 @@ def load_labelled_frames(
                 if dset.ndim != 3:
                     raise InputDataError(f"{path}:{dataset} has shape {dset.shape}, want (N, H, W)")
                 if idx[-1] >= dset.shape[0]:
-                    raise InputDataError(f"{path}:{dataset} has {dset.shape[0]} frames; labels "
-                                         f"name frame {idx[-1]}")
+                    raise InputDataError(
+                        f"{path}:{dataset} has {dset.shape[0]} frames; labels name frame {idx[-1]}"
+                    )
                 g = _geometry_of(dset, path)
                 frames.append(np.asarray(dset[idx], np.float32))
         except OSError as exc:
@@ -122,7 +124,9 @@ def load_labelled_frames(
     return LabelledFrames(np.concatenate(frames), np.concatenate(labels), order, sources, geometry)
 
 
-def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def stratified_split(
+    labels: np.ndarray, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Indices (train, validation): ``fraction`` of every class (at least one) to validation."""
     if not 0 < fraction < 1:
         raise ConfigError(f"--val-fraction must be in (0, 1), got {fraction}")
@@ -140,9 +144,13 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("runs", nargs="+", type=Path, help="HDF5 files with frames (N, H, W)")
     p.add_argument("--dataset", default="data", help="frames dataset inside each file [data]")
-    p.add_argument("--labels", action="append", type=Path, metavar="CSV",
-                   help="labels CSV run,index,class (repeatable) [<stem>.labels.csv beside "
-                   "each run]")
+    p.add_argument(
+        "--labels",
+        action="append",
+        type=Path,
+        metavar="CSV",
+        help="labels CSV run,index,class (repeatable) [<stem>.labels.csv beside each run]",
+    )
     p.add_argument("--classes", help="class order, comma separated [single,multiple,empty,other]")
     p.add_argument("--val-fraction", type=float, default=0.2, help="validation share [0.2]")
     p.add_argument("--arch", choices=ARCHITECTURES, default="compact", help="[compact]")
@@ -152,8 +160,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="[0]")
     p.add_argument("--no-augment", action="store_true", help="no training augmentation")
     p.add_argument("--keep", default="single", help="classes to keep, comma separated [single]")
-    p.add_argument("--target-precision", type=float, default=0.97,
-                   help="threshold of the first kept class reaches this precision [0.97]")
+    p.add_argument(
+        "--target-precision",
+        type=float,
+        default=0.97,
+        help="threshold of the first kept class reaches this precision [0.97]",
+    )
     p.add_argument("--out", type=Path, required=True, help="bundle directory, e.g. models/NAME")
     p.add_argument("--name", help="bundle name [the --out directory's name]")
     p.add_argument("--force", action="store_true", help="replace an existing bundle")
@@ -172,21 +184,36 @@ def run(args: argparse.Namespace) -> int:
     if unknown:
         raise ConfigError(f"--keep names classes {sorted(unknown)} not among {data.classes}")
     tr, va = stratified_split(data.labels, args.val_fraction, args.seed)
-    log.info("%d frames (%s): %d for training, %d for validation", len(data.labels),
-             ", ".join(f"{c} {int(np.sum(data.labels == i))}" for i, c in enumerate(data.classes)),
-             len(tr), len(va))
-    config = TrainConfig(architecture=args.arch, epochs=args.epochs, batch_size=args.batch_size,
-                         learning_rate=args.learning_rate, seed=args.seed,
-                         augment=not args.no_augment, geometry=data.geometry)
-    result = train_model(data.frames[tr], data.labels[tr], data.classes, data.frames[va],
-                         data.labels[va], config)
+    log.info(
+        "%d frames (%s): %d for training, %d for validation",
+        len(data.labels),
+        ", ".join(f"{c} {int(np.sum(data.labels == i))}" for i, c in enumerate(data.classes)),
+        len(tr),
+        len(va),
+    )
+    config = TrainConfig(
+        architecture=args.arch,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        seed=args.seed,
+        augment=not args.no_augment,
+        geometry=data.geometry,
+    )
+    result = train_model(
+        data.frames[tr], data.labels[tr], data.classes, data.frames[va], data.labels[va], config
+    )
     thresholds = {}
     if keep:
         i = data.classes.index(keep[0])
-        thresholds[keep[0]] = choose_threshold(result.val_probabilities, data.labels[va], i,
-                                               args.target_precision)
-    metrics = {"validation": classification_metrics(result.val_probabilities, data.labels[va],
-                                                    data.classes, thresholds)}
+        thresholds[keep[0]] = choose_threshold(
+            result.val_probabilities, data.labels[va], i, args.target_precision
+        )
+    metrics = {
+        "validation": classification_metrics(
+            result.val_probabilities, data.labels[va], data.classes, thresholds
+        )
+    }
     summary = {
         "runs": [str(p) for p in args.runs],
         "dataset": args.dataset,
@@ -199,12 +226,26 @@ def run(args: argparse.Namespace) -> int:
         "seconds": round(result.seconds, 1),
     }
     hits = [c for c in DEFAULT_HIT_CLASSES if c in data.classes]
-    path = export_bundle(result.model, args.out, name=args.name or args.out.name,
-                         classes=data.classes, hit_classes=hits, keep_classes=keep,
-                         thresholds=thresholds, training_summary=summary, metrics=metrics,
-                         force=args.force, geometry=data.geometry)
+    path = export_bundle(
+        result.model,
+        args.out,
+        name=args.name or args.out.name,
+        classes=data.classes,
+        hit_classes=hits,
+        keep_classes=keep,
+        thresholds=thresholds,
+        training_summary=summary,
+        metrics=metrics,
+        force=args.force,
+        geometry=data.geometry,
+    )
     m = metrics["validation"]
-    print(f"wrote {path}: validation accuracy {m['accuracy']:.4f}"
-          + "".join(f", {c} kept at p>={k['threshold']:.3f}: precision {k['precision']:.4f} "
-                    f"recall {k['recall']:.4f}" for c, k in m.get("keep", {}).items()))
+    print(
+        f"wrote {path}: validation accuracy {m['accuracy']:.4f}"
+        + "".join(
+            f", {c} kept at p>={k['threshold']:.3f}: precision {k['precision']:.4f} "
+            f"recall {k['recall']:.4f}"
+            for c, k in m.get("keep", {}).items()
+        )
+    )
     return 0

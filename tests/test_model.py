@@ -1,0 +1,296 @@
+"""Model path: preprocessing parity, augmentation, training, ONNX export, bundles.
+
+Real parts only: simulated frames, a real (tiny) Keras training, tf2onnx export, real
+onnxruntime sessions, HDF5 files in tmp_path, and the shipped ``models/default`` bundle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+tf = pytest.importorskip("tensorflow")
+ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("tf2onnx")
+
+from streamer.bundle import load_bundle  # noqa: E402
+from streamer.errors import BundleError, InputDataError  # noqa: E402
+from streamer.geometry import DetectorGeometry  # noqa: E402
+from trainer import graph  # noqa: E402
+from trainer import preprocess as pp  # noqa: E402
+from trainer.augment import AugmentConfig, augment_frames, gap_fill_rows  # noqa: E402
+from trainer.cnn import build_model, count_macs  # noqa: E402
+from trainer.export import export_bundle  # noqa: E402
+from trainer.simulate import SIM_CLASSES, simulate_run, write_run  # noqa: E402
+from trainer.train import (  # noqa: E402
+    TrainConfig,
+    choose_threshold,
+    class_weights_for,
+    classification_metrics,
+    predict_probabilities,
+    train_model,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_BUNDLE = ROOT / "models" / "default"
+CLASSES = list(SIM_CLASSES)
+
+
+def _session(path: Path):
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 2
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+@pytest.fixture(scope="module")
+def frames():
+    """Simulated frames with every class present."""
+    run = simulate_run(40, seed=11)
+    assert set(np.unique(run.labels)) == set(range(len(CLASSES)))
+    return run
+
+
+@pytest.fixture(scope="module")
+def trained(frames):
+    val = simulate_run(16, seed=12)
+    cfg = TrainConfig(epochs=1, batch_size=8, seed=3)
+    return train_model(
+        frames.frames, frames.labels, CLASSES, val.frames, val.labels, cfg, progress=False
+    )
+
+
+@pytest.fixture(scope="module")
+def bundle(trained, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("bundles") / "tiny"
+    metrics = {"validation": trained.metrics}
+    return export_bundle(
+        trained.model,
+        out,
+        name="tiny",
+        classes=CLASSES,
+        thresholds={"single": 0.6},
+        training_summary={"test": True},
+        metrics=metrics,
+    )
+
+
+def _corrupt(x: np.ndarray) -> np.ndarray:
+    x = x.copy()
+    x[0, 10, 10] = np.nan
+    x[0, 20, 30] = np.inf
+    x[1, 40, 40] = -np.inf
+    x[1, 50:60, 50:60] = -3.0
+    x[2, 200, 200] = 5e4  # hot pixel
+    x[3, 129, 128] = 1e3  # in the beam-stop hole
+    return x
+
+
+# --- preprocessing ----------------------------------------------------------------------
+
+
+def test_numpy_and_tensorflow_preprocessing_agree(frames) -> None:
+    x = _corrupt(frames.frames[:12])
+    img_np, ph_np = pp.preprocess(x)
+    img_tf, ph_tf = graph.preprocess(tf.constant(x))
+    assert img_np.shape == (12, 130, 128, len(pp.CHANNELS))
+    assert np.isfinite(img_np).all()
+    np.testing.assert_allclose(img_tf.numpy(), img_np, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ph_tf.numpy(), ph_np, rtol=1e-5, atol=1e-3)
+
+
+def test_preprocessing_cleans_bad_pixels() -> None:
+    g = DetectorGeometry()
+    empty = np.zeros((1, *g.shape), np.float32)
+    hot = empty.copy()
+    hot[0, 30, 30] = 1e5
+    hole = empty.copy()
+    hole[0, 129, 128] = 1e3
+    bad = empty.copy()
+    bad[0, 100, 100] = np.nan
+    bad[0, 101, 100] = np.inf
+    for x, most in ((hot, pp.HOT_ABS), (hole, 0.0), (bad, 0.0)):
+        img, photons = pp.preprocess(x)
+        assert np.isfinite(img).all()
+        assert photons[0] <= most
+
+
+def test_masks_follow_geometry() -> None:
+    g = DetectorGeometry()
+    np.testing.assert_array_equal(pp.detector_mask(g), g.valid_pixels().astype(np.float32))
+    b = pp.binned_mask(g)
+    assert b.shape == pp.binned_shape(g) == (130, 128)
+    assert not b[64:66].any() and b[:64].any() and b[66:].any()  # gap rows 128..131
+    assert b[60, 64] == 0 and b[0, 0] == 1  # hole near the centre, corner valid
+
+
+# --- augmentation -----------------------------------------------------------------------
+
+
+def test_augmentation_is_seeded_and_respects_the_mask(frames) -> None:
+    x = tf.constant(frames.frames[:6])
+    a = augment_frames(x, tf.constant([1, 2])).numpy()
+    b = augment_frames(x, tf.constant([1, 2])).numpy()
+    c = augment_frames(x, tf.constant([1, 3])).numpy()
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    assert (a[:, ~DetectorGeometry().valid_pixels()] == 0).all()
+    assert (a >= 0).all()
+
+
+def test_photon_thinning_scales_counts(frames) -> None:
+    x = tf.constant(frames.frames[:20])
+    cfg = AugmentConfig(rotate=False, mirror=False, shift_px=0.0, scale_range=(0.5, 0.5))
+    y = augment_frames(x, tf.constant([5, 6]), config=cfg).numpy()
+    assert np.all(y <= frames.frames[:20] + 1e-6)  # thinning never adds photons
+    ratio = y.sum() / frames.frames[:20].sum()
+    assert 0.45 < ratio < 0.55
+
+
+def test_gap_rows_are_filled_from_their_neighbours() -> None:
+    rows = gap_fill_rows(DetectorGeometry())
+    assert rows[128] == 127 and rows[129] == 126 and rows[130] == 133 and rows[131] == 132
+    assert rows[0] == 0 and rows[259] == 259
+
+
+# --- architectures, training, metrics ---------------------------------------------------
+
+
+def test_architectures_and_their_cost() -> None:
+    compact = build_model("compact", (130, 128, 2), 4)
+    seed = build_model("seed", (130, 128, 2), 4)
+    assert compact.output_shape == seed.output_shape == (None, 4)
+    assert count_macs(compact) < 5_000_000 < 50_000_000 < count_macs(seed)
+    with pytest.raises(ValueError, match="unknown architecture"):
+        build_model("resnet", (130, 128, 2), 4)
+
+
+def test_tiny_training_returns_a_model(trained, frames) -> None:
+    assert trained.model.output_shape == (None, len(CLASSES))
+    assert len(trained.history["loss"]) == 1 and "val_loss" in trained.history
+    assert trained.val_probabilities.shape == (16, len(CLASSES))
+    assert set(trained.metrics) >= {"accuracy", "per_class", "confusion"}
+    p = predict_probabilities(trained.model, frames.frames[:5])
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_metrics_and_threshold() -> None:
+    labels = np.array([0, 0, 0, 0, 1, 1, 2, 3])
+    p = np.full((8, 4), 0.05)
+    p[np.arange(8), labels] = 0.85
+    p[4] = [0.7, 0.2, 0.05, 0.05]  # a multiple that looks single, less sure than the singles
+    m = classification_metrics(p, labels, CLASSES, {"single": 0.8})
+    assert m["accuracy"] == pytest.approx(7 / 8)
+    assert m["confusion"][1][0] == 1
+    assert m["keep"]["single"] == {"threshold": 0.8, "precision": 1.0, "recall": 1.0, "kept": 4}
+    t = choose_threshold(p, labels, 0, target_precision=0.97)
+    assert 0.7 < t <= 0.85
+    np.testing.assert_allclose(class_weights_for(labels, 4), [0.5, 1.0, 2.0, 2.0])
+
+
+# --- export and bundles -----------------------------------------------------------------
+
+
+def test_bundle_manifest_matches_the_graph(bundle: Path) -> None:
+    b = load_bundle(bundle, verify=True)
+    assert b.classes == tuple(CLASSES) and b.thresholds == {"single": 0.6}
+    assert set(b.manifest["files"]) >= {
+        "model.onnx",
+        "model.keras",
+        "evaluation.json",
+        "confusion.png",
+    }
+    s = _session(b.model_path)
+    (inp,) = s.get_inputs()
+    assert inp.name == b.input_name == "frames"
+    assert inp.shape[1:] == [260, 257] and not isinstance(inp.shape[0], int)
+    outs = {o.name: o.shape for o in s.get_outputs()}
+    assert set(outs) == set(b.manifest["outputs"]) == {"probabilities", "photons"}
+    assert (
+        outs["probabilities"][1]
+        == len(CLASSES)
+        == b.manifest["outputs"]["probabilities"]["shape"][1]
+    )
+    assert json.loads((bundle / "evaluation.json").read_text())["validation"]["frames"] == 16
+
+
+def test_dynamic_batch(bundle: Path, frames) -> None:
+    s = _session(bundle / "model.onnx")
+    one = s.run(None, {"frames": frames.frames[:1]})
+    seven = s.run(None, {"frames": frames.frames[:7]})
+    names = [o.name for o in s.get_outputs()]
+    p1, p7 = (dict(zip(names, r, strict=True))["probabilities"] for r in (one, seven))
+    assert p1.shape == (1, 4) and p7.shape == (7, 4)
+    np.testing.assert_allclose(p7[:1], p1, atol=1e-6)
+
+
+def test_onnx_matches_keras_and_numpy(bundle: Path, trained, frames) -> None:
+    x = frames.frames  # all four classes
+    s = _session(bundle / "model.onnx")
+    out = dict(zip([o.name for o in s.get_outputs()], s.run(None, {"frames": x}), strict=True))
+    p_keras = predict_probabilities(trained.model, x)
+    assert np.abs(out["probabilities"] - p_keras).max() <= 1e-4
+    _, photons = pp.preprocess(x)
+    np.testing.assert_allclose(out["photons"], photons, rtol=1e-5)
+    bad = _corrupt(x[:4])
+    p_bad = s.run(["probabilities"], {"frames": bad})[0]
+    assert np.isfinite(p_bad).all()
+
+
+def test_export_never_overwrites_without_force(bundle: Path, trained) -> None:
+    before = (bundle / "manifest.json").read_bytes()
+    with pytest.raises(BundleError, match="already exists"):
+        export_bundle(trained.model, bundle, name="tiny", classes=CLASSES)
+    assert (bundle / "manifest.json").read_bytes() == before
+    export_bundle(trained.model, bundle, name="tiny2", classes=CLASSES, force=True)
+    assert load_bundle(bundle).name == "tiny2"
+    assert not [p for p in bundle.parent.iterdir() if p.name.startswith(".")]
+
+
+def test_train_cli_reads_hdf5_runs(tmp_path: Path, frames) -> None:
+    from trainer.cli import main
+    from trainer.train_cli import load_labelled_frames
+
+    path = write_run(tmp_path / "run1.h5", frames)
+    data = load_labelled_frames([path])
+    assert data.frames.shape == frames.frames.shape and data.classes == tuple(CLASSES)
+    np.testing.assert_array_equal(data.labels, frames.labels)
+    with pytest.raises(InputDataError, match="no dataset 'nope'"):
+        load_labelled_frames([path], dataset="nope")
+    out = tmp_path / "models" / "cli"
+    rc = main(
+        [
+            "train",
+            str(path),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--no-augment",
+            "--out",
+            str(out),
+        ]
+    )
+    assert rc == 0
+    b = load_bundle(out)
+    assert b.name == "cli" and "single" in b.thresholds
+    assert main(["train", str(path), "--epochs", "1", "--out", str(out)]) == 2  # exists
+
+
+# --- the shipped default bundle ---------------------------------------------------------
+
+
+def test_default_bundle_classifies_a_fresh_run() -> None:
+    b = load_bundle(DEFAULT_BUNDLE, verify=True)
+    assert b.classes == tuple(CLASSES) and b.keep_classes == ("single",)
+    assert b.manifest["model"]["macs_per_frame"] < 5_000_000
+    run = simulate_run(200, seed=424242)  # a seed no build uses
+    s = _session(b.model_path)
+    p = s.run(["probabilities"], {b.input_name: run.frames})[0]
+    accuracy = float(np.mean(p.argmax(axis=1) == run.labels))
+    assert accuracy >= 0.9, accuracy
