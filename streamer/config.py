@@ -63,7 +63,7 @@ class PipelineConfig:
     """How frames flow: batching, queues, overload policy."""
 
     mode: str = "lossless"
-    max_delay_s: float = 0.05  # a partial batch waits at most this long
+    max_delay_s: float = 0.01  # a partial batch waits at most this long
     queue_size: int = 4  # batches waiting for the engine / for the writer
     inference_threads: int = 1
     zero_copy_min: int = 16  # CPU: messages with ≥ this many frames are inferred in place

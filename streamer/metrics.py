@@ -98,6 +98,7 @@ class Metrics:
             registry=r,
         )
         self._lock = threading.Lock()
+        self._latencies: deque[float] = deque(maxlen=200_000)  # recent, for exact percentiles
         self._window: deque[tuple[float, np.ndarray]] = deque()
         self.window_s = 10.0
         self.set_classes(classes, hit_classes)
@@ -131,6 +132,21 @@ class Metrics:
             self.hit_rate.set(float(recent[self._hit].sum() / total))
             for c, k in zip(self.classes, recent, strict=True):
                 self.class_fraction.labels(class_name=c).set(float(k / total))
+
+    def observe_latencies(self, seconds: np.ndarray) -> None:
+        """Receive→label latency of every frame of a batch (histogram + recent samples)."""
+        for v in seconds[:: max(1, len(seconds) // 16)]:
+            self.frame_latency.observe(float(v))
+        with self._lock:
+            self._latencies.extend(seconds.tolist())
+
+    def latency_percentiles(self, q: tuple[float, ...] = (50, 99)) -> dict[str, float]:
+        """Exact percentiles (ms) over the recent frames, e.g. ``{"p50_ms": .., "p99_ms": ..}``."""
+        with self._lock:
+            values = np.fromiter(self._latencies, float)
+        if not len(values):
+            return {}
+        return {f"p{q_:g}_ms": float(np.percentile(values, q_) * 1e3) for q_ in q}
 
     def rejected(self, reason: str, frames: int = 1) -> None:
         self.frames_rejected.labels(reason=reason).inc(frames)

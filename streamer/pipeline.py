@@ -58,6 +58,7 @@ class RunSummary:
     frames_per_s: float = 0.0
     files: list[str] = field(default_factory=list)
     index: str | None = None
+    latency: dict[str, float] = field(default_factory=dict)
     end_of_run: dict[str, Any] | None = None
     error: str | None = None
 
@@ -355,8 +356,7 @@ class Pipeline:
             done = time.monotonic()
             m.batch_latency.observe(done - t)
             m.batch_size.observe(len(staged.batch))
-            for lat in (done - staged.batch.received)[:: max(1, len(staged.batch) // 16)]:
-                m.frame_latency.observe(float(lat))
+            m.observe_latencies(done - staged.batch.received)
             m.frames_classified.inc(len(staged.batch))
             m.observe_labels(result.label, done)
             self._write_q.put((result, staged.pool_index))
@@ -421,6 +421,7 @@ class Pipeline:
         s.hit_rate = hits / s.frames_classified if s.frames_classified else 0.0
         s.elapsed_s = max(0.0, (self._t_last or time.monotonic()) - self._t0) if self._t0 else 0.0
         s.frames_per_s = s.frames_classified / s.elapsed_s if s.elapsed_s > 0 else 0.0
+        s.latency = m.latency_percentiles()
         s.files = [str(p) for p in self.writer.files_closed]
         if self._end is not None:
             s.end_of_run = {

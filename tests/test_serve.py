@@ -93,6 +93,7 @@ def test_replay_to_pipeline_writes_every_frame_once_with_offline_labels(
 
     assert summary.error is None and summary.frames_classified == 200
     assert summary.end_of_run == {"run": "run", "frames": 200, "trains": 200 // K + 1}
+    assert 0 < summary.latency["p50_ms"] <= summary.latency["p99_ms"]
     # metrics, scraped over HTTP
     assert "hitstream_frames_classified_total 200.0" in body
     assert 'hitstream_engine_info{provider="CPU"' in body
