@@ -30,6 +30,8 @@ PROVIDERS = {
     "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
 }
 PROVIDER_CHOICES = ("auto", *PROVIDERS)
+AUTO_BATCH_CPU = 64
+AUTO_BATCH_GPU = 1024
 SHORT_NAMES = {
     "CPUExecutionProvider": "CPU",
     "CUDAExecutionProvider": "CUDA",
@@ -51,7 +53,7 @@ class EngineConfig:
     require_gpu: bool = False
     intra_op_threads: int = 0  # 0: onnxruntime's default (one per core)
     inter_op_threads: int = 1
-    max_batch: int = 256
+    max_batch: int = 0  # 0: auto (64 on the CPU, where caches favour small batches; 1024 on GPU)
     pinned_buffers: int = 4  # staging buffers in the pool (pinned on GPU)
     io_binding: bool = True  # GPU only
 
@@ -60,8 +62,8 @@ class EngineConfig:
             raise ConfigError(
                 f"engine.provider {self.provider!r} is not one of {', '.join(PROVIDER_CHOICES)}"
             )
-        if self.max_batch < 1 or self.pinned_buffers < 2:
-            raise ConfigError("engine.max_batch must be ≥ 1 and engine.pinned_buffers ≥ 2")
+        if self.max_batch < 0 or self.pinned_buffers < 2:
+            raise ConfigError("engine.max_batch must be ≥ 0 and engine.pinned_buffers ≥ 2")
 
 
 def _import_ort() -> Any:
@@ -134,6 +136,9 @@ class Engine:
                 f"{bundle.model_path}: graph input shape {shape} does not match the manifest's "
                 f"frame shape {bundle.frame_shape}"
             )
+        self.max_batch = self.config.max_batch or (
+            AUTO_BATCH_GPU if self.on_gpu else AUTO_BATCH_CPU
+        )
         self.output_names = [o.name for o in self.session.get_outputs()]
         if "probabilities" not in self.output_names:
             raise BundleError(f"{bundle.model_path}: graph has no 'probabilities' output")
@@ -143,7 +148,7 @@ class Engine:
             bundle.label,
             self.provider,
             self.providers,
-            self.config.max_batch,
+            self.max_batch,
         )
 
     # -- setup -------------------------------------------------------------------------
@@ -197,7 +202,7 @@ class Engine:
     def create_pool(self) -> BufferPool:
         """Staging buffers for this engine's batches (pinned host memory on GPU)."""
         h, w = self.bundle.frame_shape
-        shape = (self.config.max_batch, h, w)
+        shape = (self.max_batch, h, w)
         n = self.config.pinned_buffers
         if self.on_gpu:
             mem_info = self._pinned_memory_info()

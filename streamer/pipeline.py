@@ -123,7 +123,7 @@ class Pipeline:
         self.pool = engine.create_pool()
         self.batcher = Batcher(
             self.pool,
-            config.engine.max_batch,
+            engine.max_batch,
             config.pipeline.max_delay_s,
             zero_copy_min=0 if engine.on_gpu else config.pipeline.zero_copy_min,
         )
