@@ -25,16 +25,22 @@ Labels
       of names or its JSON). Entries ``-1`` / ``""`` mean unlabelled and are skipped. The run
       is the ``run`` attribute (dataset, then group) or else the labels file's own name.
 
-    Every error names the file and the line (CSV, 1-based), entry (JSON, 0-based) or row
-    (HDF5, 0-based). The same ``(run, index)`` twice with the same class is kept once; with
-    different classes it is an error. ``write_labels`` writes CSV, JSON or HDF5 atomically
-    (temporary file + rename); ``merge_labels(old, new)`` lets a labelling tool resume.
+    Errors (InputDataError) name the file and where: ``line N`` (CSV, 1-based, header is
+    line 1), ``entry K`` (JSON, 0-based) or ``row K of /group`` / ``/group/labels[K]`` (HDF5).
+    Checked: missing columns/keys/datasets, index not an integer (``1.5``, ``""``, ``2.0``,
+    ``true``) or negative, empty run or class, and the same ``(run, index)`` twice with
+    different classes (twice with the same class: kept once). ``write_labels`` writes CSV,
+    JSON or a new HDF5 file atomically (temporary file + rename; it refuses to replace an
+    HDF5 file holding frames); ``merge_labels(old, new)`` lets a labelling tool resume.
 
 Matching labels to runs (``load_labelled``)
     A label's ``run`` is compared with every run file given, in three steps, and the first
     step with any match decides: (1) the full path, as given or resolved; (2) the file name
-    (``r0042.cxi``); (3) the stem (``r0042``). More than one match at that step is an error
-    (ambiguous), as is a labelled run that matches no file, or an index past the end.
+    (``r0042.cxi``); (3) the stem (``r0042``). A name with a ``/`` is compared as a path
+    only. More than one match at that step is an error (ambiguous), as is a labelled run
+    that matches no file (use ``labels.select(run=...)`` to load a subset), two names for
+    one file, or an index past the end. Frames come in the order of the runs given, then by
+    frame index; runs without labels contribute nothing.
 """
 
 from __future__ import annotations
@@ -47,7 +53,7 @@ import math
 import os
 import re
 import sys
-import tempfile
+import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -354,6 +360,7 @@ def _segments(u: np.ndarray, chunk_rows: int, block: int) -> Iterator[tuple[int,
         ):
             j += 1
         yield i, j
+        i = j
 
 
 def _fill(src: RunSource, idx: np.ndarray, out: np.ndarray, bar: Any = None) -> None:
@@ -394,7 +401,7 @@ def _fill(src: RunSource, idx: np.ndarray, out: np.ndarray, bar: Any = None) -> 
             bar.update(b - a)
 
 
-def _check_indices(src: RunSource, indices: Any, what: str = "") -> np.ndarray:
+def _check_indices(src: RunSource, indices: Any) -> np.ndarray:
     idx = np.asarray(indices)
     if idx.size == 0:
         return np.zeros(0, np.int64)
@@ -404,7 +411,7 @@ def _check_indices(src: RunSource, indices: Any, what: str = "") -> np.ndarray:
     bad = np.flatnonzero((idx < 0) | (idx >= src.n_frames))
     if len(bad):
         raise InputDataError(
-            f"{src.path}:{src.dataset}: {what}frame index {int(idx[bad[0]])} is out of range; "
+            f"{src.path}:{src.dataset}: frame index {int(idx[bad[0]])} is out of range; "
             f"the dataset has {src.n_frames} frames (0..{src.n_frames - 1})"
         )
     return idx
@@ -487,7 +494,7 @@ class LabelTable:
         for name, arr in (("index", index), ("label", label), *extra.items()):
             if arr.ndim != 1 or len(arr) != n:
                 raise ValueError(f"LabelTable column {name!r} has shape {arr.shape}, want ({n},)")
-        clash = set(extra) & {*LABEL_COLUMNS, "label"}
+        clash = set(extra) & set(LABEL_COLUMNS)
         if clash:
             raise ValueError(f"extra columns may not be named {sorted(clash)}")
         if n and int(index.min()) < 0:
@@ -688,12 +695,12 @@ def _read_csv(path: Path, text: str) -> LabelTable:
         missing = [c for c in LABEL_COLUMNS if c not in lower]
         if missing:
             raise InputDataError(
-                f"{path}:1: header lacks column(s) {', '.join(missing)}; want "
+                f"{path}: line 1: header lacks column(s) {', '.join(missing)}; want "
                 f"'run,index,class[,...]', got {','.join(header)!r}"
             )
         dups = sorted({h for h in names if h and names.count(h) > 1})
         if dups:
-            raise InputDataError(f"{path}:1: duplicate column(s) {dups}")
+            raise InputDataError(f"{path}: line 1: duplicate column(s) {dups}")
         col = {c: lower.index(c) for c in LABEL_COLUMNS}
         extra_cols = [
             (k, h) for k, h in enumerate(names) if h and k not in col.values()
@@ -705,15 +712,17 @@ def _read_csv(path: Path, text: str) -> LabelTable:
             if not any(cell.strip() for cell in row):
                 continue
             if len(row) > len(header):
-                raise InputDataError(f"{path}:{line}: {len(row)} fields, header has {len(header)}")
+                raise InputDataError(
+                    f"{path}: line {line}: {len(row)} fields, header has {len(header)}"
+                )
             if len(row) < need:
                 raise InputDataError(
-                    f"{path}:{line}: {len(row)} fields, too few for columns run, index, class"
+                    f"{path}: line {line}: {len(row)} fields, too few for columns run, index, class"
                 )
             extra = {h: (row[k] if k < len(row) else "") for k, h in extra_cols}
             rows.add(f"line {line}", row[col["run"]], row[col["index"]], row[col["class"]], extra)
     except csv.Error as exc:
-        raise InputDataError(f"{path}:{reader.line_num}: malformed CSV ({exc})") from exc
+        raise InputDataError(f"{path}: line {reader.line_num}: malformed CSV ({exc})") from exc
     return rows.table()
 
 
@@ -722,7 +731,7 @@ def _read_json(path: Path, text: str) -> LabelTable:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
         raise InputDataError(
-            f"{path}:{exc.lineno}: invalid JSON ({exc.msg}, column {exc.colno})"
+            f"{path}: line {exc.lineno}: invalid JSON ({exc.msg}, column {exc.colno})"
         ) from exc
     if isinstance(doc, dict):
         if "labels" not in doc:
@@ -815,6 +824,9 @@ def _read_h5_labels(path: Path, group: str) -> LabelTable:
                         extras[k] = _h5_strings(d, f"{path}:{d.name}")
                     elif d.dtype.kind in "iufb":
                         extras[k] = d[()].tolist()
+                listed = _plain(g.attrs.get("columns", []))
+                if isinstance(listed, list):  # the order write_labels used
+                    extras = {k: extras[k] for k in listed if k in extras} | extras
                 for k in range(n):
                     extra = {name: vals[k] for name, vals in extras.items()}
                     rows.add(f"row {k} of {g.name}", run[k], index[k], label[k], extra)
@@ -938,14 +950,16 @@ def write_labels(path: PathLike, table: LabelTable, *, group: str = "/") -> Path
         raise OutputError(f"{p}: labels file must end in .csv, .json or .h5")
     if not p.parent.is_dir():
         raise OutputError(f"{p}: directory {p.parent} does not exist")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    tmp = Path(tmp_name)
+    if kind == "hdf5" and p.is_file() and h5py.is_hdf5(p):
+        with _open_h5(p, "labels file") as f:
+            if _describe_3d(f):
+                raise OutputError(f"{p} holds frames; write labels to a file of their own")
+    tmp = p.with_name(f".{p.name}.{uuid.uuid4().hex[:12]}.tmp")
     try:
         if kind == "hdf5":
-            os.close(fd)
             _write_h5_labels(tmp, table, group)
         else:
-            with open(fd, "w", encoding="utf-8", newline="") as fh:
+            with open(tmp, "x", encoding="utf-8", newline="") as fh:
                 if kind == "csv":
                     w = csv.writer(fh, lineterminator="\n")
                     w.writerow([*LABEL_COLUMNS, *table.extra])
@@ -959,9 +973,6 @@ def write_labels(path: PathLike, table: LabelTable, *, group: str = "/") -> Path
         if p.exists():
             with contextlib.suppress(OSError):
                 os.chmod(tmp, p.stat().st_mode & 0o777)
-        else:
-            with contextlib.suppress(OSError):
-                os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, p)
     except BaseException as exc:
         with contextlib.suppress(OSError):
@@ -972,19 +983,14 @@ def write_labels(path: PathLike, table: LabelTable, *, group: str = "/") -> Path
     return p
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _write_h5_labels(path: Path, table: LabelTable, group: str) -> None:
     text = h5py.string_dtype("utf-8")
-    with h5py.File(path, "w") as f:
+    with h5py.File(path, "w-") as f:
         g = f.require_group(group) if group.strip("/") else f
         g.create_dataset("run", data=table.run.astype(object), dtype=text)
         g.create_dataset("index", data=table.index)
         g.create_dataset("class", data=table.label.astype(object), dtype=text)
+        g.attrs["columns"] = [*LABEL_COLUMNS, *table.extra]
         for k, v in table.extra.items():
             if v.dtype.kind == "U":
                 g.create_dataset(k, data=v.astype(object), dtype=text)
