@@ -28,13 +28,17 @@ def expected_probabilities(frames: np.ndarray) -> np.ndarray:
     return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
-def make_tiny_bundle(root: Path, shape: tuple[int, int] = (260, 257), version: str = "1") -> Path:
+def make_tiny_bundle(
+    root: Path, shape: tuple[int, int] = (260, 257), version: str = "1", slow: int = 0
+) -> Path:
+    """``slow`` > 0 adds a dead (H·W × slow) MatMul per frame: a deliberately slow model."""
     root.mkdir(parents=True, exist_ok=True)
     h, w = shape
     nodes = [
         helper.make_node("Relu", ["frames"], ["pos"]),
         helper.make_node("ReduceSum", ["pos", "axes"], ["photons_k"], keepdims=1),
-        helper.make_node("Reshape", ["photons_k", "col"], ["photons"]),
+        helper.make_node("Reshape", ["photons_k", "col"], ["photons_raw"]),
+        helper.make_node("Add", ["photons_raw", "dead"], ["photons"]),
         helper.make_node("Add", ["photons", "one"], ["p1"]),
         helper.make_node("Log", ["p1"], ["lp"]),
         helper.make_node("Mul", ["lp", "slope"], ["ls"]),
@@ -52,6 +56,21 @@ def make_tiny_bundle(root: Path, shape: tuple[int, int] = (260, 257), version: s
         numpy_helper.from_array(SLOPE[None, :], "slope"),
         numpy_helper.from_array(OFFSET[None, :], "offset"),
     ]
+    if slow:
+        nodes[3:3] = [
+            helper.make_node("Reshape", ["frames", "rows"], ["flat_frames"]),
+            helper.make_node("MatMul", ["flat_frames", "heavy"], ["busy"]),
+            helper.make_node("ReduceSum", ["busy", "one_axis"], ["busy_sum"], keepdims=1),
+            helper.make_node("Mul", ["busy_sum", "zero"], ["dead"]),
+        ]
+        inits += [
+            numpy_helper.from_array(np.array([-1, h * w], np.int64), "rows"),
+            numpy_helper.from_array(np.full((h * w, slow), 1e-9, np.float32), "heavy"),
+            numpy_helper.from_array(np.array([1], np.int64), "one_axis"),
+            numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
+        ]
+    else:
+        inits.append(numpy_helper.from_array(np.zeros((1, 1), np.float32), "dead"))
     graph = helper.make_graph(
         nodes,
         "tiny",
