@@ -26,12 +26,12 @@ def message(tid: int, frames: np.ndarray) -> list:
     )
 
 
-def run_pipeline(cfg) -> tuple[Pipeline, dict[str, RunSummary], threading.Thread]:
+def run_pipeline(cfg) -> tuple[dict[str, RunSummary], threading.Thread]:
     pipeline = Pipeline(cfg)
     result: dict[str, RunSummary] = {}
     t = threading.Thread(target=lambda: result.update(s=pipeline.run()))
     t.start()
-    return pipeline, result, t
+    return result, t
 
 
 def test_live_mode_never_blocks_the_feed_and_counts_every_drop(tmp_path: Path) -> None:
@@ -46,7 +46,7 @@ def test_live_mode_never_blocks_the_feed_and_counts_every_drop(tmp_path: Path) -
         "pipeline.mode": "live", "pipeline.queue_size": 1, "engine.max_batch": K,
         "output.dir": str(out), "output.min_free_bytes": 0,
     })  # fmt: skip
-    pipeline, result, t = run_pipeline(cfg)
+    result, t = run_pipeline(cfg)
     frames = np.ones((K, 260, 257), np.float32)
     sent_trains = [tid for tid in range(1, 151) if not 50 <= tid < 53]  # a gap of 3 trains
     for tid in sent_trains:
@@ -76,7 +76,7 @@ def test_disk_guard_stops_cleanly_with_intact_files(tmp_path: Path) -> None:
         "model": str(tiny), "feed.endpoint": endpoint, "feed.mode": "PULL",
         "output.dir": str(out), "output.min_free_bytes": 1 << 62, "engine.max_batch": K,
     })  # fmt: skip
-    pipeline, result, t = run_pipeline(cfg)
+    result, t = run_pipeline(cfg)
     for tid in range(1, 4):
         push.send_multipart(message(tid, np.ones((K, 260, 257), np.float32)))
     t.join(timeout=60)
@@ -101,7 +101,7 @@ def test_configured_keep_classes_override_the_bundle(tmp_path: Path, keep: list[
         "model": str(tiny), "feed.endpoint": endpoint, "feed.mode": "PULL",
         "output.dir": str(out), "output.min_free_bytes": 0, "output.keep_classes": keep,
     })  # fmt: skip
-    pipeline, result, t = run_pipeline(cfg)
+    result, t = run_pipeline(cfg)
     push.send_multipart(message(1, np.ones((K, 260, 257), np.float32)))  # bright: 'single'
     push.send_multipart(serialize({END_OF_RUN_SOURCE: {"run": "r", "frames": K, "trains": 1}}))
     t.join(timeout=60)
