@@ -9,6 +9,8 @@ from streamer.cli_util import run_commands
 COMMANDS = {
     "simulate": "trainer.simulate_cli",
     "train": "trainer.train_cli",
+    "templates": "trainer.templates_cli",
+    "rank": "trainer.rank_cli",
     "build-default": "trainer.build_default_cli",
 }
 

@@ -23,9 +23,10 @@ What the map does, per cell (ring ``i``, angle ``j``):
   interpolation along the angle from the nearest valid cells of the same ring (the gap is
   a thin wedge, a few degrees wide except on the innermost rings). Frames and templates go
   through the same map, so they are masked and filled identically;
-- **area weighting**: row ``i`` is scaled by ``sqrt(2 r_i dr dθ)`` (pixel² units; 2 for the
-  two folded sectors), so the plain L2 norm on the polar grid approximates the L2 norm on
-  the detector.
+- **area weighting** (kept apart, :attr:`PolarMap.area_weight`): the map returns cell
+  *means*; multiplying ring ``i`` by ``sqrt(2 r_i dr dθ)`` (pixel² units; 2 for the two
+  folded sectors) makes the plain L2 norm on the polar grid approximate the L2 norm on the
+  detector. It is kept out of the matrix so that non-linear steps (sqrt) can act on means.
 
 Angles follow ``scipy.ndimage.rotate``: ``θ = atan2(-(row - cy), col - cx)``, i.e.
 counter-clockwise as displayed with row 0 on top, so rotating an image by ``+α`` with
@@ -67,7 +68,9 @@ class PolarGrid:
         object.__setattr__(self, "shape", tuple(int(v) for v in self.shape))
         object.__setattr__(self, "center", tuple(float(v) for v in self.center))
         if not 0 <= self.r_min < self.r_max:
-            raise ConfigError(f"polar grid needs 0 <= r_min < r_max, got {self.r_min}, {self.r_max}")
+            raise ConfigError(
+                f"polar grid needs 0 <= r_min < r_max, got {self.r_min}, {self.r_max}"
+            )
         if self.n_radii < 1 or self.n_angles < 4:
             raise ConfigError(
                 f"polar grid needs n_radii >= 1 and n_angles >= 4, got "
@@ -144,19 +147,21 @@ class PolarMap:
         """(cells, J) float32 weights, 0 in padding slots."""
         return self._ell[1]
 
-    @cached_property
-    def _matrix_t(self) -> sp.csr_matrix:
-        return self.matrix.T.tocsr()
+    @property
+    def area_weight(self) -> np.ndarray:
+        """(n_radii,) ``sqrt(2 r dr dθ)``: per-ring factor that turns polar L2 into detector L2."""
+        g = self.grid
+        return np.sqrt(2.0 * g.radii() * g.dr * g.dtheta).astype(np.float32)
 
     def apply(self, images: np.ndarray) -> np.ndarray:
-        """(N, H, W) images → (N, n_radii, n_angles) float32."""
+        """(N, H, W) images → (N, n_radii, n_angles) float32 cell means."""
         x = np.asarray(images, np.float32)
         if x.ndim == 2:
             x = x[None]
         if x.shape[1:] != self.grid.shape:
             raise ConfigError(f"images {x.shape[1:]} do not match the polar grid {self.grid.shape}")
         n = x.shape[0]
-        out = self._matrix_t.T @ x.reshape(n, -1).T  # (cells, N): CSR times dense
+        out = self.matrix @ np.ascontiguousarray(x.reshape(n, -1).T)  # (cells, N)
         g = self.grid
         return np.ascontiguousarray(out.T, dtype=np.float32).reshape(n, g.n_radii, g.n_angles)
 
@@ -222,8 +227,6 @@ def build_polar_map(grid: PolarGrid, valid: np.ndarray | None = None) -> PolarMa
     scale = np.where(ok_cell, 1.0 / np.where(valid_w > 0, valid_w, 1.0), 0.0)
     m = sp.diags(scale) @ m
     m = _fill_matrix(ok_cell.reshape(grid.n_radii, a), grid) @ m
-    area = np.sqrt(2.0 * grid.radii() * dr * dth)
-    m = sp.diags(np.repeat(area, a)) @ m
     m = sp.csr_matrix(m, dtype=np.float32)
     m.eliminate_zeros()
     m.sort_indices()
