@@ -26,6 +26,7 @@ from streamer.summary_plot import plot_run_summary
 
 HELP = "simulate a run, replay it into the streamer over ZeroMQ, print a summary and a PNG"
 log = logging.getLogger("streamer.demo")
+DEMO_FRACTIONS = (0.12, 0.04, 0.78, 0.06)  # single, multiple, empty, other
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -68,7 +69,7 @@ def _spawn(args: list[str], log_file: IO[str]) -> subprocess.Popen[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from trainer.simulate import simulate_run, write_run  # numpy only, no TensorFlow
+    from trainer.simulate import SimConfig, simulate_run, write_run  # no TensorFlow
 
     out: Path = args.out
     files_dir = out / "files"
@@ -78,8 +79,16 @@ def run(args: argparse.Namespace) -> int:
     bundle = load_bundle(args.model)
 
     t = time.monotonic()
-    sim = simulate_run(args.frames, seed=args.seed, progress=True)
-    run_path = write_run(out / "demo_run.h5", sim, dataset="/entry_1/data_1/data")
+    # a run like a real one: most frames empty, ~20 % hits (DESIGN.md facility facts)
+    config = SimConfig(fractions=DEMO_FRACTIONS)
+    sim = simulate_run(args.frames, seed=args.seed, config=config, progress=True)
+    run_path = write_run(
+        out / "demo_run.h5",
+        sim,
+        dataset="/entry_1/data_1/data",
+        compression="lz4",
+        overwrite=True,
+    )
     print(f"simulated {args.frames} frames in {time.monotonic() - t:.1f} s -> {run_path}")
 
     endpoint = f"tcp://127.0.0.1:{free_port()}"

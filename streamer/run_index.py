@@ -22,6 +22,8 @@ renamed, so readers never see half an index.
 from __future__ import annotations
 
 import os
+import socket
+import uuid
 from pathlib import Path
 
 import h5py
@@ -95,7 +97,7 @@ def build_run_index(out_dir: Path, run: str, *, worker: str | None = None) -> Pa
     c = len(tables.classes)
 
     final = out_dir / index_name(run, worker)
-    tmp = out_dir / f".{final.name}.{os.getpid()}.tmp"
+    tmp = out_dir / f".{final.name}.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
     try:
         with (
             h5py.File(tmp, "w", libver="latest") as f,

@@ -728,11 +728,13 @@ def _compression_args(name: str | None) -> dict[str, Any]:
         return {"compression": "gzip", "compression_opts": 1, "shuffle": True}
     if name == "lzf":
         return {"compression": "lzf", "shuffle": True}
-    if name == "bitshuffle":
+    if name in ("bitshuffle", "lz4"):
         import hdf5plugin
 
-        return dict(hdf5plugin.Bitshuffle(cname="lz4"))
-    raise ConfigError(f"unknown compression {name!r}; choose gzip, lzf, bitshuffle or none")
+        return dict(
+            hdf5plugin.Bitshuffle(cname="lz4") if name == "bitshuffle" else hdf5plugin.LZ4()
+        )
+    raise ConfigError(f"unknown compression {name!r}; choose gzip, lzf, bitshuffle, lz4 or none")
 
 
 def run_attrs(run: SimulatedRun) -> dict[str, Any]:

@@ -48,9 +48,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gap-rows", type=int, help="rows of the gap between detector halves")
     p.add_argument(
         "--compression",
-        choices=("gzip", "lzf", "bitshuffle", "none"),
+        choices=("gzip", "lzf", "bitshuffle", "lz4", "none"),
         default="gzip",
-        help="HDF5 filter [gzip]; bitshuffle needs 'import hdf5plugin' to read",
+        help="HDF5 filter [gzip: readable everywhere]; bitshuffle and lz4 (fast to read, "
+        "for replay) need 'import hdf5plugin'",
     )
     p.add_argument("--chunk", type=int, default=256, help="frames generated per write [256]")
     p.add_argument("--no-truth", action="store_true", help="CSV with run,index,class only")
