@@ -163,5 +163,6 @@ def write_manifest(root: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         json.dump(out, f, indent=2, sort_keys=False)
         f.write("\n")
+    os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; bundles are read by other users
     os.replace(tmp, root / MANIFEST)
     return out

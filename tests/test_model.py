@@ -24,7 +24,15 @@ from streamer.errors import BundleError, InputDataError  # noqa: E402
 from streamer.geometry import DetectorGeometry  # noqa: E402
 from trainer import graph  # noqa: E402
 from trainer import preprocess as pp  # noqa: E402
-from trainer.augment import AugmentConfig, augment_frames, gap_fill_rows  # noqa: E402
+from trainer.augment import (  # noqa: E402
+    AugmentConfig,
+    affine_transforms,
+    augment_geometry,
+    augment_photons,
+    augmented_inputs,
+    gap_fill_rows,
+    transform_frames,
+)
 from trainer.cnn import build_model, count_macs  # noqa: E402
 from trainer.export import export_bundle  # noqa: E402
 from trainer.simulate import SIM_CLASSES, simulate_run, write_run  # noqa: E402
@@ -126,7 +134,7 @@ def test_masks_follow_geometry() -> None:
     b = pp.binned_mask(g)
     assert b.shape == pp.binned_shape(g) == (130, 128)
     assert not b[64:66].any() and b[:64].any() and b[66:].any()  # gap rows 128..131
-    assert b[60, 64] == 0 and b[0, 0] == 1  # hole near the centre, corner valid
+    assert b[63, 64] == 0 and b[61, 64] == 1 and b[0, 0] == 1  # hole edge, corner valid
 
 
 # --- augmentation -----------------------------------------------------------------------
@@ -134,22 +142,46 @@ def test_masks_follow_geometry() -> None:
 
 def test_augmentation_is_seeded_and_respects_the_mask(frames) -> None:
     x = tf.constant(frames.frames[:6])
-    a = augment_frames(x, tf.constant([1, 2])).numpy()
-    b = augment_frames(x, tf.constant([1, 2])).numpy()
-    c = augment_frames(x, tf.constant([1, 3])).numpy()
+    a = augment_geometry(x, tf.constant([1, 2])).numpy()
+    b = augment_geometry(x, tf.constant([1, 2])).numpy()
+    c = augment_geometry(x, tf.constant([1, 3])).numpy()
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
     assert (a[:, ~DetectorGeometry().valid_pixels()] == 0).all()
     assert (a >= 0).all()
+    images = augmented_inputs(x, tf.constant([4, 5])).numpy()
+    assert images.shape == (6, 130, 128, 2) and np.isfinite(images).all()
+
+
+def test_a_half_turn_about_the_beam_centre_is_exact(frames) -> None:
+    """Turning by 180° about the beam centre (129.5, 128) maps pixels onto pixels."""
+    g = DetectorGeometry()
+    x = frames.frames[:2]
+    one, zero = tf.ones([2]), tf.zeros([2])
+    t = affine_transforms(tf.fill([2], np.pi), one, one, tf.zeros([2, 2]), g.center_px)
+    turned = transform_frames(tf.constant(x), t, g.shape).numpy()
+    np.testing.assert_array_equal(turned, x[:, ::-1, ::-1])
+    same = transform_frames(
+        tf.constant(x), affine_transforms(zero, one, one, tf.zeros([2, 2]), g.center_px), g.shape
+    ).numpy()
+    np.testing.assert_array_equal(same, x)
 
 
 def test_photon_thinning_scales_counts(frames) -> None:
-    x = tf.constant(frames.frames[:20])
-    cfg = AugmentConfig(rotate=False, mirror=False, shift_px=0.0, scale_range=(0.5, 0.5))
-    y = augment_frames(x, tf.constant([5, 6]), config=cfg).numpy()
-    assert np.all(y <= frames.frames[:20] + 1e-6)  # thinning never adds photons
-    ratio = y.sum() / frames.frames[:20].sum()
-    assert 0.45 < ratio < 0.55
+    b = pp.bin_clean(frames.frames[:20])
+    cfg = AugmentConfig(scale_range=(0.5, 0.5), background_share=0.0, hot_pixels=0.0)
+    y = augment_photons(tf.constant(b), tf.constant([5, 6]), config=cfg).numpy()
+    assert np.all(y <= b + 1e-4)  # thinning never adds photons
+    assert 0.45 < y.sum() / b.sum() < 0.55
+    more = AugmentConfig(
+        scale_range=(1.0, 1.0),
+        background_share=1.0,
+        background_photons=(50.0, 50.0),
+        hot_pixels=0.0,
+    )
+    z = augment_photons(tf.constant(b), tf.constant([5, 6]), config=more).numpy()
+    assert 35 < (z.sum() - b.sum()) / 20 < 65  # about 50 extra photons per frame
+    assert (z[:, pp.binned_mask() == 0] == 0).all()
 
 
 def test_gap_rows_are_filled_from_their_neighbours() -> None:
@@ -237,9 +269,12 @@ def test_onnx_matches_keras_and_numpy(bundle: Path, trained, frames) -> None:
     assert np.abs(out["probabilities"] - p_keras).max() <= 1e-4
     _, photons = pp.preprocess(x)
     np.testing.assert_allclose(out["photons"], photons, rtol=1e-5)
-    bad = _corrupt(x[:4])
-    p_bad = s.run(["probabilities"], {"frames": bad})[0]
+    bad = _corrupt(x[:4])  # NaN in the batch: the graph's NaN branch runs
+    p_bad, ph_bad = s.run(["probabilities", "photons"], {"frames": bad})
     assert np.isfinite(p_bad).all()
+    np.testing.assert_allclose(ph_bad, pp.preprocess(bad)[1], rtol=1e-5)
+    p_keras_bad = predict_probabilities(trained.model, bad)
+    assert np.abs(p_bad - p_keras_bad).max() <= 1e-4
 
 
 def test_export_never_overwrites_without_force(bundle: Path, trained) -> None:

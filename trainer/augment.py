@@ -1,18 +1,24 @@
-"""Training-time augmentations of raw frames that respect diffraction physics (TF ops).
+"""Training-time augmentations that respect diffraction physics (TF ops, stateless seeds).
 
-Applied in the tf.data pipeline to batches of raw photon-count frames, before the
-preprocessing; never part of the exported graph. With stateless random ops and a per-batch
-seed, a run is reproducible.
+Applied in the tf.data pipeline, never part of the exported graph. Two stages around the
+binning of :mod:`trainer.graph` (``bin_clean`` → photons → ``cap_hot`` → ``channels``):
 
-- photon level: a factor ``s`` per frame, log-uniform in ``scale_range``. ``s ≤ 1``: binomial
-  thinning of the counts (exactly a run with ``s`` times the fluence); ``s > 1``: each photon
-  is duplicated with probability ``s − 1`` (right mean, somewhat over-dispersed).
-- geometry: in-plane rotation about the beam centre by any angle (which includes the
-  centrosymmetric 180° turn), a mirror image (the pattern of the mirrored particle), and a
-  small shift of the centre (± ``shift_px``), nearest-neighbour so counts stay counts.
-  Before the turn, the gap rows are filled with mirrored copies of their neighbours, so
-  that a turned frame does not carry a turned gap; afterwards the detector mask is applied
-  again (hole and gap back at their true places).
+Geometry, on raw frames (:func:`augment_geometry`), nearest-neighbour so counts stay counts:
+  in-plane rotation about the beam centre by any angle (which includes the centrosymmetric
+  180° turn), a mirror image (the pattern of the mirrored particle), a zoom about the centre
+  (another particle size or detector distance) and a small shift of the centre. The gap
+  rows are first filled with mirrored copies of their neighbours, so a turned frame carries
+  no turned gap; afterwards the detector mask is applied again.
+
+Photons, on binned counts (:func:`augment_photons`; binning is a sum, so this is exact and
+4× cheaper than at full resolution):
+  photon level ``s`` log-uniform in ``scale_range``: ``s ≤ 1`` binomial thinning (exactly a
+  run with ``s`` times the fluence), ``s > 1`` each photon duplicated with probability
+  ``s − 1`` (right mean, somewhat over-dispersed); extra background photons (flat / low-q
+  mix) for a share of frames; extra hot pixels.
+
+TensorFlow is imported inside the functions, so :class:`AugmentConfig` (part of
+:class:`trainer.train.TrainConfig`) is importable without it.
 """
 
 from __future__ import annotations
@@ -21,21 +27,26 @@ import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import tensorflow as tf
 
 from streamer.geometry import DetectorGeometry
 from trainer import preprocess as ref
 
+MAX_EXTRA_PHOTONS = 128  # per frame: extra background photons and hot pixels drawn at most
+
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Which augmentations to apply (all on by default)."""
+    """Which augmentations to apply and how strongly."""
 
     rotate: bool = True
     mirror: bool = True
     shift_px: float = 2.0
-    scale_range: tuple[float, float] = (0.5, 2.0)
-    resample: bool = True
+    zoom_range: tuple[float, float] = (0.87, 1.15)
+    scale_range: tuple[float, float] = (0.25, 2.0)
+    background_share: float = 0.5  # share of frames that get extra background
+    background_photons: tuple[float, float] = (3.0, 60.0)  # log-uniform, per frame
+    hot_pixels: float = 0.5  # Poisson mean per frame
+    hot_pixel_photons: tuple[float, float] = (20.0, 500.0)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -46,8 +57,7 @@ def gap_fill_rows(geometry: DetectorGeometry) -> np.ndarray:
     copies of the rows above (upper half) and below (lower half)."""
     h = geometry.shape[0]
     rows = np.arange(h, dtype=np.int32)
-    valid_rows = geometry.valid_pixels().any(axis=1)
-    gap = np.flatnonzero(~valid_rows)
+    gap = np.flatnonzero(~geometry.valid_pixels().any(axis=1))
     if gap.size == 0:
         return rows
     top, bottom = int(gap.min()), int(gap.max())
@@ -58,10 +68,12 @@ def gap_fill_rows(geometry: DetectorGeometry) -> np.ndarray:
     return rows
 
 
-def _transforms(angle: tf.Tensor, mirror: tf.Tensor, shift: tf.Tensor, centre) -> tf.Tensor:
+def affine_transforms(angle, mirror, zoom, shift, centre):
     """(B, 8) projective transforms mapping output pixel (x, y) to input coordinates."""
+    import tensorflow as tf
+
     cy, cx = centre
-    c, s = tf.cos(angle), tf.sin(angle)
+    c, s = tf.cos(angle) / zoom, tf.sin(angle) / zoom
     a0, a1 = mirror * c, mirror * s
     b0, b1 = -s, c
     ox, oy = cx + shift[:, 1], cy + shift[:, 0]
@@ -71,53 +83,148 @@ def _transforms(angle: tf.Tensor, mirror: tf.Tensor, shift: tf.Tensor, centre) -
     return tf.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
 
 
-def resample_photons(frames: tf.Tensor, scale: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-    """Frames with ``scale`` (B,) times the photons: thinning (≤ 1) or duplication (> 1)."""
-    x = tf.maximum(frames, 0.0)
-    whole = tf.floor(x)
-    frac = x - whole
-    s = tf.reshape(scale, [-1, 1, 1])
-    p = tf.broadcast_to(tf.where(s <= 1.0, s, s - 1.0), tf.shape(x))
-    drawn = tf.random.stateless_binomial(
-        tf.shape(x), seed, counts=whole, probs=p, output_dtype=tf.float32
-    )
-    return tf.where(s <= 1.0, drawn + frac * s, whole + drawn + frac * s)
-
-
-def augment_frames(
-    frames: tf.Tensor,
-    seed: tf.Tensor,
+def augment_geometry(
+    frames,
+    seed,
     geometry: DetectorGeometry | None = None,
-    config: AugmentConfig = AugmentConfig(),
-) -> tf.Tensor:
-    """Augment a batch of raw frames (B, H, W); ``seed`` is a (2,) int tensor."""
+    config: AugmentConfig | None = None,
+):
+    """Turned / mirrored / zoomed / shifted raw frames (B, H, W); ``seed``: (2,) ints."""
+    import tensorflow as tf
+
+    from trainer import graph
+
     geometry = geometry or DetectorGeometry()
+    config = config or AugmentConfig()
     x = tf.convert_to_tensor(frames, tf.float32)
     x = tf.where(tf.math.is_finite(x), tf.maximum(x, 0.0), 0.0)
     n = tf.shape(x)[0]
-    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 5)
+    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 4)
+    two_pi = 2.0 * math.pi
+    angle = tf.random.stateless_uniform([n], seeds[0], 0.0, two_pi if config.rotate else 0.0)
+    flip = tf.random.stateless_uniform([n], seeds[1]) < (0.5 if config.mirror else 0.0)
+    lo, hi = (math.log(z) for z in config.zoom_range)
+    zoom = tf.exp(tf.random.stateless_uniform([n], seeds[2], lo, hi))
+    d = config.shift_px
+    shift = tf.random.stateless_uniform([n, 2], seeds[3], -d, d)
+    x = tf.gather(x, tf.constant(gap_fill_rows(geometry)), axis=1)
+    transforms = affine_transforms(
+        angle, tf.where(flip, -1.0, 1.0), zoom, shift, geometry.center_px
+    )
+    return transform_frames(x, transforms, geometry.shape) * graph.mask_constant(geometry)
+
+
+def transform_frames(frames, transforms, shape: tuple[int, int]):
+    """Nearest-neighbour resampling of (B, H, W) frames by (B, 8) projective transforms."""
+    import tensorflow as tf
+
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=tf.expand_dims(frames, -1),
+        transforms=transforms,
+        output_shape=tf.constant(list(shape), tf.int32),
+        fill_value=0.0,
+        interpolation="NEAREST",
+        fill_mode="CONSTANT",
+    )[..., 0]
+
+
+def resample_photons(binned, scale, seed):
+    """Counts with ``scale`` (B,) times the photons: thinning (≤ 1) or duplication (> 1)."""
+    import tensorflow as tf
+
+    whole = tf.floor(binned)
+    frac = binned - whole
+    s = tf.reshape(scale, [-1, 1, 1])
+    p = tf.broadcast_to(tf.where(s <= 1.0, s, s - 1.0), tf.shape(binned))
+    drawn = tf.random.stateless_binomial(
+        tf.shape(binned), seed, counts=whole, probs=p, output_dtype=tf.float32
+    )
+    return tf.where(s <= 1.0, drawn, whole + drawn) + frac * s
+
+
+def _scatter(bins, values, shape):
+    """Sum ``values`` (B, K) into bins (B, K) of flat images (B, h*w) → (B, h, w)."""
+    import tensorflow as tf
+
+    n = tf.shape(bins)[0]
+    size = shape[0] * shape[1]
+    flat = bins + tf.range(n, dtype=bins.dtype)[:, None] * size
+    out = tf.math.unsorted_segment_sum(tf.reshape(values, [-1]), tf.reshape(flat, [-1]), n * size)
+    return tf.reshape(out, [n, shape[0], shape[1]])
+
+
+def _background_weights(geometry: DetectorGeometry) -> tuple[np.ndarray, np.ndarray]:
+    """Flat and low-q photon distributions over the bins (each sums to 1)."""
+    mask = np.array(ref.binned_mask(geometry), np.float64)
+    hb, wb = mask.shape
+    cy, cx = geometry.center_px
+    yy = (np.arange(hb) * ref.BIN + (ref.BIN - 1) / 2 - cy)[:, None]
+    xx = (np.arange(wb) * ref.BIN + (ref.BIN - 1) / 2 - cx)[None, :]
+    r0 = 2.0 * max(geometry.hole_radius_px, 2.0)
+    lowq = mask / (1.0 + (yy**2 + xx**2) / r0**2) ** 2
+    return mask.ravel() / mask.sum(), lowq.ravel() / lowq.sum()
+
+
+def augment_photons(
+    binned,
+    seed,
+    geometry: DetectorGeometry | None = None,
+    config: AugmentConfig | None = None,
+):
+    """Photon-level, background and hot-pixel augmentation of binned counts (B, h, w)."""
+    import tensorflow as tf
+
+    geometry = geometry or DetectorGeometry()
+    config = config or AugmentConfig()
+    b = tf.convert_to_tensor(binned, tf.float32)
+    n = tf.shape(b)[0]
+    shape = ref.binned_shape(geometry)
+    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 9)
     lo, hi = config.scale_range
-    if config.resample and (lo, hi) != (1.0, 1.0):
+    if (lo, hi) != (1.0, 1.0):
         log_s = tf.random.stateless_uniform([n], seeds[0], math.log(lo), math.log(hi))
-        x = resample_photons(x, tf.exp(log_s), seeds[1])
-    if config.rotate or config.mirror or config.shift_px > 0:
-        angle = (
-            tf.random.stateless_uniform([n], seeds[2], 0.0, 2.0 * math.pi)
-            if config.rotate
-            else tf.zeros([n])
+        b = resample_photons(b, tf.exp(log_s), seeds[1])
+    k = MAX_EXTRA_PHOTONS
+    if config.background_share > 0:
+        flat, lowq = _background_weights(geometry)
+        f = tf.random.stateless_uniform([n, 1], seeds[2])
+        probs = f * tf.constant(lowq, tf.float32) + (1.0 - f) * tf.constant(flat, tf.float32)
+        blo, bhi = (math.log(v) for v in config.background_photons)
+        level = tf.exp(tf.random.stateless_uniform([n], seeds[3], blo, bhi))
+        level *= tf.cast(
+            tf.random.stateless_uniform([n], seeds[4]) < config.background_share, tf.float32
         )
-        flip = tf.random.stateless_uniform([n], seeds[3]) < (0.5 if config.mirror else 0.0)
-        mirror = tf.where(flip, -1.0, 1.0)
-        shift = tf.random.stateless_uniform([n, 2], seeds[4], -config.shift_px, config.shift_px)
-        x = tf.gather(x, tf.constant(gap_fill_rows(geometry)), axis=1)
-        h, w = geometry.shape
-        x = tf.raw_ops.ImageProjectiveTransformV3(
-            images=tf.expand_dims(x, -1),
-            transforms=_transforms(angle, mirror, shift, geometry.center_px),
-            output_shape=tf.constant([h, w], tf.int32),
-            fill_value=0.0,
-            interpolation="NEAREST",
-            fill_mode="CONSTANT",
-        )[..., 0]
-        x = x * tf.constant(np.array(ref.detector_mask(geometry)))
-    return x
+        count = tf.random.stateless_poisson([n], seeds[5], level, dtype=tf.int32)
+        bins = tf.random.stateless_categorical(
+            tf.math.log(probs + 1e-30), k, seeds[6], dtype=tf.int32
+        )
+        on = tf.cast(tf.range(k)[None, :] < count[:, None], tf.float32)
+        b += _scatter(bins, on, shape)
+    if config.hot_pixels > 0:
+        mask = np.array(ref.binned_mask(geometry), np.float32).ravel()
+        logits = tf.tile(tf.constant(np.log(mask + 1e-30)[None, :], tf.float32), [n, 1])
+        m = 4  # at most this many hot pixels per frame
+        count = tf.random.stateless_poisson([n], seeds[7], config.hot_pixels, dtype=tf.int32)
+        bins = tf.random.stateless_categorical(logits, m, seeds[8], dtype=tf.int32)
+        plo, phi = config.hot_pixel_photons
+        values = tf.random.stateless_uniform([n, m], seeds[8][::-1], plo, phi)
+        values *= tf.cast(tf.range(m)[None, :] < count[:, None], tf.float32)
+        b += _scatter(bins, values, shape)
+    return b
+
+
+def augmented_inputs(
+    frames,
+    seed,
+    geometry: DetectorGeometry | None = None,
+    config: AugmentConfig | None = None,
+):
+    """Raw frames → augmented network inputs, the training twin of ``graph.preprocess``."""
+    import tensorflow as tf
+
+    from trainer import graph
+
+    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 2)
+    x = augment_geometry(frames, seeds[0], geometry, config)
+    b = augment_photons(graph.bin_clean(x, geometry), seeds[1], geometry, config)
+    return graph.channels(graph.cap_hot(b))

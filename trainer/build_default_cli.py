@@ -38,7 +38,7 @@ class BuildPlan:
     n_train: int = 5000
     n_val: int = 1000
     n_test: int = 1000
-    epochs: int = 30
+    epochs: int = 24
     batch_size: int = 64
     target_precision: float = 0.97
 

@@ -124,7 +124,7 @@ def write_confusion_png(path: Path, metrics: Mapping[str, Any], classes: Sequenc
     sets = [(k, v) for k, v in metrics.items() if isinstance(v, Mapping) and "confusion" in v]
     if not sets:
         return
-    fig, axes = plt.subplots(1, len(sets), figsize=(4.4 * len(sets), 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(sets), figsize=(4.8 * len(sets), 4.5), squeeze=False)
     for ax, (title, m) in zip(axes[0], sets, strict=True):
         conf = np.asarray(m["confusion"], float)
         norm = conf / np.maximum(conf.sum(axis=1, keepdims=True), 1)
@@ -144,7 +144,13 @@ def write_confusion_png(path: Path, metrics: Mapping[str, Any], classes: Sequenc
         ax.set_yticks(range(len(classes)), classes)
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
-        ax.set_title(f"{title}: accuracy {m.get('accuracy', float('nan')):.3f}", fontsize=10)
+        lines = [f"{title}: accuracy {m.get('accuracy', float('nan')):.3f}"]
+        for cls, k in m.get("keep", {}).items():
+            lines.append(
+                f"{cls} kept (p ≥ {k['threshold']:.2f}): precision {k['precision']:.3f}, "
+                f"recall {k['recall']:.3f}"
+            )
+        ax.set_title("\n".join(lines), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
@@ -188,6 +194,8 @@ def export_bundle(
     force: bool = False,
     geometry: DetectorGeometry | None = None,
     opset: int = OPSET,
+    output_descriptions: Mapping[str, Mapping[str, Any]] | None = None,
+    keras_model: Any = None,
 ) -> Path:
     """Write a bundle for a Keras model (logits on preprocessed images) or for a ready
     ``tf.function`` (raw frames → dict with ``probabilities``) and return its path.
@@ -195,7 +203,11 @@ def export_bundle(
     ``version`` defaults to ``YYYYMMDD-<first 8 hex of the ONNX sha256>``, so it changes
     whenever the weights do. ``metrics`` maps set names (e.g. ``validation``, ``test``) to
     :func:`trainer.train.classification_metrics` results; ``extra_files`` maps relative
-    names to bytes or to files to copy.
+    names to bytes or to files to copy. Every graph output must be described in the
+    manifest: :data:`trainer.graph.OUTPUTS` covers ``probabilities`` and ``photons``;
+    ``output_descriptions`` adds others (``{name: {shape, dtype, description}}``, ``"C"``
+    in a shape stands for the number of classes), e.g. for a ``tf.function`` that also
+    computes a template distance; pass its CNN as ``keras_model`` to keep ``model.keras``.
     """
     import keras
 
@@ -223,13 +235,14 @@ def export_bundle(
         convert_to_onnx(fn, tmp / MODEL_FILE, opset)
         io = check_onnx(tmp / MODEL_FILE, tuple(geometry.shape), len(classes))
         model_info: dict[str, Any] = {"opset": opset}
-        if is_keras:
+        cnn = model_or_fn if is_keras else keras_model
+        if cnn is not None:
             model_info.update(
-                architecture=model_or_fn.name,
-                params=int(model_or_fn.count_params()),
-                macs_per_frame=count_macs(model_or_fn),
+                architecture=cnn.name,
+                params=int(cnn.count_params()),
+                macs_per_frame=count_macs(cnn),
             )
-            model_or_fn.save(tmp / KERAS_FILE)
+            cnn.save(tmp / KERAS_FILE)
         if metrics:
             (tmp / EVALUATION_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
             write_confusion_png(tmp / CONFUSION_FILE, metrics, classes)
@@ -243,11 +256,15 @@ def export_bundle(
         created = datetime.now(UTC)
         if version is None:
             version = f"{created:%Y%m%d}-{sha256_file(tmp / MODEL_FILE)[:8]}"
+        described = {**graph.OUTPUTS, **(output_descriptions or {})}
+        undescribed = sorted(set(io["outputs"]) - set(described))
+        if undescribed:
+            raise BundleError(f"graph outputs {undescribed} have no description for the manifest")
         outputs = {}
-        for oname, spec in graph.OUTPUTS.items():
-            if oname in io["outputs"]:
-                shape = [len(classes) if s == "C" else s for s in spec["shape"]]
-                outputs[oname] = {**spec, "shape": shape}
+        for oname in io["outputs"]:
+            spec = described[oname]
+            shape = [len(classes) if s == "C" else s for s in spec["shape"]]
+            outputs[oname] = {**spec, "shape": shape}
         manifest = {
             "format_version": 1,
             "name": name,

@@ -3,12 +3,14 @@
 Mirrors :mod:`trainer.preprocess` step by step (same constants; a test checks parity).
 Only ops that tf2onnx converts cleanly and onnxruntime runs fast on the CPU are used:
 full-resolution work is one AveragePool; the rest runs on the 4× smaller binned image.
-(tf2onnx has no Log1p; a Select whose condition is not IsNaN/IsInf becomes
-``cond*x + (1-cond)*y``, which lets NaN through; single-channel Conv is slow in
-onnxruntime, so the neighbour sum is an AveragePool.)
+Learned the hard way: tf2onnx has no Log1p; a Select whose condition is not IsNaN/IsInf
+becomes ``cond*x + (1-cond)*y``, which lets NaN through; a single-channel Conv is slow in
+onnxruntime (so the neighbour sum is a SAME AveragePool, one padded ONNX op); stacking
+channels last costs a copy plus a transpose (so the two channels are one broadcast Mul
+in NCHW order, whose transpose tf2onnx cancels).
 
-Constants (masks) are created inside the calling function, so a ``tf.function``
-embeds them in its graph instead of capturing them as inputs.
+Constants (masks) are created inside the calling function, so a ``tf.function`` embeds
+them in its graph instead of capturing them as inputs.
 """
 
 from __future__ import annotations
@@ -30,16 +32,34 @@ def binned_mask_constant(geometry: DetectorGeometry | None = None) -> tf.Tensor:
     return tf.constant(np.array(ref.binned_mask(geometry)), dtype=tf.float32)
 
 
+def bin_clean(frames: tf.Tensor, geometry: DetectorGeometry | None = None) -> tf.Tensor:
+    """Raw (B, H, W) → binned, clipped, NaN-free, masked counts (B, h, w).
+
+    The 2×2 sum is an average times 4, the 4 folded into the mask constant. NaN removal
+    (an elementwise Where, slow in onnxruntime) runs only for batches that contain a NaN:
+    one sum over the batch decides (clipping has made ±Inf finite), an ONNX ``If``."""
+    x = tf.expand_dims(tf.convert_to_tensor(frames, dtype=tf.float32), -1)
+    b = tf.squeeze(tf.nn.avg_pool2d(x, ref.BIN, ref.BIN, padding="VALID"), -1)
+    scale = float(ref.BIN**2)
+    b = tf.clip_by_value(b, 0.0, ref.PIXEL_MAX / scale) * (binned_mask_constant(geometry) * scale)
+    return tf.cond(
+        tf.math.is_nan(tf.reduce_sum(b)),
+        lambda: tf.where(tf.math.is_nan(b), 0.0, b),
+        lambda: b,
+    )
+
+
+def cap_hot(binned: tf.Tensor) -> tf.Tensor:
+    """Each bin capped at HOT_ABS + HOT_REL × mean of its 8 neighbours."""
+    mean = tf.squeeze(tf.nn.avg_pool2d(tf.expand_dims(binned, -1), 3, 1, padding="SAME"), -1)
+    # HOT_ABS + HOT_REL/8 * (9 * mean - b); the window mean counts bins inside the frame only
+    cap = ref.HOT_ABS + (9.0 * ref.HOT_REL / 8.0) * mean - (ref.HOT_REL / 8.0) * binned
+    return tf.minimum(binned, cap)
+
+
 def bin_frames(frames: tf.Tensor, geometry: DetectorGeometry | None = None) -> tf.Tensor:
     """Raw (B, H, W) → cleaned binned photon counts (B, h, w); see :mod:`trainer.preprocess`."""
-    x = tf.expand_dims(tf.convert_to_tensor(frames, dtype=tf.float32), -1)
-    b = tf.squeeze(tf.nn.avg_pool2d(x, ref.BIN, ref.BIN, padding="VALID"), -1) * float(ref.BIN**2)
-    b = tf.clip_by_value(b, 0.0, ref.PIXEL_MAX) * binned_mask_constant(geometry)
-    b = tf.where(tf.math.is_nan(b), 0.0, b)
-    padded = tf.pad(tf.expand_dims(b, -1), [[0, 0], [1, 1], [1, 1], [0, 0]])
-    box = tf.squeeze(tf.nn.avg_pool2d(padded, 3, 1, padding="VALID"), -1) * 9.0
-    cap = ref.HOT_ABS + (ref.HOT_REL / 8.0) * (box - b)
-    return tf.minimum(b, cap)
+    return cap_hot(bin_clean(frames, geometry))
 
 
 def channels(binned: tf.Tensor) -> tf.Tensor:
@@ -56,12 +76,16 @@ def channels(binned: tf.Tensor) -> tf.Tensor:
     return tf.transpose(x, [0, 2, 3, 1])
 
 
+def finish(binned: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Cleaned binned counts → (network input, photons)."""
+    return channels(binned), tf.reduce_sum(binned, axis=[1, 2])
+
+
 def preprocess(
     frames: tf.Tensor, geometry: DetectorGeometry | None = None
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Raw frames (B, H, W) → (network input (B, h, w, 2), photons (B,))."""
-    b = bin_frames(frames, geometry)
-    return channels(b), tf.reduce_sum(b, axis=[1, 2])
+    return finish(bin_frames(frames, geometry))
 
 
 OUTPUTS: dict[str, dict] = {

@@ -76,8 +76,8 @@ def binned_shape(geometry: DetectorGeometry | None = None) -> tuple[int, int]:
     return h // BIN, w // BIN
 
 
-def bin_frames(frames: np.ndarray, geometry: DetectorGeometry | None = None) -> np.ndarray:
-    """Steps 1–3: raw (N, H, W) → cleaned binned photon counts (N, h, w) float32."""
+def bin_clean(frames: np.ndarray, geometry: DetectorGeometry | None = None) -> np.ndarray:
+    """Steps 1–2: raw (N, H, W) → binned, clipped, NaN-free, masked counts (N, h, w)."""
     x = np.asarray(frames, dtype=np.float32)
     if x.ndim == 2:
         x = x[None]
@@ -90,14 +90,31 @@ def bin_frames(frames: np.ndarray, geometry: DetectorGeometry | None = None) -> 
         x = x[:, : hb * BIN, : wb * BIN].reshape(n, hb, BIN, wb, BIN)
         b = x.sum(axis=(2, 4), dtype=np.float32)
         b = np.clip(b, np.float32(0), np.float32(PIXEL_MAX)) * binned_mask(geometry)
-    b = np.where(np.isnan(b), np.float32(0), b)
+    return np.where(np.isnan(b), np.float32(0), b)
+
+
+def cap_hot(binned: np.ndarray) -> np.ndarray:
+    """Step 3: each bin capped at HOT_ABS + HOT_REL × mean of its 8 neighbours.
+
+    The neighbourhood sum is ``9 × (mean of the 3×3 window) − bin``, the window mean taken
+    over the bins inside the frame (at the border: 6 or 4 bins), as one AveragePool does."""
+    b = np.asarray(binned, np.float32)
+    hb, wb = b.shape[1:]
     padded = np.pad(b, ((0, 0), (1, 1), (1, 1)))
+    ones = np.pad(np.ones((hb, wb), np.float32), 1)
     box = np.zeros_like(b)
+    count = np.zeros((hb, wb), np.float32)
     for dy in (0, 1, 2):
         for dx in (0, 1, 2):
             box += padded[:, dy : dy + hb, dx : dx + wb]
-    cap = np.float32(HOT_ABS) + np.float32(HOT_REL / 8.0) * (box - b)
+            count += ones[dy : dy + hb, dx : dx + wb]
+    cap = np.float32(HOT_ABS) + np.float32(HOT_REL / 8.0) * (box / count * np.float32(9) - b)
     return np.minimum(b, cap).astype(np.float32)
+
+
+def bin_frames(frames: np.ndarray, geometry: DetectorGeometry | None = None) -> np.ndarray:
+    """Steps 1–3: raw (N, H, W) → cleaned binned photon counts (N, h, w) float32."""
+    return cap_hot(bin_clean(frames, geometry))
 
 
 def channels(binned: np.ndarray) -> np.ndarray:

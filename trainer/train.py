@@ -108,8 +108,7 @@ def predict_probabilities(
 def _train_dataset(frames, labels, weights, cfg: TrainConfig):
     import tensorflow as tf
 
-    from trainer import graph
-    from trainer.augment import augment_frames
+    from trainer.augment import augmented_inputs
 
     n = len(frames)
     labels = np.asarray(labels, np.int32)
@@ -133,8 +132,7 @@ def _train_dataset(frames, labels, weights, cfg: TrainConfig):
     def transform(batch, seed):
         x, y, sw = batch
         x = tf.ensure_shape(x, [None, h, w])
-        x = augment_frames(x, seed, cfg.geometry, cfg.augment_config)
-        images, _ = graph.preprocess(x, cfg.geometry)
+        images = augmented_inputs(x, seed, cfg.geometry, cfg.augment_config)
         return images, tf.ensure_shape(y, [None]), tf.ensure_shape(sw, [None])
 
     ds = tf.data.Dataset.zip((ds, seeds)).map(transform, num_parallel_calls=2, deterministic=True)
@@ -222,7 +220,12 @@ def train_model(
     if progress:
         callbacks.append(_epoch_logger(config.epochs))
     hist = model.fit(
-        train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=callbacks, verbose=0
+        train_ds,
+        validation_data=val_ds,
+        epochs=config.epochs,
+        callbacks=callbacks,
+        shuffle=False,  # the dataset shuffles itself, reproducibly
+        verbose=0,
     )
     history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
     best_epoch = int(np.argmin(history["val_loss"])) + 1 if history.get("val_loss") else 0
