@@ -1,0 +1,45 @@
+"""Packaging contracts: entry points exist, the streamer never imports TensorFlow."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_streamer_imports_without_tensorflow() -> None:
+    code = (
+        "import sys\n"
+        "import streamer.cli, streamer.serve, streamer.pipeline, streamer.replay, streamer.demo\n"
+        "import streamer.cli as c\n"
+        "import importlib\n"
+        "[importlib.import_module(m) for m in c.COMMANDS.values()]\n"
+        "heavy = ('tensorflow', 'keras', 'tf2onnx')\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in heavy)\n"
+        "assert not bad, bad\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_console_scripts_and_extras_are_declared() -> None:
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert meta["scripts"] == {"streamer": "streamer.cli:main", "trainer": "trainer.cli:main"}
+    extras = meta["optional-dependencies"]
+    assert {"cpu", "gpu", "train", "dev"} <= set(extras)
+    serving = " ".join(meta["dependencies"] + extras["cpu"] + extras["gpu"])
+    assert "tensorflow" not in serving and "keras" not in serving
+    assert any(d.startswith("onnxruntime-gpu") for d in extras["gpu"])
+    assert not any(d.startswith("onnxruntime-gpu") for d in extras["cpu"])
+
+
+def test_python_m_entry_points_answer_help() -> None:
+    for pkg in ("streamer", "trainer"):
+        out = subprocess.run(
+            [sys.executable, "-m", pkg, "--help"], capture_output=True, text=True, cwd=ROOT
+        )
+        assert out.returncode == 0 and "COMMAND" in out.stdout, out.stderr[-1000:]
