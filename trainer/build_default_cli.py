@@ -3,9 +3,10 @@
 Simulates a training and a validation run (fixed seeds, default simulator settings) and a
 test run with another seed AND other particle/beam parameters (:data:`TEST_CONFIG`: lower
 photon level, wider particle size range, more background and hot pixels), trains the
-``compact`` CNN, chooses the single-hit threshold on validation, evaluates on both, and
-exports the bundle. The test metrics in the manifest measure generalisation beyond the
-training distribution.
+``compact`` CNN, chooses the single-hit threshold on validation, evaluates on both, builds
+a polar template bank from the single hits of one more simulated run (:data:`BANK_SEED`)
+and exports the bundle: ONE graph with the CNN's probabilities and the template distance.
+The test metrics in the manifest measure generalisation beyond the training distribution.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import io
 import json
 import logging
 import multiprocessing
+import shutil
+import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
@@ -29,6 +32,7 @@ log = logging.getLogger(__name__)
 
 TRAIN_SEED, VAL_SEED, TEST_SEED = 20261127, 20261128, 20261129
 TRAIN_SEED_NN = 7
+BANK_SEED = 20261130
 
 
 @dataclass(frozen=True)
@@ -41,10 +45,11 @@ class BuildPlan:
     epochs: int = 24
     batch_size: int = 64
     target_precision: float = 0.97
+    bank_singles: int = 100
 
 
 FULL = BuildPlan()
-QUICK = BuildPlan(n_train=320, n_val=160, n_test=160, epochs=2)
+QUICK = BuildPlan(n_train=320, n_val=160, n_test=160, epochs=2, bank_singles=10)
 
 
 def test_config():
@@ -93,6 +98,31 @@ def simulate_parallel(
                     frames[start : start + len(f)], labels[start : start + len(f)] = f, lab
                     bar.update(len(f))
     return frames, labels
+
+
+def build_default_bank(
+    path: Path, n_singles: int = 100, seed: int = BANK_SEED, workers: int = 2
+) -> Path:
+    """Template bank of the first ``n_singles`` single hits of a simulated run (default
+    simulator settings, ``seed``), written to ``path`` (replacing it)."""
+    from trainer.simulate import SIM_CLASSES, SimConfig
+    from trainer.templates import build_bank, save_bank
+
+    n_frames = 4 * n_singles  # 30 % singles: about 1.2 × n_singles
+    frames, labels = simulate_parallel(n_frames, seed, SimConfig(), workers, "template run")
+    idx = np.flatnonzero(labels == SIM_CLASSES.index("single"))[:n_singles]
+    if len(idx) < n_singles:
+        raise ConfigError(f"only {len(idx)} singles among {n_frames} frames of seed {seed}")
+    name = f"simulated-seed{seed}"
+    bank = build_bank(frames[idx], source_run=name, source_index=idx)
+    bank.attrs.update(
+        {
+            "source": f"trainer.simulate, SimConfig() defaults, seed {seed}: the first "
+            f"{n_singles} frames labelled single of {n_frames}",
+            "simulator_seed": seed,
+        }
+    )
+    return save_bank(bank, path, overwrite=True)
 
 
 def history_png(history: dict[str, list[float]]) -> bytes:
@@ -169,6 +199,8 @@ def build_default(
         "single": choose_threshold(result.val_probabilities, y_va, single, plan.target_precision)
     }
     p_te = predict_probabilities(result.model, x_te)
+    bank_dir = Path(tempfile.mkdtemp(prefix="hitstream-bank-"))
+    bank_path = build_default_bank(bank_dir / "templates.h5", plan.bank_singles, BANK_SEED, workers)
     metrics = {
         "validation": classification_metrics(result.val_probabilities, y_va, classes, thresholds),
         "test": classification_metrics(p_te, y_te, classes, thresholds),
@@ -196,6 +228,12 @@ def build_default(
                 "config": _diff(asdict(test_cfg), asdict(train_cfg)),
             },
         },
+        "templates": {
+            "seed": BANK_SEED,
+            "singles": plan.bank_singles,
+            "config": "SimConfig() defaults",
+            "rule": "the first frames labelled single",
+        },
         "config": config.as_dict(),
         "class_weights": result.class_weights,
         "epochs_run": len(result.history.get("loss", [])),
@@ -205,17 +243,21 @@ def build_default(
         "threshold_rule": f"lowest p(single) with validation keep precision >= "
         f"{plan.target_precision} (not below 0.5)",
     }
-    path = export_bundle(
-        result.model,
-        out,
-        name=name,
-        classes=classes,
-        thresholds=thresholds,
-        training_summary=summary,
-        metrics=metrics,
-        force=force,
-        extra_files={"training.png": history_png(result.history)},
-    )
+    try:
+        path = export_bundle(
+            result.model,
+            out,
+            name=name,
+            classes=classes,
+            thresholds=thresholds,
+            training_summary=summary,
+            metrics=metrics,
+            force=force,
+            extra_files={"training.png": history_png(result.history)},
+            bank=bank_path,
+        )
+    finally:
+        shutil.rmtree(bank_dir, ignore_errors=True)
     p_onnx = onnx_probabilities(path / "model.onnx", x_te)
     diff = float(np.abs(p_onnx - p_te).max())
     if diff > 1e-3:

@@ -12,6 +12,9 @@ COMMANDS = {
     "templates": "trainer.templates_cli",
     "rank": "trainer.rank_cli",
     "build-default": "trainer.build_default_cli",
+    "export": "trainer.export_cli",
+    "evaluate": "trainer.evaluate_cli",
+    "finetune": "trainer.finetune_cli",
 }
 
 

@@ -8,7 +8,8 @@ overwritten unless ``force=True``.
 
 Bundle files: ``model.onnx``, ``manifest.json`` (:func:`streamer.bundle.write_manifest`),
 ``model.keras`` (for fine-tuning), ``evaluation.json`` and ``confusion.png`` (when metrics
-are given), and any ``extra_files``.
+are given), ``templates.h5`` (when a template bank is given: the graph then also outputs
+the template distance, index and angle) and any ``extra_files``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -38,6 +40,7 @@ INPUT_NAME = "frames"
 KERAS_FILE = "model.keras"
 EVALUATION_FILE = "evaluation.json"
 CONFUSION_FILE = "confusion.png"
+TEMPLATES_FILE = "templates.h5"
 DEFAULT_HIT_CLASSES = ("single", "multiple", "other")
 DEFAULT_KEEP_CLASSES = ("single",)
 
@@ -156,6 +159,27 @@ def write_confusion_png(path: Path, metrics: Mapping[str, Any], classes: Sequenc
     plt.close(fig)
 
 
+def bank_summary(bank: Any) -> dict[str, Any]:
+    """The manifest's ``templates`` entry for a :class:`trainer.templates.TemplateBank`."""
+    runs = sorted(set(bank.source_run))
+    return {
+        "file": TEMPLATES_FILE,
+        "mode": bank.mode,
+        "n_templates": len(bank),
+        "source_runs": runs[:20],
+        "polar_config": asdict(bank.polar),
+        "attrs": {k: _jsonable(v) for k, v in bank.attrs.items()},
+    }
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    return v if isinstance(v, str | int | float | bool) or v is None else str(v)
+
+
 def _make_readable(root: Path) -> None:
     """mkdtemp/mkstemp create owner-only entries; give the bundle the usual permissions."""
     umask = os.umask(0)
@@ -196,6 +220,7 @@ def export_bundle(
     opset: int = OPSET,
     output_descriptions: Mapping[str, Mapping[str, Any]] | None = None,
     keras_model: Any = None,
+    bank: str | os.PathLike[str] | None = None,
 ) -> Path:
     """Write a bundle for a Keras model (logits on preprocessed images) or for a ready
     ``tf.function`` (raw frames → dict with ``probabilities``) and return its path.
@@ -208,6 +233,11 @@ def export_bundle(
     ``output_descriptions`` adds others (``{name: {shape, dtype, description}}``, ``"C"``
     in a shape stands for the number of classes), e.g. for a ``tf.function`` that also
     computes a template distance; pass its CNN as ``keras_model`` to keep ``model.keras``.
+
+    ``bank``: a polar template bank file (:func:`trainer.templates.save_bank`). With a Keras
+    model the graph then also outputs :data:`trainer.template_graph.OUTPUTS` (sharing the
+    CNN's binning); the file is copied into the bundle as ``templates.h5`` and summarised
+    under the manifest's ``templates`` key.
     """
     import keras
 
@@ -227,11 +257,23 @@ def export_bundle(
             raise BundleError(f"{key} names unknown classes {sorted(unknown)}")
     if out.exists() and not force:
         raise BundleError(f"{out} already exists; pass force=True (--force) to replace it")
+    template_bank = None
+    descriptions = dict(output_descriptions or {})
+    if bank is not None:
+        from trainer.template_graph import OUTPUTS as TEMPLATE_OUTPUTS
+        from trainer.templates import load_bank
+
+        template_bank = load_bank(bank)
+        descriptions = {**TEMPLATE_OUTPUTS, **descriptions}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:
         is_keras = isinstance(model_or_fn, keras.Model)
-        fn = graph.inference_function(model_or_fn, geometry) if is_keras else model_or_fn
+        fn = (
+            graph.inference_function(model_or_fn, geometry, template_bank)
+            if is_keras
+            else model_or_fn
+        )
         convert_to_onnx(fn, tmp / MODEL_FILE, opset)
         io = check_onnx(tmp / MODEL_FILE, tuple(geometry.shape), len(classes))
         model_info: dict[str, Any] = {"opset": opset}
@@ -253,10 +295,14 @@ def export_bundle(
                 dest.write_bytes(content)
             else:
                 shutil.copyfile(content, dest)
+        templates_info: dict[str, Any] | None = None
+        if template_bank is not None and bank is not None:
+            shutil.copyfile(bank, tmp / TEMPLATES_FILE)
+            templates_info = bank_summary(template_bank)
         created = datetime.now(UTC)
         if version is None:
             version = f"{created:%Y%m%d}-{sha256_file(tmp / MODEL_FILE)[:8]}"
-        described = {**graph.OUTPUTS, **(output_descriptions or {})}
+        described = {**graph.OUTPUTS, **descriptions}
         undescribed = sorted(set(io["outputs"]) - set(described))
         if undescribed:
             raise BundleError(f"graph outputs {undescribed} have no description for the manifest")
@@ -283,6 +329,8 @@ def export_bundle(
             "metrics": dict(metrics or {}),
             "software": software_versions(),
         }
+        if templates_info is not None:
+            manifest["templates"] = templates_info
         write_manifest(tmp, manifest)
         load_bundle(tmp, verify=True)
         _make_readable(tmp)

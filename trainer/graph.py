@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from streamer.errors import ConfigError
 from streamer.geometry import DetectorGeometry
 from trainer import preprocess as ref
 
@@ -105,16 +106,34 @@ OUTPUTS: dict[str, dict] = {
 }
 
 
-def inference_function(model, geometry: DetectorGeometry | None = None):
+def inference_function(model, geometry: DetectorGeometry | None = None, bank=None):
     """A ``tf.function`` from raw frames ``(B, H, W)`` float32 (input ``frames``) to the
-    named outputs of :data:`OUTPUTS`: the graph that is exported to ONNX."""
+    named outputs of :data:`OUTPUTS`: the graph that is exported to ONNX.
+
+    With a polar :class:`trainer.templates.TemplateBank` it also returns the template
+    matcher's outputs (:data:`trainer.template_graph.OUTPUTS`), computed from the same
+    binned frames as the CNN's input (one binning per frame)."""
     geometry = geometry or DetectorGeometry()
     h, w = geometry.shape
+    match = None
+    if bank is not None:
+        from trainer.template_graph import make_template_matcher
+
+        if bank.geometry != geometry:
+            raise ConfigError(
+                f"the template bank's detector geometry {bank.geometry.as_attrs()} differs "
+                f"from the model's {geometry.as_attrs()}"
+            )
+        match = make_template_matcher(bank)
 
     @tf.function(input_signature=[tf.TensorSpec([None, h, w], tf.float32, name="frames")])
     def infer(frames):
-        images, photons = preprocess(frames, geometry)
+        binned = bin_frames(frames, geometry)
+        images, photons = finish(binned)
         logits = model(images, training=False)
-        return {"probabilities": tf.nn.softmax(logits, axis=-1), "photons": photons}
+        out = {"probabilities": tf.nn.softmax(logits, axis=-1), "photons": photons}
+        if match is not None:
+            out.update(match.from_binned(binned))
+        return out
 
     return infer

@@ -166,6 +166,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=0.97,
         help="threshold of the first kept class reaches this precision [0.97]",
     )
+    p.add_argument(
+        "--bank",
+        type=Path,
+        help="polar template bank (trainer templates): the graph also outputs template_distance",
+    )
     p.add_argument("--out", type=Path, required=True, help="bundle directory, e.g. models/NAME")
     p.add_argument("--name", help="bundle name [the --out directory's name]")
     p.add_argument("--force", action="store_true", help="replace an existing bundle")
@@ -177,6 +182,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.out.exists() and not args.force:
         raise ConfigError(f"{args.out} already exists; pass --force to replace it")
+    if args.bank is not None:  # a bad bank fails now, not after the training
+        from trainer.templates import load_bank
+
+        load_bank(args.bank)
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
     data = load_labelled_frames(args.runs, args.dataset, args.labels, classes)
     keep = [c.strip() for c in args.keep.split(",") if c.strip()]
@@ -238,6 +247,7 @@ def run(args: argparse.Namespace) -> int:
         metrics=metrics,
         force=args.force,
         geometry=data.geometry,
+        bank=args.bank,
     )
     m = metrics["validation"]
     print(

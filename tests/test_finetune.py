@@ -1,0 +1,50 @@
+"""``trainer finetune``: the shipped bundle's CNN, fine-tuned one epoch on a tiny simulated
+run; before/after metrics on the same held-out frames, a new verified bundle."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+pytest.importorskip("tensorflow")
+ort = pytest.importorskip("onnxruntime")
+
+from streamer.bundle import load_bundle  # noqa: E402
+from trainer.simulate import simulate_run, write_run  # noqa: E402
+
+DEFAULT = Path(__file__).resolve().parents[1] / "models" / "default"
+
+
+def test_finetune_cli(tmp_path: Path) -> None:
+    from trainer.cli import main
+
+    run = simulate_run(40, seed=616)
+    path = write_run(tmp_path / "new.h5", run)
+    labels = tmp_path / "new.labels.csv"
+    out = tmp_path / "models" / "tuned"
+    args = ["finetune", "--model", str(DEFAULT), "--data", str(path), "--dataset", "data"]
+    args += ["--labels", str(labels), "--out", str(out), "--epochs", "1", "--batch-size", "8"]
+    assert main([*args, "--holdout-fraction", "0.25"]) == 0
+    src, new = load_bundle(DEFAULT), load_bundle(out, verify=True)
+    assert new.version != src.version and new.name == "tuned"
+    assert new.classes == src.classes and new.thresholds == src.thresholds
+    assert set(new.manifest["outputs"]) == set(src.manifest["outputs"])
+    assert "templates.h5" in new.manifest["files"]  # the bank is carried over
+    assert new.manifest["files"]["templates.h5"] == src.manifest["files"]["templates.h5"]
+    assert new.manifest["training"]["source"]["version"] == src.version
+    report = json.loads((out / "finetune.json").read_text())
+    hold = np.array(report["holdout"]["index"])
+    assert report["before"]["frames"] == report["after"]["frames"] == len(hold) == 10
+    # both numbers are the ONNX graphs' on exactly these frames
+    y = run.labels[hold].astype(np.int64)
+    for key, bundle in (("before", src), ("after", new)):
+        s = ort.InferenceSession(str(bundle.model_path), providers=["CPUExecutionProvider"])
+        p = s.run(["probabilities"], {"frames": run.frames[hold]})[0]
+        assert report[key]["accuracy"] == pytest.approx(np.mean(p.argmax(1) == y), abs=1e-5)
+    assert new.manifest["metrics"]["holdout"]["accuracy"] == report["after"]["accuracy"]
+    assert main(args) == 2  # exists, no --force
