@@ -180,16 +180,34 @@ def _timestamp(meta: dict, now: float) -> float:
     if isinstance(ts, int | float) and not isinstance(ts, bool) and math.isfinite(ts):
         return float(ts)
     sec, frac = meta.get("timestamp.sec"), meta.get("timestamp.frac")
-    if isinstance(sec, str) and sec.isdigit() and isinstance(frac, str) and frac.isdigit():
+    if _digits(sec, 12) and _digits(frac, None):  # ASCII only: int("²") fails
         return int(sec) + int(frac[:18].ljust(18, "0")) * 1e-18
     return now
+
+
+def _digits(text: Any, max_len: int | None) -> bool:
+    """``text`` is a non-empty string of ASCII digits (at most ``max_len`` of them)."""
+    return (
+        isinstance(text, str)
+        and (max_len is None or len(text) <= max_len)
+        and text.isascii()
+        and text.isdigit()
+    )
 
 
 def _pulse_ids(values: dict, key: str, n: int) -> np.ndarray:
     ids = values.get(key)
     if ids is not None:
-        ids = np.asarray(ids)
-        if ids.size == n and ids.dtype.kind in "iu":
+        try:
+            ids = np.asarray(ids)
+        except (TypeError, ValueError, OverflowError):  # ragged or odd lists: ignore
+            ids = None
+        if (
+            ids is not None
+            and ids.size == n
+            and ids.dtype.kind in "iu"
+            and (n == 0 or (ids.min() >= 0 and ids.max() < 2**32))
+        ):
             return ids.reshape(n).astype(np.uint32)
     return np.arange(n, dtype=np.uint32)
 

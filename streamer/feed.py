@@ -15,17 +15,27 @@ import contextlib
 import logging
 import time
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from streamer.errors import ConfigError
 from streamer.protocol import DEFAULT_LIMITS, Limits, deserialize
+from streamer.security import configure_client, load_keypair, load_public_key
 
 log = logging.getLogger(__name__)
 
 MODES: tuple[str, ...] = ("REQ", "PULL", "SUB")
 _SOCKET_TYPES = {"REQ": zmq.REQ, "PULL": zmq.PULL, "SUB": zmq.SUB}
+_WATCHED_EVENTS = (
+    zmq.EVENT_CONNECTED
+    | zmq.EVENT_CONNECT_DELAYED
+    | zmq.EVENT_CONNECT_RETRIED
+    | zmq.EVENT_DISCONNECTED
+)
+_GIVE_UP_S = 0.5  # a lost connection not retried within this long was dropped for good
 
 
 class FeedClient:
@@ -43,6 +53,12 @@ class FeedClient:
     :func:`~streamer.protocol.deserialize`). A ``context`` passed in is never terminated.
     ``prefetch`` (REQ): send the next request as soon as a reply arrives, so the server
     prepares message i+1 while this side decodes message i; still one message in flight.
+    ``curve_server_key`` (the server's public key file) with ``curve_secret_key`` (this
+    client's secret key file) make the connection CurveZMQ-encrypted and authenticated
+    (see :mod:`streamer.security`); a server that refuses the key just never answers.
+    A message part over ``max_message_bytes`` makes ZeroMQ drop the connection, and it
+    does not retry after such a protocol error: the client notices (socket monitor),
+    connects again and counts it in :attr:`dropped_connections`.
     """
 
     def __init__(
@@ -56,12 +72,21 @@ class FeedClient:
         limits: Limits = DEFAULT_LIMITS,
         context: zmq.Context | None = None,
         prefetch: bool = False,
+        curve_server_key: str | Path | None = None,
+        curve_secret_key: str | Path | None = None,
     ) -> None:
         mode = mode.upper()
         if mode not in _SOCKET_TYPES:
             raise ConfigError(f"unknown feed mode {mode!r}; use one of {MODES}")
         if max_message_bytes is not None:
             limits = replace(limits, max_message_bytes=int(max_message_bytes))
+        if (curve_server_key is None) != (curve_secret_key is None):
+            raise ConfigError(
+                "feed curve_server_key and curve_secret_key go together (got only one)"
+            )
+        self._curve: tuple[bytes, tuple[bytes, bytes]] | None = None
+        if curve_server_key is not None and curve_secret_key is not None:
+            self._curve = (load_public_key(curve_server_key), load_keypair(curve_secret_key))
         self.endpoint = endpoint
         self.mode = mode
         self.timeout_s = timeout_s
@@ -70,6 +95,9 @@ class FeedClient:
         self.prefetch = prefetch and mode == "REQ"
         self.messages = 0  # messages received
         self.bytes = 0  # bytes received
+        self.dropped_connections = 0  # connections ZeroMQ dropped for good (and we renewed)
+        self._monitor: zmq.Socket | None = None
+        self._dropped_at: float | None = None  # when the connection was lost, until retried
         self._own_context = context is None
         self._context = zmq.Context() if context is None else context
         self._socket: zmq.Socket | None = None
@@ -84,22 +112,60 @@ class FeedClient:
 
     def _make_socket(self) -> zmq.Socket:
         sock = self._context.socket(_SOCKET_TYPES[self.mode])
+        monitor = None
         try:
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.RCVHWM, self.hwm)
             sock.setsockopt(zmq.MAXMSGSIZE, self.limits.max_message_bytes)
             if self.mode == "SUB":
                 sock.setsockopt(zmq.SUBSCRIBE, b"")
+            if self._curve is not None:
+                configure_client(sock, *self._curve)
+            monitor = sock.get_monitor_socket(_WATCHED_EVENTS)
             sock.connect(self.endpoint)
         except BaseException:
+            if monitor is not None:
+                monitor.close(linger=0)
             sock.close(linger=0)
             raise
+        self._monitor, self._dropped_at = monitor, None
         return sock
+
+    def _close_socket(self) -> None:
+        if self._monitor is not None:
+            self._monitor.close(linger=0)
+            self._monitor = None
+        if self._socket is not None:
+            self._socket.close(linger=0)
+            self._socket = None
+
+    def _watch(self) -> None:
+        """Connect again when ZeroMQ dropped the connection and will not retry.
+
+        libzmq reconnects after a lost connection, but not after a protocol error such as a
+        message part over ZMQ_MAXMSGSIZE: the socket would then wait forever.
+        """
+        monitor, sock = self._monitor, self._socket
+        if monitor is None or sock is None:
+            return
+        now = time.monotonic()
+        while monitor.poll(0):
+            event = recv_monitor_message(monitor)["event"]
+            self._dropped_at = now if event == zmq.EVENT_DISCONNECTED else None
+        if self._dropped_at is not None and now - self._dropped_at >= _GIVE_UP_S:
+            self._dropped_at = None
+            self.dropped_connections += 1
+            log.warning(
+                "%s: ZeroMQ dropped the connection without retrying (a message part over "
+                "max_message_bytes=%d, or a protocol error); connecting again",
+                self.endpoint,
+                self.limits.max_message_bytes,
+            )
+            sock.connect(self.endpoint)
 
     def _reset(self) -> None:
         """REQ after a timeout: drop the socket with its pending request, start afresh."""
-        if self._socket is not None:
-            self._socket.close(linger=0)
+        self._close_socket()
         self._pending = False
         self._socket = self._make_socket()
         log.debug("REQ socket to %s recreated after a timeout", self.endpoint)
@@ -129,6 +195,7 @@ class FeedClient:
             self._request(sock)
         ms = -1 if timeout is None else max(0, round(timeout * 1000))
         if not sock.poll(ms, zmq.POLLIN):
+            self._watch()
             if (
                 self.mode == "REQ"
                 and self.timeout_s is not None
@@ -159,9 +226,7 @@ class FeedClient:
 
     def close(self) -> None:
         """Close the socket, and the context if this client created it."""
-        if self._socket is not None:
-            self._socket.close(linger=0)
-            self._socket = None
+        self._close_socket()
         if self._own_context and not self._context.closed:
             self._context.term()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import shutil
 import threading
 import time
 from collections import Counter as Tally
@@ -158,11 +159,13 @@ class Pipeline:
         self._done = threading.Event()
         self._threads: list[threading.Thread] = []
         self._errors: list[str] = []
+        self._writer_failed = False
         self._end: EndOfRun | None = None
         self._last_train: int | None = None
         self._reject_logged: Tally[str] = Tally()
         self._t0 = 0.0
         self._t_last = 0.0
+        self._free_checked = -1.0  # monotonic time of the last free-space reading
         self.ready = threading.Event()
 
     # -- control -------------------------------------------------------------------------
@@ -238,6 +241,8 @@ class Pipeline:
             hwm=cfg.feed.hwm,
             max_message_bytes=cfg.feed.max_message_bytes,
             prefetch=cfg.feed.prefetch,
+            curve_server_key=cfg.feed.curve_server_key,
+            curve_secret_key=cfg.feed.curve_secret_key,
         ) as feed:
             self.ready.set()
             log.info(
@@ -247,11 +252,15 @@ class Pipeline:
                 cfg.pipeline.mode,
             )
             last_activity = time.monotonic()
+            dropped = 0
             while not self._stop.is_set():
                 try:
                     parts = feed.recv_parts(timeout_s=cfg.feed.poll_s)
                 except TimeoutError:
                     parts = None
+                if feed.dropped_connections != dropped:  # ZeroMQ refused a message
+                    n, dropped = feed.dropped_connections - dropped, feed.dropped_connections
+                    self._count_reject("connection", n, "feed connection dropped by ZeroMQ")
                 now = time.monotonic()
                 if parts is not None:
                     last_activity = now
@@ -289,6 +298,11 @@ class Pipeline:
         except MessageError as exc:
             self._count_reject(exc.reason, 1, exc.detail)
             return False
+        except Exception as exc:  # a decoder bug must not end the run: count, log, go on
+            if self._reject_logged["internal"] < 5:
+                log.exception("message decoding failed unexpectedly")
+            self._count_reject("internal", 1, f"{type(exc).__name__}: {exc}")
+            return False
         for reason, n in decoded.rejected.items():
             self._count_reject(reason, n, "frames refused inside a message")
         if decoded.end is not None:
@@ -299,6 +313,8 @@ class Pipeline:
             return True
         fb = decoded.batch
         if fb is None or len(fb) == 0:
+            if not decoded.rejected:  # no frame at all: counted, so every message shows up
+                self._count_reject("empty", 1, "message without frames")
             return False
         m.frames_received.inc(len(fb))
         m.last_frame_time.set(time.time())
@@ -366,6 +382,7 @@ class Pipeline:
         failed = False
         files_before = 0
         while True:
+            self._observe_free_disk()
             try:
                 item = self._write_q.get(timeout=self.config.output.flush_every_s)
             except queue.Empty:
@@ -392,6 +409,17 @@ class Pipeline:
         self._guard(w.close)
         m.files_rotated.inc(len(w.files_closed) - files_before)
 
+    def _observe_free_disk(self) -> None:
+        """Export the output filesystem's free bytes, at most once per second."""
+        now = time.monotonic()
+        if self._free_checked >= 0 and now - self._free_checked < 1.0:
+            return
+        self._free_checked = now
+        try:
+            self.metrics.free_disk_bytes.set(shutil.disk_usage(self.config.output.dir).free)
+        except OSError as exc:  # the writer's disk guard reports real trouble
+            log.debug("free space of %s: %s", self.config.output.dir, exc)
+
     def _guard(self, fn: Any) -> bool:
         """Run a writer call; on failure log it, stop the run and report False."""
         try:
@@ -400,6 +428,10 @@ class Pipeline:
         except (HitstreamError, OSError) as exc:
             log.error("writer: %s", exc)
             self._errors.append(f"writer: {exc}")
+        except Exception as exc:  # unexpected: keep the traceback, still stop cleanly
+            log.exception("writer failed")
+            self._errors.append(f"writer: {type(exc).__name__}: {exc}")
+        self._writer_failed = True
         self._stop.set()
         return False
 
@@ -429,7 +461,9 @@ class Pipeline:
                 "frames": self._end.frames,
                 "trains": self._end.trains,
             }
-        if s.files:
+        if self._writer_failed:  # e.g. a full disk: writing the index could fail the same way
+            log.warning("run index not built after the writer error")
+        elif s.files:
             try:
                 s.index = str(build_run_index(Path(cfg.output.dir), cfg.output.run))
             except (HitstreamError, OSError) as exc:

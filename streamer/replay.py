@@ -22,6 +22,10 @@ Socket modes:
   ``pub_lossy``; the end marker goes out :data:`PUB_END_REPEATS` times.
 
 ``rate`` (frames/s) paces the sending; 0 sends as fast as the clients take.
+
+``curve_secret_key`` (the server's secret key file) makes the socket a CurveZMQ server;
+with ``curve_clients_dir`` only the clients whose public keys (``*.key``) are there get
+through the handshake (see :mod:`streamer.security`).
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ import zmq
 from streamer.decode import end_of_run_message, timestamp_metadata
 from streamer.errors import ConfigError, InputDataError
 from streamer.protocol import serialize
+from streamer.security import configure_server, load_keypair, start_authenticator
 from streamer.types import EndOfRun
 
 log = logging.getLogger(__name__)
@@ -97,6 +102,8 @@ class ReplayConfig:
     hwm: int = 4  # send high-water mark, messages
     pub_lossy: bool = False  # PUB: drop for slow subscribers instead of waiting
     drain_s: float = 30.0  # PUSH/PUB: time to deliver queued messages at the end
+    curve_secret_key: str | Path | None = None  # CurveZMQ server: its secret key file
+    curve_clients_dir: str | Path | None = None  # CurveZMQ: public keys of allowed clients
 
     def check(self) -> None:
         """Raise ConfigError for an option out of range."""
@@ -112,6 +119,8 @@ class ReplayConfig:
             raise ConfigError(f"first train id {self.first_train_id} out of range")
         if self.dtype is not None and self.dtype not in SEND_DTYPES:
             raise ConfigError(f"send dtype {self.dtype!r}: use one of {SEND_DTYPES}")
+        if self.curve_clients_dir is not None and self.curve_secret_key is None:
+            raise ConfigError("a CurveZMQ clients directory needs the server's secret key file")
 
 
 @dataclass
@@ -229,10 +238,12 @@ class ReplayServer:
         self.run_name = Path(config.path).stem
         self._own_context = context is None
         self._context = zmq.Context() if context is None else context
+        self._auth: Any = None  # ZAP authenticator (CurveZMQ with a clients directory)
         try:
             self._socket = self._bind()
         except BaseException:
             self._file.close()
+            self._stop_auth()
             if self._own_context:
                 self._context.term()
             raise
@@ -242,8 +253,13 @@ class ReplayServer:
     def _bind(self) -> zmq.Socket:
         cfg = self.config
         kind = {"REP": zmq.REP, "PUSH": zmq.PUSH, "PUB": zmq.XPUB}[self.mode]
+        keypair = load_keypair(cfg.curve_secret_key) if cfg.curve_secret_key else None
+        if cfg.curve_clients_dir is not None:
+            self._auth = start_authenticator(self._context, cfg.curve_clients_dir)
         sock = self._context.socket(kind)
         try:
+            if keypair is not None:
+                configure_server(sock, keypair)
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.SNDHWM, cfg.hwm)
             if self.mode == "PUB":
@@ -434,8 +450,14 @@ class ReplayServer:
         drain = self.mode != "REP" and not self._stop.is_set()
         self._socket.close(linger=round(self.config.drain_s * 1000) if drain else 0)
         self._file.close()
+        self._stop_auth()
         if self._own_context:
             self._context.term()  # waits for the linger above
+
+    def _stop_auth(self) -> None:
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
 
     def __enter__(self) -> ReplayServer:
         return self.start()
@@ -515,6 +537,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--pub-lossy", action="store_true", help="PUB: drop for slow subscribers (live-like)"
     )
+    parser.add_argument(
+        "--curve-secret-key",
+        type=Path,
+        help="CurveZMQ: this server's secret key file (NAME.key_secret from "
+        "zmq.auth.create_certificates); encrypts the stream",
+    )
+    parser.add_argument(
+        "--curve-clients-dir",
+        type=Path,
+        help="CurveZMQ: directory of the allowed clients' public keys (*.key); others are "
+        "refused at the handshake",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> ReplayConfig:
@@ -537,6 +571,8 @@ def config_from_args(args: argparse.Namespace) -> ReplayConfig:
         expected_clients=args.expected_clients,
         hwm=args.hwm,
         pub_lossy=args.pub_lossy,
+        curve_secret_key=args.curve_secret_key,
+        curve_clients_dir=args.curve_clients_dir,
     )
 
 

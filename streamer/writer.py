@@ -11,7 +11,11 @@ are opened lazily on the first frame, so no file is ever without frames.
 Kept pixels are written at each batch (one resize and one slice assignment); the table rows
 are buffered and appended in one go per column at each flush (at least every
 ``flush_every_s``), every 4096 rows and when a file is finished. SWMR readers see what was
-flushed; a killed writer leaves what it last flushed.
+flushed; a killed writer leaves what it last flushed. An I/O error (disk full) abandons the
+open file without closing it (HDF5 cannot close a file whose write failed, and may crash trying,
+h5py issue #914): its ``.part`` keeps what was last flushed, the error is raised as
+:class:`OutputError` (:class:`DiskFullError` when the disk is full) and finished files are
+untouched.
 
 Layout of one file (CXI 1.6; ``N`` kept frames, ``M`` frames seen, ``C`` classes)::
 
@@ -46,6 +50,7 @@ The writer is not thread-safe: one thread owns it.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -101,6 +106,7 @@ _TIME_DTYPE = h5py.string_dtype("utf-8", 32)
 _RUN_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
 _WORKER_RE = re.compile(r"[A-Za-z0-9-][A-Za-z0-9.-]{0,99}")
 _PLANCK_C = 6.62607015e-34 * 299_792_458.0  # h * c in J m
+_IO_ERRORS = (OSError, RuntimeError)  # what h5py raises when a read or write fails
 
 
 def compression_options(name: str) -> dict[str, Any]:
@@ -211,6 +217,38 @@ def _attr_value(value: Any) -> Any:
     ):
         return json.dumps(value, sort_keys=True)
     return value
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    """True for ENOSPC/EDQUOT, raised by the OS or reported inside an HDF5 error message."""
+    text = str(exc)
+    return getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or any(
+        s in text for s in (f"errno = {errno.ENOSPC},", f"errno = {errno.EDQUOT},", "No space left")
+    )
+
+
+def _io_error(where: str, exc: BaseException, note: str) -> OutputError:
+    """:class:`DiskFullError` (disk full) or :class:`OutputError` for an I/O error at ``where``."""
+    if _is_disk_full(exc):
+        return DiskFullError(f"{where}: disk full (no space left on device){note}")
+    text = " ".join(str(exc).split())
+    return OutputError(f"{where}: write failed ({type(exc).__name__}: {text}){note}")
+
+
+def _never_close(h5: h5py.File, *objects: Any) -> None:
+    """Keep ``h5`` and everything open in it open until the process ends.
+
+    Each open HDF5 object gets one extra reference that is never released (a locked h5py
+    identifier is not decremented when freed), so HDF5 never flushes or closes them: neither
+    when their Python objects are freed nor at exit.
+    """
+    ids: list[Any] = []
+    try:
+        ids = list(h5py.h5f.get_obj_ids(h5.id, h5py.h5f.OBJ_ALL))  # each holds a new reference
+    except Exception:  # e.g. a close that failed half-way: lock the references we hold
+        ids = [o.id for o in (h5, *objects)]
+    for oid in ids:
+        oid.locked = True
 
 
 @dataclass
@@ -324,6 +362,12 @@ class RollingWriter:
         n = self._validate(result)
         if n == 0:
             return
+        try:
+            self._write(result, n)
+        except _IO_ERRORS as exc:
+            raise self._fail(exc) from exc
+
+    def _write(self, result: ResultBatch, n: int) -> None:
         now = time.monotonic()
         if self._file is not None and self._flush_due(now):
             self._guard_disk()
@@ -364,11 +408,14 @@ class RollingWriter:
         """
         if self._file is None:
             return
-        self._guard_disk()
-        if time.monotonic() - self._file.opened >= self.config.max_seconds:
-            self.rotate()
-        else:
-            self._flush_datasets(time.monotonic())
+        try:
+            self._guard_disk()
+            if time.monotonic() - self._file.opened >= self.config.max_seconds:
+                self.rotate()
+            else:
+                self._flush_datasets(time.monotonic())
+        except _IO_ERRORS as exc:
+            raise self._fail(exc) from exc
 
     def rotate(self) -> Path | None:
         """Finish the open file (if any) and return its final path; the next write starts one."""
@@ -379,8 +426,15 @@ class RollingWriter:
         try:
             f.end_time[()] = _utc_now().encode()
             self._flush_file(f)
-        finally:
+        except _IO_ERRORS as exc:
+            raise self._abandon(f, exc) from exc
+        except BaseException:
             f.h5.close()
+            raise
+        try:
+            f.h5.close()
+        except _IO_ERRORS as exc:
+            raise self._abandon(f, exc) from exc
         with open(f.part, "rb") as fh:
             os.fsync(fh.fileno())
         if f.final.exists():
@@ -409,6 +463,23 @@ class RollingWriter:
         self.close()
 
     # -- internals ------------------------------------------------------------------------
+
+    def _abandon(self, f: _OpenFile, exc: BaseException) -> OutputError:
+        """Give up the open file ``f`` after an I/O error; return the error to raise.
+
+        The file is never closed (see :func:`_never_close`): its ``.part`` stays as last
+        flushed. The next write starts a new file.
+        """
+        if self._file is f:
+            self._file = None
+        _never_close(f.h5, *f.datasets(), f.end_time)
+        return _io_error(f"{f.part}", exc, "; file abandoned as last flushed")
+
+    def _fail(self, exc: BaseException) -> OutputError:
+        """An I/O error outside :meth:`rotate`: abandon the open file, if any."""
+        if self._file is not None:
+            return self._abandon(self._file, exc)
+        return _io_error(f"writer {self.config.out_dir}/{self.config.run}", exc, "")
 
     def _validate(self, result: ResultBatch) -> int:
         where = f"writer {self.config.run}/{self.config.worker}"
@@ -471,6 +542,10 @@ class RollingWriter:
             break
         try:
             self._file = self._create_layout(h5, part, final, self._seq - 1, model_version)
+        except _IO_ERRORS:
+            _never_close(h5)  # closing would retry the failed write (see _abandon)
+            part.unlink(missing_ok=True)
+            raise
         except BaseException:
             h5.close()
             part.unlink(missing_ok=True)
