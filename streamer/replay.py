@@ -443,11 +443,12 @@ class ReplayServer:
         self._stop.set()
 
     def close(self) -> None:
-        """Close socket and file; PUSH/PUB first deliver what is queued (up to drain_s)."""
+        """Close socket and file; unless stopped, first deliver what is queued (up to
+        drain_s): PUSH/PUB messages, and a REP server's last reply."""
         if self._closed:
             return
         self._closed = True
-        drain = self.mode != "REP" and not self._stop.is_set()
+        drain = not self._stop.is_set()
         self._socket.close(linger=round(self.config.drain_s * 1000) if drain else 0)
         self._file.close()
         self._stop_auth()

@@ -78,10 +78,13 @@ def _run_until(pipeline: Pipeline, frames: int, timeout_s: float) -> RunSummary:
     return box["s"]
 
 
-def _assert_clean(summary: RunSummary) -> None:
+def _assert_clean(summary: RunSummary, *, live_source: bool = False) -> None:
+    """No error, rejection or drop; a live source (the simulator drops trains nobody asked
+    for in time) may leave train-id gaps, which must then be counted as such."""
     assert summary.error is None
     assert not any(summary.rejected.values()), summary.rejected
-    assert not any(summary.dropped.values()), summary.dropped
+    dropped = {k: v for k, v in summary.dropped.items() if not (live_source and k == "train_gap")}
+    assert not any(dropped.values()), summary.dropped
     assert summary.frames_received == summary.frames_classified
 
 
@@ -163,7 +166,7 @@ def test_simulated_agipd_feeds_the_pipeline(agipd_bundle: Path, tmp_path: Path, 
     finally:
         sim.stop()
 
-    _assert_clean(summary)
+    _assert_clean(summary, live_source=True)
     n_trains = summary.frames_received // AGIPD_PULSES
     assert summary.frames_received == n_trains * AGIPD_PULSES and n_trains >= trains
     (dtype,) = {v["dtype"] for v in sent.values()}
@@ -173,7 +176,10 @@ def test_simulated_agipd_feeds_the_pipeline(agipd_bundle: Path, tmp_path: Path, 
     assert len(tables.frames) == summary.frames_received
     # trains in the order the simulator made them, every pulse once, its timestamps
     order = np.lexsort((tables.pulse_id, tables.train_id))
-    tids = SIM_FIRST_TRAIN + np.arange(n_trains)
+    tids = np.unique(tables.train_id)
+    assert len(tids) == n_trains and tids[0] >= SIM_FIRST_TRAIN
+    missing = int(tids[-1] - tids[0] + 1) - n_trains
+    assert summary.dropped.get("train_gap", 0) == missing * AGIPD_PULSES
     np.testing.assert_array_equal(tables.train_id[order], np.repeat(tids, AGIPD_PULSES))
     np.testing.assert_array_equal(tables.pulse_id[order], np.tile(np.arange(64), n_trains))
     for tid in tids:
