@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from streamer.errors import ConfigError, InputDataError
+from tests.ingest_helpers import SHAPE, frames_of, table, write_h5
 from trainer.h5files import list_frame_datasets
 from trainer.ingest import (
     iter_frames,
@@ -21,26 +22,6 @@ from trainer.ingest import (
     read_frames,
 )
 from trainer.labels import DEFAULT_CLASS_ORDER, LabelTable, read_labels
-
-SHAPE = (6, 5)
-
-
-def frames_of(n: int, seed: int, dtype: str) -> np.ndarray:
-    """Distinct values per frame that every dtype holds exactly."""
-    rng = np.random.default_rng(seed)
-    return rng.integers(0, 1000, size=(n, *SHAPE)).astype(dtype)
-
-
-def write_h5(path, data, dataset="data", **kw):
-    with h5py.File(path, "w") as f:
-        f.create_dataset(dataset, data=data, **kw)
-    return path
-
-
-def table(rows, **extra) -> LabelTable:
-    run, index, label = zip(*rows, strict=True) if rows else ((), (), ())
-    return LabelTable(np.array(run, str), np.array(index, np.int64), np.array(label, str), extra)
-
 
 # --- runs ---------------------------------------------------------------------------------
 

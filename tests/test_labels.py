@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from streamer.errors import InputDataError, OutputError
+from tests.ingest_helpers import frames_of, table, write_h5
 from trainer.ingest import open_run
 from trainer.labels import (
     DEFAULT_CLASS_ORDER,
@@ -17,26 +18,6 @@ from trainer.labels import (
     read_labels,
     write_labels,
 )
-
-SHAPE = (6, 5)
-
-
-def frames_of(n: int, seed: int, dtype: str) -> np.ndarray:
-    """Distinct values per frame that every dtype holds exactly."""
-    rng = np.random.default_rng(seed)
-    return rng.integers(0, 1000, size=(n, *SHAPE)).astype(dtype)
-
-
-def write_h5(path, data, dataset="data", **kw):
-    with h5py.File(path, "w") as f:
-        f.create_dataset(dataset, data=data, **kw)
-    return path
-
-
-def table(rows, **extra) -> LabelTable:
-    run, index, label = zip(*rows, strict=True) if rows else ((), (), ())
-    return LabelTable(np.array(run, str), np.array(index, np.int64), np.array(label, str), extra)
-
 
 SIM_CSV = """run,index,class,n_particles,radius_nm,subclass
 r1.h5,0,single,1,31.50,
