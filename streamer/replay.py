@@ -46,7 +46,7 @@ import zmq
 
 from streamer.decode import end_of_run_message, timestamp_metadata
 from streamer.errors import ConfigError, InputDataError
-from streamer.protocol import serialize
+from streamer.protocol import ALLOWED_DTYPES, serialize
 from streamer.security import configure_server, load_keypair, start_authenticator
 from streamer.types import EndOfRun
 
@@ -61,19 +61,8 @@ DEFAULT_KEY = "image.data"
 PULSE_KEY = "image.pulseId"
 DEFAULT_FRAMES_PER_MESSAGE = 32
 MODES: tuple[str, ...] = ("REP", "PUSH", "PUB")
-SEND_DTYPES: tuple[str, ...] = (
-    "float16",
-    "float32",
-    "float64",
-    "int8",
-    "int16",
-    "int32",
-    "int64",
-    "uint8",
-    "uint16",
-    "uint32",
-    "uint64",
-)
+# numeric frame dtypes the wire accepts (no bool, no complex): one source of truth
+SEND_DTYPES: tuple[str, ...] = tuple(sorted(d.name for d in ALLOWED_DTYPES if d.kind in "iuf"))
 PUB_END_REPEATS = 3
 BLOCK_BYTES = 16 << 20  # HDF5 read size
 _POLL_MS = 100  # how often blocked loops look at the stop event
