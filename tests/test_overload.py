@@ -34,17 +34,24 @@ def run_pipeline(cfg) -> tuple[dict[str, RunSummary], threading.Thread]:
     return result, t
 
 
-def test_live_mode_never_blocks_the_feed_and_counts_every_drop(tmp_path: Path) -> None:
-    slow = make_tiny_bundle(tmp_path / "slow", slow=256)
+def push_feed(model: Path, out: Path, **overrides: object) -> tuple[zmq.Socket, object]:
+    """A bound PUSH socket on a free loopback port and a PULL pipeline config reading it."""
     endpoint = free_endpoint()
     push = zmq.Context.instance().socket(zmq.PUSH)
     push.setsockopt(zmq.SNDTIMEO, 5000)  # a blocked feed would raise zmq.Again
     push.bind(endpoint)
-    out = tmp_path / "out"
     cfg = load_config(None, {
-        "model": str(slow), "feed.endpoint": endpoint, "feed.mode": "PULL",
+        "model": str(model), "feed.endpoint": endpoint, "feed.mode": "PULL",
+        "output.dir": str(out), "output.min_free_bytes": 0, **overrides,
+    })  # fmt: skip
+    return push, cfg
+
+
+def test_live_mode_never_blocks_the_feed_and_counts_every_drop(tmp_path: Path) -> None:
+    slow = make_tiny_bundle(tmp_path / "slow", slow=256)
+    out = tmp_path / "out"
+    push, cfg = push_feed(slow, out, **{
         "pipeline.mode": "live", "pipeline.queue_size": 1, "engine.max_batch": K,
-        "output.dir": str(out), "output.min_free_bytes": 0,
     })  # fmt: skip
     result, t = run_pipeline(cfg)
     frames = np.ones((K, 260, 257), np.float32)
@@ -68,14 +75,8 @@ def test_live_mode_never_blocks_the_feed_and_counts_every_drop(tmp_path: Path) -
 
 def test_disk_guard_stops_cleanly_with_intact_files(tmp_path: Path) -> None:
     tiny = make_tiny_bundle(tmp_path / "tiny")
-    endpoint = free_endpoint()
-    push = zmq.Context.instance().socket(zmq.PUSH)
-    push.bind(endpoint)
     out = tmp_path / "out"
-    cfg = load_config(None, {
-        "model": str(tiny), "feed.endpoint": endpoint, "feed.mode": "PULL",
-        "output.dir": str(out), "output.min_free_bytes": 1 << 62, "engine.max_batch": K,
-    })  # fmt: skip
+    push, cfg = push_feed(tiny, out, **{"output.min_free_bytes": 1 << 62, "engine.max_batch": K})
     result, t = run_pipeline(cfg)
     for tid in range(1, 4):
         push.send_multipart(message(tid, np.ones((K, 260, 257), np.float32)))
@@ -93,14 +94,8 @@ def test_disk_guard_stops_cleanly_with_intact_files(tmp_path: Path) -> None:
 @pytest.mark.parametrize("keep", [["single", "multiple"], []])
 def test_configured_keep_classes_override_the_bundle(tmp_path: Path, keep: list[str]) -> None:
     tiny = make_tiny_bundle(tmp_path / "tiny")
-    endpoint = free_endpoint()
-    push = zmq.Context.instance().socket(zmq.PUSH)
-    push.bind(endpoint)
     out = tmp_path / "out"
-    cfg = load_config(None, {
-        "model": str(tiny), "feed.endpoint": endpoint, "feed.mode": "PULL",
-        "output.dir": str(out), "output.min_free_bytes": 0, "output.keep_classes": keep,
-    })  # fmt: skip
+    push, cfg = push_feed(tiny, out, **{"output.keep_classes": keep})
     result, t = run_pipeline(cfg)
     push.send_multipart(message(1, np.ones((K, 260, 257), np.float32)))  # bright: 'single'
     push.send_multipart(serialize({END_OF_RUN_SOURCE: {"run": "r", "frames": K, "trains": 1}}))
