@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: demo test lint format default-model bench clean
+.PHONY: browser demo test lint format default-model bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +25,14 @@ $(VENV)/.stamp-all: pyproject.toml | $(PY)
 demo: $(VENV)/.stamp-serve
 	$(VENV)/bin/streamer demo --out demo-out
 
-test: $(VENV)/.stamp-all
+# headless Chromium + chromedriver (Debian packages) for the browser tests of the web pages
+CHROMIUM_PKGS := chromium chromium-driver
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(CHROMIUM_PKGS); }
+
+test: $(VENV)/.stamp-all browser
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest -q
 
