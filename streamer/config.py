@@ -115,6 +115,23 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class ViewConfig:
+    """The live web page (``/live`` on the metrics server): a few frames per class, history."""
+
+    enabled: bool = True
+    frames_per_class: int = 4  # latest frames kept per class for the page
+    history_s: int = 600  # seconds of 1 s bins behind the charts
+    max_frames_per_s: float = 4.0  # frames copied for the page per second, all classes
+
+    def __post_init__(self) -> None:
+        if self.frames_per_class < 1 or self.history_s < 10 or self.max_frames_per_s <= 0:
+            raise ConfigError(
+                "view.frames_per_class must be ≥ 1, view.history_s ≥ 10 "
+                "and view.max_frames_per_s > 0"
+            )
+
+
+@dataclass(frozen=True)
 class ServeConfig:
     model: Path = Path("models/default")
     feed: FeedConfig = field(default_factory=FeedConfig)
@@ -122,6 +139,7 @@ class ServeConfig:
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    view: ViewConfig = field(default_factory=ViewConfig)
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:

@@ -29,6 +29,7 @@ from streamer.engine import Engine
 from streamer.errors import HitstreamError, MessageError
 from streamer.feed import FeedClient
 from streamer.geometry import DetectorGeometry
+from streamer.live_view import LiveView
 from streamer.metrics import Metrics
 from streamer.model_swap import ModelSwapper
 from streamer.protocol import Limits, deserialize
@@ -112,6 +113,18 @@ class Pipeline:
         engine.self_test()
         self.metrics = metrics or Metrics()
         self.metrics.set_classes(bundle.classes, bundle.hit_classes)
+        view = config.view
+        self.live: LiveView | None = (
+            LiveView(
+                self.metrics,
+                frames_per_class=view.frames_per_class,
+                history_s=view.history_s,
+                max_frames_per_s=view.max_frames_per_s,
+            )
+            if view.enabled
+            else None
+        )
+        self._live_failed = False
         self._install(engine)
         self.swapper = ModelSwapper(
             current=lambda: self.model.engine,
@@ -178,6 +191,8 @@ class Pipeline:
         self.metrics.engine_info.info(
             {"provider": engine.provider, "providers": ",".join(engine.providers)}
         )
+        if self.live is not None:
+            self.live.set_model(b)
 
     def _release(self, pool_index: int) -> None:
         if pool_index >= 0:
@@ -398,6 +413,7 @@ class Pipeline:
                     if not failed:
                         m.frames_kept.inc(int(result.keep.sum()))
                         self._t_last = time.monotonic()
+                        self._observe_live(result)
                 if failed:
                     m.dropped("writer_stopped", len(result))
             finally:
@@ -408,6 +424,17 @@ class Pipeline:
                 files_before = len(w.files_closed)
         self._guard(w.close)
         m.files_rotated.inc(len(w.files_closed) - files_before)
+
+    def _observe_live(self, result: ResultBatch) -> None:
+        """Feed the live view (before the batch's buffer is released); its bugs only log."""
+        if self.live is None:
+            return
+        try:
+            self.live.observe(result)
+        except Exception:
+            if not self._live_failed:
+                self._live_failed = True
+                log.exception("live view failed (logged once; the run goes on)")
 
     def _observe_free_disk(self) -> None:
         """Export the output filesystem's free bytes, at most once per second."""

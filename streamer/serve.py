@@ -92,6 +92,9 @@ def run(args: argparse.Namespace) -> int:
         server = StatusServer(metrics, config.metrics.host, config.metrics.port).start()
         server.status = pipeline.status
         server.post_route("/model", lambda body: _swap_answer(pipeline, body))
+        if pipeline.live is not None:
+            for path, handler in pipeline.live.routes().items():
+                server.route(path, handler)
     stop_signals = _install_signal_handlers(pipeline)
     try:
         summary = _run_with_ready_line(pipeline, server)

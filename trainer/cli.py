@@ -15,6 +15,7 @@ COMMANDS = {
     "export": "trainer.export_cli",
     "evaluate": "trainer.evaluate_cli",
     "finetune": "trainer.finetune_cli",
+    "label": "trainer.label_cli",
 }
 
 
