@@ -36,7 +36,7 @@ def export_graphs(tmp: Path) -> dict[str, tuple[Path, int | None]]:
     import tensorflow as tf
 
     from trainer import graph
-    from trainer.cnn import build_model, count_macs
+    from trainer.cnn import ARCHITECTURES, build_model, count_macs
     from trainer.export import convert_to_onnx
     from trainer.preprocess import CHANNELS, binned_shape
 
@@ -49,7 +49,7 @@ def export_graphs(tmp: Path) -> dict[str, tuple[Path, int | None]]:
 
     convert_to_onnx(pre, tmp / "preprocess.onnx")
     out["preprocess only"] = (tmp / "preprocess.onnx", None)
-    for arch in ("seed", "compact"):
+    for arch in ARCHITECTURES:
         model = build_model(arch, (*binned_shape(), len(CHANNELS)), 4)
         path = tmp / f"{arch}.onnx"
         convert_to_onnx(graph.inference_function(model), path)

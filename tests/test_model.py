@@ -102,11 +102,12 @@ def _corrupt(x: np.ndarray) -> np.ndarray:
 # --- preprocessing ----------------------------------------------------------------------
 
 
-def test_numpy_and_tensorflow_preprocessing_agree(frames) -> None:
+@pytest.mark.parametrize("coarsen", [1, 2])
+def test_numpy_and_tensorflow_preprocessing_agree(frames, coarsen: int) -> None:
     x = _corrupt(frames.frames[:12])
-    img_np, ph_np = pp.preprocess(x)
-    img_tf, ph_tf = graph.preprocess(tf.constant(x))
-    assert img_np.shape == (12, 130, 128, len(pp.CHANNELS))
+    img_np, ph_np = pp.preprocess(x, coarsen=coarsen)
+    img_tf, ph_tf = graph.preprocess(tf.constant(x), coarsen=coarsen)
+    assert img_np.shape == (12, 130 // coarsen, 128 // coarsen, len(pp.CHANNELS))
     assert np.isfinite(img_np).all()
     np.testing.assert_allclose(img_tf.numpy(), img_np, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(ph_tf.numpy(), ph_np, rtol=1e-5, atol=1e-3)
@@ -195,8 +196,10 @@ def test_gap_rows_are_filled_from_their_neighbours() -> None:
 
 def test_architectures_and_their_cost() -> None:
     compact = build_model("compact", (130, 128, 2), 4)
+    fast = build_model("fast", (65, 64, 2), 4)
     seed = build_model("seed", (130, 128, 2), 4)
-    assert compact.output_shape == seed.output_shape == (None, 4)
+    assert compact.output_shape == fast.output_shape == seed.output_shape == (None, 4)
+    assert count_macs(fast) < count_macs(compact) / 2
     assert count_macs(compact) < 5_000_000 < 50_000_000 < count_macs(seed)
     with pytest.raises(ValueError, match="unknown architecture"):
         build_model("resnet", (130, 128, 2), 4)

@@ -218,6 +218,7 @@ def augmented_inputs(
     seed,
     geometry: DetectorGeometry | None = None,
     config: AugmentConfig | None = None,
+    coarsen: int = 1,
 ):
     """Raw frames → augmented network inputs, the training twin of ``graph.preprocess``."""
     import tensorflow as tf
@@ -227,4 +228,4 @@ def augmented_inputs(
     seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 2)
     x = augment_geometry(frames, seeds[0], geometry, config)
     b = augment_photons(graph.bin_clean(x, geometry), seeds[1], geometry, config)
-    return graph.channels(graph.cap_hot(b))
+    return graph.channels(graph.cap_hot(graph.coarsen_bins(b, coarsen)))

@@ -1,12 +1,15 @@
 """``trainer build-default``: the one reproducible command for ``models/default/``.
 
-Simulates a training and a validation run (fixed seeds, default simulator settings) and a
-test run with another seed AND other particle/beam parameters (:data:`TEST_CONFIG`: lower
-photon level, wider particle size range, more background and hot pixels), trains the
-``compact`` CNN, chooses the single-hit threshold on validation, evaluates on both, builds
-a polar template bank from the single hits of one more simulated run (:data:`BANK_SEED`)
-and exports the bundle: ONE graph with the CNN's probabilities and the template distance.
-The test metrics in the manifest measure generalisation beyond the training distribution.
+Trains on a broad MIXTURE of simulator settings (:func:`training_configs`: detector distance,
+read noise, particle size, photon level, background, hot pixels and beam-centre jitter all
+varied) so that the model does not learn one simulator setting; validates on another seed
+of the same mixture; tests on three runs with other seeds that the training never saw
+(:func:`test_configs`): the default settings, a shifted particle/beam setting, and other
+detector parameters (distance and wavelength between the training points, more read noise).
+Chooses the single-hit threshold on validation, builds a polar template bank from the single
+hits of one more simulated run (:data:`BANK_SEED`) and exports the bundle: ONE graph with the
+CNN's probabilities and the template distance. ``--architecture fast`` builds the fast CPU
+bundle (no template outputs) the same way.
 """
 
 from __future__ import annotations
@@ -52,8 +55,33 @@ FULL = BuildPlan()
 QUICK = BuildPlan(n_train=320, n_val=160, n_test=160, epochs=2, bank_singles=10)
 
 
+TRAIN_DISTANCES_M = (0.45, 0.52, 0.586, 0.65, 0.72)
+
+
+def training_configs() -> list:
+    """The training mixture: one config per (detector distance, read noise) pair, each with
+    broad particle, photon, background and hot-pixel ranges."""
+    from streamer.geometry import DetectorGeometry
+    from trainer.simulate import SimConfig
+
+    return [
+        SimConfig(
+            geometry=DetectorGeometry(distance_m=d),
+            radius_nm=(22.0, 52.0),
+            photons=(100.0, 6000.0),
+            background_photons=(3.0, 150.0),
+            hot_pixels_per_frame=0.6,
+            center_jitter_px=1.0,
+            read_noise_photons=noise,
+            multiple_gap_nm=(0.0, 300.0),
+        )
+        for d in TRAIN_DISTANCES_M
+        for noise in (0.0, 0.08)
+    ]
+
+
 def test_config():
-    """Simulator settings of the test run: other photon level, particle sizes, background."""
+    """The shifted test run: other photon level, particle sizes, background, hot pixels."""
     from trainer.simulate import SimConfig
 
     return SimConfig(
@@ -62,6 +90,22 @@ def test_config():
         background_photons=(10.0, 80.0),
         hot_pixels_per_frame=1.0,
     )
+
+
+def test_configs() -> dict:
+    """Named test settings, none of them a training setting."""
+    from streamer.geometry import DetectorGeometry
+    from trainer.simulate import SimConfig
+
+    return {
+        "test": test_config(),
+        "test_default": SimConfig(),
+        "test_detector": SimConfig(
+            geometry=DetectorGeometry(distance_m=0.55, wavelength_m=7.0e-10),
+            read_noise_photons=0.15,
+            center_jitter_px=1.5,
+        ),
+    }
 
 
 def _simulate_part(args: tuple) -> tuple[int, np.ndarray, np.ndarray]:
@@ -98,6 +142,19 @@ def simulate_parallel(
                     frames[start : start + len(f)], labels[start : start + len(f)] = f, lab
                     bar.update(len(f))
     return frames, labels
+
+
+def simulate_mixture(
+    n: int, seed: int, configs: list, workers: int = 2, desc: str = "simulate"
+) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` frames split evenly over ``configs`` (part i uses seed ``seed + i``)."""
+    sizes = np.diff(np.linspace(0, n, len(configs) + 1).round().astype(int))
+    parts = [
+        simulate_parallel(int(k), seed + i, cfg, workers, f"{desc} {i + 1}/{len(configs)}")
+        for i, (k, cfg) in enumerate(zip(sizes, configs, strict=True))
+        if k > 0
+    ]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 def build_default_bank(
@@ -166,18 +223,29 @@ def onnx_probabilities(model_path: Path, frames: np.ndarray, batch: int = 256) -
 
 
 def build_default(
-    out: Path, force: bool = False, plan: BuildPlan = FULL, workers: int = 2, name: str = "default"
+    out: Path,
+    force: bool = False,
+    plan: BuildPlan = FULL,
+    workers: int = 2,
+    name: str = "default",
+    architecture: str = "compact",
 ) -> dict:
-    """Simulate, train, evaluate and export; returns the manifest's metrics."""
+    """Simulate, train, evaluate and export; returns the manifest's metrics.
+
+    ``architecture`` ``compact`` (the default bundle, with the template bank in its graph)
+    or ``fast`` (the fast CPU bundle: no template outputs)."""
     from trainer.simulate import SIM_CLASSES, SimConfig
 
     if out.exists() and not force:
         raise ConfigError(f"{out} already exists; pass --force to replace it")
     t0 = time.perf_counter()
-    train_cfg, test_cfg = SimConfig(), test_config()
-    x_tr, y_tr = simulate_parallel(plan.n_train, TRAIN_SEED, train_cfg, workers, "train run")
-    x_va, y_va = simulate_parallel(plan.n_val, VAL_SEED, train_cfg, workers, "validation run")
-    x_te, y_te = simulate_parallel(plan.n_test, TEST_SEED, test_cfg, workers, "test run")
+    mixture = training_configs()
+    x_tr, y_tr = simulate_mixture(plan.n_train, TRAIN_SEED, mixture, workers, "train run")
+    x_va, y_va = simulate_mixture(plan.n_val, VAL_SEED, mixture, workers, "validation run")
+    tests = {
+        split: (seed, cfg, *simulate_parallel(plan.n_test, seed, cfg, workers, f"{split} run"))
+        for seed, (split, cfg) in enumerate(test_configs().items(), start=TEST_SEED)
+    }
     t_sim = time.perf_counter() - t0
 
     from trainer.export import export_bundle
@@ -191,49 +259,61 @@ def build_default(
 
     classes = list(SIM_CLASSES)
     config = TrainConfig(
-        architecture="compact", epochs=plan.epochs, batch_size=plan.batch_size, seed=TRAIN_SEED_NN
+        architecture=architecture,
+        epochs=plan.epochs,
+        batch_size=plan.batch_size,
+        seed=TRAIN_SEED_NN,
     )
     result = train_model(x_tr, y_tr, classes, x_va, y_va, config)
     single = classes.index("single")
     thresholds = {
         "single": choose_threshold(result.val_probabilities, y_va, single, plan.target_precision)
     }
-    p_te = predict_probabilities(result.model, x_te)
+    p_tests = {split: predict_probabilities(result.model, t[2]) for split, t in tests.items()}
     bank_dir = Path(tempfile.mkdtemp(prefix="hitstream-bank-"))
-    bank_path = build_default_bank(bank_dir / "templates.h5", plan.bank_singles, BANK_SEED, workers)
+    bank_path = None
+    if architecture == "compact":
+        bank_path = build_default_bank(
+            bank_dir / "templates.h5", plan.bank_singles, BANK_SEED, workers
+        )
     metrics = {
-        "validation": classification_metrics(result.val_probabilities, y_va, classes, thresholds),
-        "test": classification_metrics(p_te, y_te, classes, thresholds),
+        "validation": classification_metrics(result.val_probabilities, y_va, classes, thresholds)
     }
+    for split, (_, _, _, y) in tests.items():
+        metrics[split] = classification_metrics(p_tests[split], y, classes, thresholds)
+    mixture_desc = {
+        "configs": len(mixture),
+        "distance_m": list(TRAIN_DISTANCES_M),
+        "common": _diff(asdict(mixture[0]), asdict(SimConfig())),
+        "split": "frames split evenly over the configs, part i with seed + i",
+    }
+    runs: dict = {
+        "train": {
+            "seed": TRAIN_SEED,
+            "frames": plan.n_train,
+            "counts": _counts(y_tr, classes),
+            "config": mixture_desc,
+        },
+        "validation": {
+            "seed": VAL_SEED,
+            "frames": plan.n_val,
+            "counts": _counts(y_va, classes),
+            "config": "the training mixture",
+        },
+    }
+    for split, (seed, cfg, _, y) in tests.items():
+        runs[split] = {
+            "seed": seed,
+            "frames": plan.n_test,
+            "counts": _counts(y, classes),
+            "config": _diff(asdict(cfg), asdict(SimConfig())) or "SimConfig() defaults",
+        }
     summary = {
-        "command": "trainer build-default" + (" --quick" if plan != FULL else ""),
+        "command": "trainer build-default"
+        + (f" --architecture {architecture}" if architecture != "compact" else "")
+        + (" --quick" if plan != FULL else ""),
         "simulator": "trainer.simulate",
-        "runs": {
-            "train": {
-                "seed": TRAIN_SEED,
-                "frames": plan.n_train,
-                "counts": _counts(y_tr, classes),
-                "config": "SimConfig() defaults",
-            },
-            "validation": {
-                "seed": VAL_SEED,
-                "frames": plan.n_val,
-                "counts": _counts(y_va, classes),
-                "config": "SimConfig() defaults",
-            },
-            "test": {
-                "seed": TEST_SEED,
-                "frames": plan.n_test,
-                "counts": _counts(y_te, classes),
-                "config": _diff(asdict(test_cfg), asdict(train_cfg)),
-            },
-        },
-        "templates": {
-            "seed": BANK_SEED,
-            "singles": plan.bank_singles,
-            "config": "SimConfig() defaults",
-            "rule": "the first frames labelled single",
-        },
+        "runs": runs,
         "config": config.as_dict(),
         "class_weights": result.class_weights,
         "epochs_run": len(result.history.get("loss", [])),
@@ -243,6 +323,13 @@ def build_default(
         "threshold_rule": f"lowest p(single) with validation keep precision >= "
         f"{plan.target_precision} (not below 0.5)",
     }
+    if bank_path is not None:
+        summary["templates"] = {
+            "seed": BANK_SEED,
+            "singles": plan.bank_singles,
+            "config": "SimConfig() defaults",
+            "rule": "the first frames labelled single",
+        }
     try:
         path = export_bundle(
             result.model,
@@ -258,6 +345,7 @@ def build_default(
         )
     finally:
         shutil.rmtree(bank_dir, ignore_errors=True)
+    x_te, p_te = tests["test"][2], p_tests["test"]
     p_onnx = onnx_probabilities(path / "model.onnx", x_te)
     diff = float(np.abs(p_onnx - p_te).max())
     if diff > 1e-3:
@@ -293,12 +381,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="tiny runs and 2 epochs: a smoke test, not a useful model",
     )
     p.add_argument("--workers", type=int, default=2, help="simulation processes [2]")
+    p.add_argument(
+        "--architecture",
+        choices=("compact", "fast"),
+        default="compact",
+        help="compact: the default bundle with template outputs; fast: the fast CPU bundle",
+    )
+    p.add_argument("--name", help="bundle name [default, or fast with --architecture fast]")
 
 
 def run(args: argparse.Namespace) -> int:
     plan = QUICK if args.quick else FULL
     t0 = time.perf_counter()
-    metrics = build_default(args.out, force=args.force, plan=plan, workers=args.workers)
+    name = args.name or ("default" if args.architecture == "compact" else args.architecture)
+    metrics = build_default(
+        args.out,
+        force=args.force,
+        plan=plan,
+        workers=args.workers,
+        name=name,
+        architecture=args.architecture,
+    )
     lines = [f"wrote {args.out} in {time.perf_counter() - t0:.0f} s"]
     for split, m in metrics.items():
         k = m["keep"]["single"]

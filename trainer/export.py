@@ -59,13 +59,16 @@ def software_versions() -> dict[str, str]:
     return out
 
 
-def preprocessing_summary() -> dict[str, Any]:
+def preprocessing_summary(coarsen: int = 1) -> dict[str, Any]:
     """The preprocessing constants baked into the graph (documentation)."""
     return {
-        "steps": "2x2 sum binning; clip [0, pixel_max]; NaN->0; binned mask; hot-pixel cap "
+        "steps": "2x2 sum binning; clip [0, pixel_max]; NaN->0; binned mask; "
+        + (f"{coarsen}x{coarsen} sum of the bins; " if coarsen > 1 else "")
+        + "hot-pixel cap "
         "hot_abs + hot_rel*mean(8 neighbours); channels sqrt(b)/level_scale and "
         "sqrt(b/(mean(b)+shape_eps))",
         "bin": ref.BIN,
+        "coarsen": coarsen,
         "pixel_max": ref.PIXEL_MAX,
         "hot_abs": ref.HOT_ABS,
         "hot_rel": ref.HOT_REL,
@@ -323,7 +326,9 @@ def export_bundle(
             "input": {"name": INPUT_NAME, "shape": [None, *geometry.shape], "dtype": "float32"},
             "outputs": outputs,
             "model": model_info,
-            "preprocessing": preprocessing_summary(),
+            "preprocessing": preprocessing_summary(
+                graph.model_coarsen(cnn, geometry) if cnn is not None else 1
+            ),
             "geometry": geometry.as_attrs(),
             "training": dict(training_summary or {}),
             "metrics": dict(metrics or {}),

@@ -77,16 +77,34 @@ def channels(binned: tf.Tensor) -> tf.Tensor:
     return tf.transpose(x, [0, 2, 3, 1])
 
 
+def coarsen_bins(binned: tf.Tensor, k: int) -> tf.Tensor:
+    """Sum k×k blocks of binned counts (B, h, w) → (B, h//k, w//k) (one AveragePool)."""
+    if k == 1:
+        return binned
+    pooled = tf.nn.avg_pool2d(tf.expand_dims(binned, -1), k, k, padding="VALID")
+    return tf.squeeze(pooled, -1) * float(k * k)
+
+
+def model_coarsen(model, geometry: DetectorGeometry | None = None) -> int:
+    """How much coarser than the binned image the model's input is (1 or 2)."""
+    hb, wb = ref.binned_shape(geometry)
+    h = int(model.input_shape[1])
+    k = hb // h
+    if k < 1 or (hb // k, wb // k) != tuple(model.input_shape[1:3]):
+        raise ConfigError(f"model input {model.input_shape[1:3]} fits no coarsening of {hb, wb}")
+    return k
+
+
 def finish(binned: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     """Cleaned binned counts → (network input, photons)."""
     return channels(binned), tf.reduce_sum(binned, axis=[1, 2])
 
 
 def preprocess(
-    frames: tf.Tensor, geometry: DetectorGeometry | None = None
+    frames: tf.Tensor, geometry: DetectorGeometry | None = None, coarsen: int = 1
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Raw frames (B, H, W) → (network input (B, h, w, 2), photons (B,))."""
-    return finish(bin_frames(frames, geometry))
+    return finish(cap_hot(coarsen_bins(bin_clean(frames, geometry), coarsen)))
 
 
 OUTPUTS: dict[str, dict] = {
@@ -115,7 +133,10 @@ def inference_function(model, geometry: DetectorGeometry | None = None, bank=Non
     binned frames as the CNN's input (one binning per frame)."""
     geometry = geometry or DetectorGeometry()
     h, w = geometry.shape
+    k = model_coarsen(model, geometry)
     match = None
+    if bank is not None and k != 1:
+        raise ConfigError("a template bank needs a model on the 2x2-binned image (coarsen 1)")
     if bank is not None:
         from trainer.template_graph import make_template_matcher
 
@@ -128,8 +149,9 @@ def inference_function(model, geometry: DetectorGeometry | None = None, bank=Non
 
     @tf.function(input_signature=[tf.TensorSpec([None, h, w], tf.float32, name="frames")])
     def infer(frames):
-        binned = bin_frames(frames, geometry)
-        images, photons = finish(binned)
+        clean = bin_clean(frames, geometry)
+        binned = cap_hot(clean) if k == 1 else None
+        images, photons = finish(binned if k == 1 else cap_hot(coarsen_bins(clean, k)))
         logits = model(images, training=False)
         out = {"probabilities": tf.nn.softmax(logits, axis=-1), "photons": photons}
         if match is not None:
