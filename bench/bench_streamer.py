@@ -54,10 +54,22 @@ def free_port() -> int:
 
 
 def stream(
-    run: Path, model: Path, out: Path, *, mode: str, k: int, rate: float = 0.0
+    run: Path,
+    model: Path,
+    out: Path,
+    *,
+    mode: str,
+    k: int,
+    rate: float = 0.0,
+    transport: str = "tcp",
+    extra: tuple[str, ...] = (),
 ) -> dict[str, object]:
     """One replay→serve run; returns the streamer's summary plus the replay's rate."""
-    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    endpoint = (
+        f"tcp://127.0.0.1:{free_port()}"
+        if transport == "tcp"
+        else f"ipc://{out.resolve()}/feed-{free_port()}.ipc"
+    )
     summary = out / "summary.json"
     files = out / "files"
     for f in files.glob("*"):
@@ -67,7 +79,7 @@ def stream(
     serve = subprocess.Popen(
         [*py, "serve", "--model", str(model), "--endpoint", endpoint, "--feed-mode", feed_mode,
          "--out", str(files), "--run", "bench", "--metrics-port", "-1", "--summary-json",
-         str(summary), "--set", "output.min_free_bytes=0"],
+         str(summary), "--set", "output.min_free_bytes=0", *extra],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )  # fmt: skip
     assert serve.stdout is not None
@@ -138,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frames", type=int, default=6000)
     p.add_argument("--models", default="models/default", help="comma-separated bundles")
     p.add_argument("--modes", default="REP,PUSH")
+    p.add_argument("--transports", default="tcp", help="tcp and/or ipc (same-host Unix socket)")
+    p.add_argument("--serve-args", default="", help="extra `streamer serve` arguments")
     p.add_argument("--k", type=int, default=32, help="frames per message at full load")
     p.add_argument("--latency-seconds", type=float, default=10.0, help="120 Hz run length")
     p.add_argument("--no-baseline", action="store_true")
@@ -151,30 +165,36 @@ def main(argv: list[str] | None = None) -> int:
     baseline = None if args.no_baseline else seed_baseline(run)
     for model in args.models.split(","):
         for mode in args.modes.split(","):
-            s = stream(run, Path(model), out, mode=mode, k=args.k)
-            rows.append({"model": model, "case": f"full load, {mode}, K={args.k}",
-                         "fps": s["frames_per_s"], "latency": s["latency"],
-                         "frames": s["frames_classified"], "dropped": s["dropped"]})  # fmt: skip
+            for transport in args.transports.split(","):
+                s = stream(run, Path(model), out, mode=mode, k=args.k, transport=transport,
+                           extra=tuple(args.serve_args.split()))  # fmt: skip
+                rows.append({"model": model, "case": f"full load, {mode}, K={args.k}, {transport}",
+                             "fps": s["frames_per_s"], "latency": s["latency"],
+                             "frames": s["frames_classified"],
+                             "dropped": s["dropped"]})  # fmt: skip
         n = int(120 * args.latency_seconds)
+        if n == 0:
+            continue
         with h5py.File(run) as f, h5py.File(out / "run120.h5", "w") as g:
             g["data"] = f["data"][:n]
-        s = stream(out / "run120.h5", Path(model), out, mode="REP", k=1, rate=120)
+        s = stream(out / "run120.h5", Path(model), out, mode="REP", k=1, rate=120,
+                   extra=tuple(args.serve_args.split()))  # fmt: skip
         rows.append({"model": model, "case": "120 Hz, REP, K=1", "fps": s["frames_per_s"],
                      "latency": s["latency"], "frames": s["frames_classified"],
                      "dropped": s["dropped"]})  # fmt: skip
     print(f"\nstreamer end to end, {args.frames} frames of 260×257 float32, lossless, "
           f"producer on the same machine ({os.cpu_count()} cores)")  # fmt: skip
-    head = f"{'model':<22} {'case':<24} {'frames/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'× seed':>8}"
+    head = f"{'model':<22} {'case':<29} {'frames/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'× seed':>8}"
     print(head)
     print("-" * len(head))
     for r in rows:
         lat = r["latency"] or {}
         ratio = f"{r['fps'] / baseline['pipeline_fps']:.0f}×" if baseline else "-"
-        print(f"{r['model']:<22} {r['case']:<24} {r['fps']:>9.0f} "
+        print(f"{r['model']:<22} {r['case']:<29} {r['fps']:>9.0f} "
               f"{lat.get('p50_ms', float('nan')):>8.1f} {lat.get('p99_ms', float('nan')):>8.1f} "
               f"{ratio:>8}")  # fmt: skip
     if baseline:
-        print(f"{'seed baseline':<22} {'CNN + 36×200 templates':<24} "
+        print(f"{'seed baseline':<22} {'CNN + 36×200 templates':<29} "
               f"{baseline['pipeline_fps']:>9.1f} {'':>8} {'':>8} {'1×':>8}")  # fmt: skip
         print(f"  (seed CNN alone {baseline['cnn_fps']:.0f} frames/s, brute-force templates "
               f"alone {baseline['templates_fps']:.1f} frames/s)")  # fmt: skip

@@ -533,6 +533,7 @@ def main(argv: list[str] | None = None) -> int:
         replay = start_replay(run_file, endpoint, args.mode, repeat, args, args.out / "replay.log")
         t0 = time.monotonic()
         next_t = t0 + args.sample_s
+        last_send = (expected - args.frames_per_message) / args.rate  # s after t0, at least
         with (
             csv_path.open("w", newline="") as fh,
             tqdm(
@@ -565,10 +566,10 @@ def main(argv: list[str] | None = None) -> int:
                     break
                 now = time.monotonic()
                 if now >= next_t:
-                    row = take()
-                    left = expected - (row["frames_received"] or 0.0)
-                    # never delete while the streamer may be building its run index
-                    if not math.isnan(left) and left > args.rate * (args.sample_s + 5.0):
+                    take()
+                    # the paced replay cannot end before last_send; the streamer builds its
+                    # run index after the end: never delete files while it may be doing so
+                    if now - t0 + args.sample_s + 5.0 < last_send:
                         pruner.prune()
                     next_t += args.sample_s
                 bar.update(min(now - t0, bar.total) - bar.n)

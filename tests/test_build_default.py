@@ -10,22 +10,21 @@ from pathlib import Path
 import pytest
 
 from streamer.bundle import load_bundle
-from trainer.build_default_cli import TRAIN_DISTANCES_M, test_configs, training_configs
+from trainer.build_default_cli import BANK_SEED, TEST_SEEDS, TRAIN_SEED, VAL_SEED, test_configs
 from trainer.simulate import SimConfig
 
 
-def test_training_mixture_and_tests_differ() -> None:
-    mixture = training_configs()
-    assert {c.geometry.distance_m for c in mixture} == set(TRAIN_DISTANCES_M)
-    assert {c.read_noise_photons for c in mixture} == {0.0, 0.08}
+def test_test_runs_differ_from_training() -> None:
     tests = test_configs()
     assert set(tests) == {"test", "test_default", "test_detector"}
-    for cfg in tests.values():
-        assert cfg not in mixture
-    # the detector test uses a distance and wavelength no training config has
-    det = tests["test_detector"].geometry
-    assert det.distance_m not in TRAIN_DISTANCES_M
-    assert det.wavelength_m != SimConfig().geometry.wavelength_m
+    train = SimConfig()
+    assert tests["test_default"] == train  # same settings, another seed
+    assert tests["test"] != train and tests["test_detector"] != train
+    det, ref = tests["test_detector"].geometry, train.geometry
+    assert det.distance_m != ref.distance_m and det.wavelength_m != ref.wavelength_m
+    assert set(TEST_SEEDS) == set(tests)
+    seeds = {TRAIN_SEED, VAL_SEED, BANK_SEED, *TEST_SEEDS.values()}
+    assert len(seeds) == 3 + len(tests)  # no run (nor the template bank) shares a seed
 
 
 @pytest.mark.slow
@@ -40,7 +39,7 @@ def test_quick_build_writes_a_bundle_with_all_test_runs(tmp_path: Path, arch: st
     assert set(b.manifest["metrics"]) == {"validation", "test", "test_default", "test_detector"}
     summary = b.manifest["training"]
     assert summary["config"]["architecture"] == arch
-    assert summary["runs"]["train"]["config"]["configs"] == len(training_configs())
+    assert set(summary["runs"]) == {"train", "validation", "test", "test_default", "test_detector"}
     outputs = set(b.manifest["outputs"])
     assert ("template_distance" in outputs) == (arch == "compact")
     assert b.name == ("default" if arch == "compact" else "fast")

@@ -47,6 +47,7 @@ from trainer.train import (  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_BUNDLE = ROOT / "models" / "default"
+FAST_BUNDLE = ROOT / "models" / "fast"
 CLASSES = list(SIM_CLASSES)
 
 
@@ -323,10 +324,16 @@ def test_train_cli_reads_hdf5_runs(tmp_path: Path, frames) -> None:
 # --- the shipped default bundle ---------------------------------------------------------
 
 
-def test_default_bundle_classifies_a_fresh_run() -> None:
-    b = load_bundle(DEFAULT_BUNDLE, verify=True)
+@pytest.mark.parametrize(
+    ("bundle", "max_macs", "templates"),
+    [(DEFAULT_BUNDLE, 5_000_000, True), (FAST_BUNDLE, 1_500_000, False)],
+    ids=["default", "fast"],
+)
+def test_shipped_bundles_classify_a_fresh_run(bundle: Path, max_macs: int, templates: bool) -> None:
+    b = load_bundle(bundle, verify=True)
     assert b.classes == tuple(CLASSES) and b.keep_classes == ("single",)
-    assert b.manifest["model"]["macs_per_frame"] < 5_000_000
+    assert b.manifest["model"]["macs_per_frame"] < max_macs
+    assert ("template_distance" in b.manifest["outputs"]) == templates
     run = simulate_run(200, seed=424242)  # a seed no build uses
     s = _session(b.model_path)
     p = s.run(["probabilities"], {b.input_name: run.frames})[0]
