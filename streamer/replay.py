@@ -15,8 +15,8 @@ Socket modes:
   ``b"Error: bad request ..."`` as karabo_bridge answers. At the end every request gets
   the end marker until at least ``expected_clients`` markers went out and ``linger_s``
   passed without a request, so several REQ clients all see the end.
-- ``PUSH``: blocking sends (back-pressure: lossless, as fast as the clients take); then one
-  end marker per expected client.
+- ``PUSH``: blocking sends (back-pressure: lossless, as fast as the clients take); then end
+  markers until every connected PULL client has left (see :meth:`ReplayServer._push_end`).
 - ``PUB``: an XPUB socket that first waits for ``expected_clients`` subscribers, then
   sends without dropping (``XPUB_NODROP``: the slowest subscriber sets the pace) unless
   ``pub_lossy``; the end marker goes out :data:`PUB_END_REPEATS` times.
@@ -43,6 +43,7 @@ from typing import Any
 import h5py
 import numpy as np
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from streamer.decode import end_of_run_message, timestamp_metadata
 from streamer.errors import ConfigError, InputDataError
@@ -61,6 +62,8 @@ DEFAULT_KEY = "image.data"
 PULSE_KEY = "image.pulseId"
 DEFAULT_FRAMES_PER_MESSAGE = 32
 MODES: tuple[str, ...] = ("REP", "PUSH", "PUB")
+PUSH_END_RETRY_S = 0.2  # PUSH: another end marker this often while clients remain
+PUSH_END_MAX_PER_CLIENT = 50
 # numeric frame dtypes the wire accepts (no bool, no complex): one source of truth
 SEND_DTYPES: tuple[str, ...] = tuple(sorted(d.name for d in ALLOWED_DTYPES if d.kind in "iuf"))
 PUB_END_REPEATS = 3
@@ -246,7 +249,10 @@ class ReplayServer:
         if cfg.curve_clients_dir is not None:
             self._auth = start_authenticator(self._context, cfg.curve_clients_dir)
         sock = self._context.socket(kind)
+        self._monitor = None
         try:
+            if self.mode == "PUSH":  # count the clients, see _push_end
+                self._monitor = sock.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
             if keypair is not None:
                 configure_server(sock, keypair)
             sock.setsockopt(zmq.LINGER, 0)
@@ -256,6 +262,8 @@ class ReplayServer:
                 sock.setsockopt(zmq.XPUB_NODROP, 0 if cfg.pub_lossy else 1)
             sock.bind(normalize_endpoint(cfg.endpoint))
         except zmq.ZMQError as exc:
+            if self._monitor is not None:
+                self._monitor.close(linger=0)
             sock.close(linger=0)
             raise ConfigError(f"cannot bind replay to {cfg.endpoint}: {exc}") from exc
         return sock
@@ -377,12 +385,49 @@ class ReplayServer:
                     and time.monotonic() - last >= cfg.linger_s
                 ):
                     return
+        elif self.mode == "PUSH":
+            self._push_end()
         else:
-            n = PUB_END_REPEATS if self.mode == "PUB" else cfg.expected_clients
-            for _ in range(n):
+            for _ in range(PUB_END_REPEATS):
                 if not self._send(self._end_message()):
                     return
                 self.stats.end_markers += 1
+
+    def _push_end(self) -> None:
+        """End markers for PULL clients. PUSH deals round-robin only to clients whose queue
+        has room, so N markers for N clients can give one client two and another none (it
+        would then wait forever). Instead: one marker, then one more after every client that
+        leaves (a client leaves once its marker arrives) or every ``PUSH_END_RETRY_S``, until
+        at least ``expected_clients`` markers went out and no client is connected, or
+        ``PUSH_END_MAX_PER_CLIENT`` markers per client, or ``drain_s``."""
+        cfg = self.config
+        assert self._monitor is not None
+        connected = seen = 0
+        deadline = time.monotonic() + cfg.drain_s
+        next_send = 0.0
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            while self._monitor.poll(0):
+                event = recv_monitor_message(self._monitor)["event"]
+                if event == zmq.EVENT_ACCEPTED:
+                    connected, seen = connected + 1, seen + 1
+                elif event == zmq.EVENT_DISCONNECTED:
+                    connected -= 1
+                    next_send = 0.0
+            sent = self.stats.end_markers
+            if sent >= cfg.expected_clients and connected <= 0:
+                return
+            if sent >= PUSH_END_MAX_PER_CLIENT * max(1, seen, cfg.expected_clients):
+                log.warning("replay: %d PUSH clients still connected after %d end markers",
+                            connected, sent)  # fmt: skip
+                return
+            if time.monotonic() >= next_send:
+                try:
+                    self._socket.send_multipart(self._end_message(), flags=zmq.NOBLOCK)
+                    self.stats.end_markers += 1
+                except zmq.Again:
+                    pass
+                next_send = time.monotonic() + PUSH_END_RETRY_S
+            self._monitor.poll(_POLL_MS)
 
     def run(self) -> ReplayStats:
         """Serve the whole run (blocking), then close; returns what was sent."""
@@ -438,6 +483,9 @@ class ReplayServer:
             return
         self._closed = True
         drain = not self._stop.is_set()
+        if self._monitor is not None:
+            self._socket.disable_monitor()
+            self._monitor.close(linger=0)
         self._socket.close(linger=round(self.config.drain_s * 1000) if drain else 0)
         self._file.close()
         self._stop_auth()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 
 import h5py
@@ -274,3 +275,38 @@ def test_cli_errors_exit_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         streamer_main(["replay", str(missing), "--mode", "DEALER"])
     assert info.value.code == 2
+
+
+def test_push_end_markers_reach_every_pull_client(run_file):
+    """PUSH skips clients whose queue is full: with one slow client, a fixed number of end
+    markers can miss a client. Every client must still see the end, and all frames once."""
+    path, frames = run_file
+    n_clients = 3
+    server = ReplayServer(_config(path, mode="PUSH", frames_per_message=4, hwm=1, drain_s=20))
+    results: list[tuple[int, bool]] = [(0, False)] * n_clients
+
+    def client(i: int) -> None:
+        with FeedClient(server.endpoint, "PULL", timeout_s=15, hwm=1) as feed:
+            got, ended = 0, False
+            while not ended:
+                data, meta = feed.next()
+                out = Decoder(SourceSpec(frame_shape=(16, 17))).decode(data, meta)
+                if out.end is not None:
+                    ended = True
+                elif out.batch is not None:
+                    got += len(out.batch)
+                    if i == 0:
+                        time.sleep(0.05)  # the slow one
+            results[i] = (got, ended)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(n_clients)]
+    with server:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+    stats = server.join(30)
+    assert not any(t.is_alive() for t in threads)
+    assert all(ended for _, ended in results)
+    assert sum(got for got, _ in results) == len(frames) == stats.frames
+    assert n_clients <= stats.end_markers <= 50 * n_clients
