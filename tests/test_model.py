@@ -130,6 +130,19 @@ def test_preprocessing_cleans_bad_pixels() -> None:
         assert photons[0] <= most
 
 
+def test_read_noise_does_not_make_photons() -> None:
+    """Zero-mean read noise on an empty frame must not add up to a 'hit' after clipping."""
+    g = DetectorGeometry()
+    rng = np.random.default_rng(5)
+    for sigma, most in ((0.05, 1.0), (0.1, 40.0)):
+        noise = rng.normal(0.0, sigma, (4, *g.shape)).astype(np.float32)
+        _, photons = pp.preprocess(noise)
+        assert photons.max() <= most, (sigma, photons)
+    plain = rng.normal(0.0, 0.1, (1, *g.shape)).astype(np.float32)
+    biased = np.clip(plain[:, :258, :256].reshape(1, 129, 2, 128, 2).sum((2, 4)), 0, None)
+    assert biased.sum() > 1000  # what clipping alone would count
+
+
 def test_masks_follow_geometry() -> None:
     g = DetectorGeometry()
     np.testing.assert_array_equal(pp.detector_mask(g), g.valid_pixels().astype(np.float32))

@@ -62,7 +62,7 @@ def software_versions() -> dict[str, str]:
 def preprocessing_summary(coarsen: int = 1) -> dict[str, Any]:
     """The preprocessing constants baked into the graph (documentation)."""
     return {
-        "steps": "2x2 sum binning; clip [0, pixel_max]; NaN->0; binned mask; "
+        "steps": "2x2 sum binning; minus noise_floor, clip [0, pixel_max]; NaN->0; binned mask; "
         + (f"{coarsen}x{coarsen} sum of the bins; " if coarsen > 1 else "")
         + "hot-pixel cap "
         "hot_abs + hot_rel*mean(8 neighbours); channels sqrt(b)/level_scale and "
@@ -70,6 +70,7 @@ def preprocessing_summary(coarsen: int = 1) -> dict[str, Any]:
         "bin": ref.BIN,
         "coarsen": coarsen,
         "pixel_max": ref.PIXEL_MAX,
+        "noise_floor": ref.NOISE_FLOOR,
         "hot_abs": ref.HOT_ABS,
         "hot_rel": ref.HOT_REL,
         "level_scale": ref.LEVEL_SCALE,

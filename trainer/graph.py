@@ -42,7 +42,8 @@ def bin_clean(frames: tf.Tensor, geometry: DetectorGeometry | None = None) -> tf
     x = tf.expand_dims(tf.convert_to_tensor(frames, dtype=tf.float32), -1)
     b = tf.squeeze(tf.nn.avg_pool2d(x, ref.BIN, ref.BIN, padding="VALID"), -1)
     scale = float(ref.BIN**2)
-    b = tf.clip_by_value(b, 0.0, ref.PIXEL_MAX / scale) * (binned_mask_constant(geometry) * scale)
+    b = tf.clip_by_value(b - ref.NOISE_FLOOR / scale, 0.0, ref.PIXEL_MAX / scale)
+    b = b * (binned_mask_constant(geometry) * scale)
     return tf.cond(
         tf.math.is_nan(tf.reduce_sum(b)),
         lambda: tf.where(tf.math.is_nan(b), 0.0, b),
@@ -118,7 +119,8 @@ OUTPUTS: dict[str, dict] = {
         "dtype": "float32",
         "description": (
             "photons per frame on valid bins after cleaning (2x2 bins that touch neither "
-            "the beam-stop hole nor the gap; negatives, NaN and hot pixels removed)"
+            "the beam-stop hole nor the gap; noise floor subtracted from each bin; "
+            "negatives, NaN and hot pixels removed)"
         ),
     },
 }

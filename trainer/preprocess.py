@@ -8,7 +8,10 @@ Steps, on raw photon-count frames ``(N, 260, 257)`` float32:
 1. 2×2 binning by summing (the last of the 257 columns is cropped): ``(130, 128)``. This is
    the only full-resolution pass, which is what keeps CPU serving fast. Never more than
    2×2: interference fringes of multiple hits are only a few pixels wide.
-2. Binned: clip to ``[0, PIXEL_MAX]`` (negative sums → 0, +Inf → PIXEL_MAX), NaN → 0 (a NaN
+2. Binned: subtract ``NOISE_FLOOR`` and clip to ``[0, PIXEL_MAX]`` (negative sums → 0, +Inf →
+   PIXEL_MAX): detector read noise (zero-mean, σ ≲ 0.15 photon per pixel) would otherwise add
+   a positive bias of ~0.4 σ_bin to every clipped bin, thousands of false photons per frame,
+   enough to turn empty frames into "hits"; a real photon keeps ``1 - NOISE_FLOOR``. NaN → 0 (a NaN
    or ±Inf pair makes its bin 0), then the binned detector mask: bins that touch the
    beam-stop hole or the gap between the detector halves
    (:class:`streamer.geometry.DetectorGeometry`) are 0. Clipping after summing keeps zero-
@@ -38,6 +41,7 @@ import numpy as np
 from streamer.geometry import DetectorGeometry
 
 PIXEL_MAX = 1.0e6  # photons per raw pixel; +Inf and absurd values end here
+NOISE_FLOOR = 0.5  # photons subtracted from every 2×2 bin before clipping (read noise)
 HOT_ABS = 10.0  # photons: an isolated bin may hold this much
 HOT_REL = 4.0  # ... plus this many times the mean of its 8 neighbours
 LEVEL_SCALE = 4.0  # sqrt(binned counts) / LEVEL_SCALE
@@ -108,7 +112,8 @@ def bin_clean(frames: np.ndarray, geometry: DetectorGeometry | None = None) -> n
     with np.errstate(invalid="ignore", over="ignore"):
         x = x[:, : hb * BIN, : wb * BIN].reshape(n, hb, BIN, wb, BIN)
         b = x.sum(axis=(2, 4), dtype=np.float32)
-        b = np.clip(b, np.float32(0), np.float32(PIXEL_MAX)) * binned_mask(geometry)
+        b = np.clip(b - np.float32(NOISE_FLOOR), np.float32(0), np.float32(PIXEL_MAX))
+        b *= binned_mask(geometry)
     return np.where(np.isnan(b), np.float32(0), b)
 
 

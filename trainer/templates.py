@@ -27,7 +27,8 @@ Two modes, both on raw photon-count frames ``(N, 260, 257)``:
 
 Preprocessing for photon-sparse frames (``polar``), what and why:
 
-1. 2×2 sum binning, clip to [0, PIXEL_MAX], NaN → 0, detector mask, hot-pixel cap
+1. 2×2 sum binning, noise floor subtracted, clip to [0, PIXEL_MAX], NaN → 0, detector mask,
+   hot-pixel cap
    (``HOT_ABS + HOT_REL × mean of the 8 neighbours``): exactly the CNN's
    :func:`trainer.preprocess.bin_frames` (so the ONNX graph can share it), written here
    with strided adds, ~5× faster. Binning is the low-pass: fringes of multiple hits are
@@ -192,6 +193,7 @@ def _bin_clean_block(x: np.ndarray, geometry: DetectorGeometry) -> np.ndarray:
     v = x[:, : hb * 2, : wb * 2]
     rows = v[:, 0::2] + v[:, 1::2]
     b = np.add(rows[:, :, 0::2], rows[:, :, 1::2])
+    b -= np.float32(pp.NOISE_FLOOR)
     np.clip(b, np.float32(0), np.float32(pp.PIXEL_MAX), out=b)  # ±Inf too; NaN stays
     nan = np.isnan(b)
     if nan.any():
@@ -607,11 +609,13 @@ class TemplateBank:
         if self.mode == "bruteforce":
             return {"steps": "seed: negatives -> 0, scale max to 255", "scale": SEED_SCALE}
         return {
-            "steps": "2x2 sum binning; clip [0, pixel_max]; NaN->0; binned mask; hot-pixel "
-            "cap hot_abs + hot_rel*mean(8 neighbours); polar cell means; channels linear and "
-            "sqrt(gaussian(smooth_px)); area weight; band-limited rfft; L2 norm per channel",
+            "steps": "2x2 sum binning; minus noise_floor, clip [0, pixel_max]; NaN->0; binned "
+            "mask; hot-pixel cap hot_abs + hot_rel*mean(8 neighbours); polar cell means; "
+            "channels linear and sqrt(gaussian(smooth_px)); area weight; band-limited rfft; "
+            "L2 norm per channel",
             "bin": pp.BIN,
             "pixel_max": pp.PIXEL_MAX,
+            "noise_floor": pp.NOISE_FLOOR,
             "hot_abs": pp.HOT_ABS,
             "hot_rel": pp.HOT_REL,
             "channels": [list(c) for c in self.polar.channels],
