@@ -47,6 +47,8 @@ class AugmentConfig:
     background_photons: tuple[float, float] = (3.0, 60.0)  # log-uniform, per frame
     hot_pixels: float = 0.5  # Poisson mean per frame
     hot_pixel_photons: tuple[float, float] = (20.0, 500.0)
+    read_noise_share: float = 0.5  # share of frames that get Gaussian detector read noise
+    read_noise_photons: tuple[float, float] = (0.0, 0.15)  # its σ per pixel, uniform
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -213,6 +215,24 @@ def augment_photons(
     return b
 
 
+def add_read_noise(frames, seed, config: AugmentConfig):
+    """Zero-mean Gaussian noise (σ per frame from ``read_noise_photons``) on a share of the
+    raw frames (B, H, W), as a detector's pedestal/read noise after photon conversion."""
+    import tensorflow as tf
+
+    if config.read_noise_share <= 0 or config.read_noise_photons[1] <= 0:
+        return frames
+    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 3)
+    n = tf.shape(frames)[0]
+    lo, hi = config.read_noise_photons
+    sigma = tf.random.stateless_uniform([n], seeds[0], lo, hi)
+    sigma *= tf.cast(
+        tf.random.stateless_uniform([n], seeds[1]) < config.read_noise_share, tf.float32
+    )
+    noise = tf.random.stateless_normal(tf.shape(frames), seeds[2])
+    return frames + noise * sigma[:, None, None]
+
+
 def augmented_inputs(
     frames,
     seed,
@@ -225,7 +245,9 @@ def augmented_inputs(
 
     from trainer import graph
 
-    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 2)
+    config = config or AugmentConfig()
+    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 3)
     x = augment_geometry(frames, seeds[0], geometry, config)
+    x = add_read_noise(x, seeds[2], config)
     b = augment_photons(graph.bin_clean(x, geometry), seeds[1], geometry, config)
     return graph.channels(graph.cap_hot(graph.coarsen_bins(b, coarsen)))

@@ -1,0 +1,53 @@
+"""Quality of shipped bundles on simulated runs that no build trained on.
+
+The three test runs of ``trainer build-default`` (same seeds), two runs with detector read
+noise, and the new-run setting of ``bench_adapt.py``; 1,000 frames each. Prints accuracy and
+single-hit precision/recall at each bundle's own threshold.
+
+    .venv/bin/python bench/bench_quality.py models/default models/fast [--frames 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_adapt import new_run_config, score
+
+
+def runs() -> dict:
+    """name -> (seed, SimConfig)."""
+    from trainer.build_default_cli import TEST_SEEDS, test_configs
+    from trainer.simulate import SimConfig
+
+    out = {name: (TEST_SEEDS[name], cfg) for name, cfg in test_configs().items()}
+    out["read_noise_0.05"] = (777, replace(SimConfig(), read_noise_photons=0.05))
+    out["read_noise_0.10"] = (778, replace(SimConfig(), read_noise_photons=0.10))
+    out["new_run"] = (4242, new_run_config())
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("bundles", nargs="+", type=Path)
+    ap.add_argument("--frames", type=int, default=1000)
+    args = ap.parse_args(argv)
+    from trainer.build_default_cli import simulate_parallel
+
+    rows = []
+    for name, (seed, cfg) in runs().items():
+        x, y = simulate_parallel(args.frames, seed, cfg, desc=name)
+        rows += [(name, b, score(b, x, y)) for b in args.bundles]
+    print(f"\n{'run':<16} {'bundle':<18} {'accuracy':>9} {'single P':>9} {'single R':>9}")
+    for name, b, m in rows:
+        print(f"{name:<16} {b!s:<18} {m['accuracy']:>9.4f} {m['single_precision']:>9.4f} "
+              f"{m['single_recall']:>9.4f}")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
