@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--frames", type=int, default=2000)
     ap.add_argument("--labelled", type=int, default=200)
     ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--learning-rate", type=float, default=2e-4)
     ap.add_argument("--seed", type=int, default=4242)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
@@ -98,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             labels,
             Path(tmp) / "adapted",
             epochs=args.epochs,
+            learning_rate=args.learning_rate,
             holdout_fraction=0.2,
         )
         seconds = time.perf_counter() - t0
