@@ -66,15 +66,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--learning-rate", type=float, default=2e-4)
     ap.add_argument("--seed", type=int, default=4242)
+    ap.add_argument(
+        "--setting",
+        choices=("new", "shifted"),
+        default="new",
+        help="new: new_run_config(); shifted: build-default's dimmer 'test' setting",
+    )
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
 
-    from trainer.build_default_cli import simulate_parallel
+    from trainer.build_default_cli import simulate_parallel, test_config
     from trainer.finetune_cli import finetune_bundle
     from trainer.labels import LabelTable, write_labels
     from trainer.simulate import SIM_CLASSES
 
-    x, y = simulate_parallel(args.frames, args.seed, new_run_config(), desc="new run")
+    cfg = new_run_config() if args.setting == "new" else test_config()
+    x, y = simulate_parallel(args.frames, args.seed, cfg, desc="new run")
     rng = np.random.default_rng(args.seed)
     picked = np.sort(rng.choice(args.frames, args.labelled, replace=False))
     rest = np.setdiff1d(np.arange(args.frames), picked)
@@ -105,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         seconds = time.perf_counter() - t0
         after = score(Path(tmp) / "adapted", x[rest], y[rest])
     print(
-        f"\n{args.model}: {args.labelled} labelled frames of a new run, scored on the other "
+        f"\n{args.model}: {args.labelled} labelled frames of a new run ({args.setting} setting), "
+        f"scored on the other "
         f"{len(rest)} (fine-tuning {seconds:.0f} s, {args.epochs} epochs)"
     )
     print(f"{'':<8} {'accuracy':>9} {'single P':>9} {'single R':>9}")
