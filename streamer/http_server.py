@@ -24,6 +24,27 @@ PostHandler = Callable[[bytes], tuple[int, str, bytes]]  # request body -> (stat
 MAX_POST_BYTES = 64 * 1024
 
 
+def send_body(
+    handler: BaseHTTPRequestHandler, code: int, ctype: str, body: bytes, cache: str = "no-store"
+) -> None:
+    """Write one complete response (status, type, length, cache policy, body)."""
+    handler.send_response(code)
+    handler.send_header("Content-Type", ctype)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.send_header("Cache-Control", cache)
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
+def threaded_server(
+    host: str, port: int, handler: type[BaseHTTPRequestHandler], name: str
+) -> tuple[ThreadingHTTPServer, threading.Thread]:
+    """A bound HTTP server with daemon request threads and its (not yet started) thread."""
+    httpd = ThreadingHTTPServer((host, port), handler)
+    httpd.daemon_threads = True
+    return httpd, threading.Thread(target=httpd.serve_forever, name=name, daemon=True)
+
+
 class StatusServer:
     """Serves metrics and readiness; ``ready`` is set by the pipeline once it can take frames."""
 
@@ -57,19 +78,12 @@ class StatusServer:
                 except Exception:  # a broken view must never take the streamer down
                     log.exception("http: error serving %s", path)
                     code, ctype, body = 500, "text/plain", b"internal error\n"
-                self.send_response(code)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.send_header("Cache-Control", "no-store")
-                self.end_headers()
-                self.wfile.write(body)
+                send_body(self, code, ctype, body)
 
             def log_message(self, format: str, *args: Any) -> None:
                 log.debug("http: " + format, *args)
 
-        self._httpd = ThreadingHTTPServer((host, port), _Handler)
-        self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="http", daemon=True)
+        self._httpd, self._thread = threaded_server(host, port, _Handler, "http")
 
     @property
     def port(self) -> int:

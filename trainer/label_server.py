@@ -24,17 +24,16 @@ change labels. No TensorFlow: numpy, h5py and onnxruntime only.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import math
 import secrets
-import struct
 import sys
 import threading
-import zlib
 from collections import OrderedDict
 from collections.abc import Sequence
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -44,6 +43,7 @@ import numpy as np
 
 from streamer.errors import ConfigError, InputDataError, OutputError
 from streamer.geometry import FRAME_SHAPE, DetectorGeometry
+from streamer.http_server import send_body, threaded_server
 from trainer.h5files import HDF5_SUFFIXES, describe_3d, open_h5
 from trainer.ingest import RunGroup, iter_frames, match_run, open_runs, read_frames
 from trainer.labels import DEFAULT_CLASS_ORDER, LabelTable, merge_labels, read_labels, write_labels
@@ -114,23 +114,14 @@ def frame_levels(frame: np.ndarray, valid: np.ndarray | None = None) -> np.ndarr
 
 
 def encode_png(levels: np.ndarray, palette: bytes = PALETTE) -> bytes:
-    """A palette PNG (8 bits per pixel) of ``(H, W)`` uint8 ``levels``."""
-    h, w = levels.shape
-    raw = np.zeros((h, w + 1), np.uint8)  # filter byte 0 (none) before each row
-    raw[:, 1:] = levels
+    """A palette PNG (8 bits per pixel) of ``(H, W)`` uint8 ``levels`` (Pillow)."""
+    from PIL import Image
 
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        crc = zlib.crc32(tag + data) & 0xFFFFFFFF
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", crc)
-
-    header = struct.pack(">IIBBBBB", w, h, 8, 3, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"PLTE", palette)
-        + chunk(b"IDAT", zlib.compress(raw.tobytes(), 6))
-        + chunk(b"IEND", b"")
-    )
+    img = Image.fromarray(np.ascontiguousarray(levels, np.uint8))
+    img.putpalette(palette)  # an "L" image becomes "P" with this palette
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", compress_level=6)
+    return buf.getvalue()
 
 
 def render_png(frame: np.ndarray, valid: np.ndarray | None = None) -> bytes:
@@ -665,22 +656,13 @@ class LabelServer:
                 except Exception as exc:  # never let one request take the page down
                     log.exception("label page: error serving %s", self.path)
                     code, ctype, body = _error(500, f"{type(exc).__name__}: {exc}")
-                self.send_response(code)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
                 cacheable = code == 200 and ctype == "image/png"
-                self.send_header("Cache-Control", "max-age=86400" if cacheable else "no-store")
-                self.end_headers()
-                self.wfile.write(body)
+                send_body(self, code, ctype, body, "max-age=86400" if cacheable else "no-store")
 
             def log_message(self, format: str, *args: Any) -> None:
                 log.debug("http: " + format, *args)
 
-        self._httpd = ThreadingHTTPServer((host, port), _Handler)
-        self._httpd.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, name="label-http", daemon=True
-        )
+        self._httpd, self._thread = threaded_server(host, port, _Handler, "label-http")
         self.host = str(self._httpd.server_address[0])
         self.loopback = self.host in ("127.0.0.1", "::1", "localhost") or self.host.startswith(
             "127."
