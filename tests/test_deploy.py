@@ -205,13 +205,7 @@ def test_prometheus_config_scrapes_the_workers(http: StatusServer) -> None:
     assert MetricsConfig().port in ports
     hosts = [target for t in static for target in t["targets"]]
     assert len(set(hosts)) == len(hosts), "two workers on one host need different ports"
-    if shutil.which("promtool"):
-        run = subprocess.run(
-            ["promtool", "check", "config", str(PROM / "prometheus.yml")],
-            capture_output=True,
-            text=True,
-        )
-        assert run.returncode == 0, run.stdout + run.stderr
+    _promtool_check("config", PROM / "prometheus.yml")
 
 
 def test_alert_rules_are_complete_and_use_real_metrics() -> None:
@@ -247,13 +241,7 @@ def test_alert_rules_are_complete_and_use_real_metrics() -> None:
         "up",
     } <= used
     assert any("histogram_quantile(0.99" in a["expr"] for a in alerts)
-    if shutil.which("promtool"):
-        run = subprocess.run(
-            ["promtool", "check", "rules", str(PROM / "alerts.yml")],
-            capture_output=True,
-            text=True,
-        )
-        assert run.returncode == 0, run.stdout + run.stderr
+    _promtool_check("rules", PROM / "alerts.yml")
 
 
 # -- Grafana -----------------------------------------------------------------------------
@@ -549,3 +537,10 @@ def test_pipeline_exports_free_bytes_of_the_output_filesystem(tmp_path: Path) ->
     free = metrics.value("hitstream_output_free_bytes")
     assert 0 < free <= shutil.disk_usage(out).total
     assert b"hitstream_output_free_bytes " in generate_latest(metrics.registry)
+
+
+def _promtool_check(kind: str, path: Path) -> None:
+    """``promtool check <kind> <path>`` where promtool is installed (not a package dependency)."""
+    if shutil.which("promtool"):
+        run = subprocess.run(["promtool", "check", kind, str(path)], capture_output=True, text=True)
+        assert run.returncode == 0, run.stdout + run.stderr

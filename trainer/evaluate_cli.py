@@ -9,19 +9,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from trainer.cli_args import add_labelled_runs
+
 HELP = "evaluate a model bundle's ONNX graph on labelled frames (metrics JSON + plots)"
 METRICS_FILE = "metrics.json"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", type=Path, required=True, help="model bundle directory")
-    p.add_argument(
-        "--data", type=Path, action="append", required=True, help="HDF5 run (repeatable)"
-    )
-    p.add_argument("--dataset", required=True, help="path of the (N, H, W) frames dataset")
-    p.add_argument(
-        "--labels", type=Path, required=True, help="labels (CSV run,index,class; JSON; HDF5)"
-    )
+    add_labelled_runs(p)
     p.add_argument("--out", type=Path, help="directory for metrics.json and the PNGs")
     p.add_argument("--positive", default="single", help="class scored vs the rest [single]")
     p.add_argument("--bins", type=int, default=10, help="calibration bins [10]")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from streamer.errors import BundleError, ConfigError
+from trainer.cli_args import add_labelled_runs
 
 HELP = "fine-tune a bundle's CNN on new labelled frames; before/after metrics on a holdout"
 FINETUNE_FILE = "finetune.json"
@@ -25,13 +26,7 @@ FINETUNE_FILE = "finetune.json"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", type=Path, required=True, help="source bundle (with model.keras)")
-    p.add_argument(
-        "--data", type=Path, action="append", required=True, help="HDF5 run (repeatable)"
-    )
-    p.add_argument("--dataset", required=True, help="path of the (N, H, W) frames dataset")
-    p.add_argument(
-        "--labels", type=Path, required=True, help="labels (CSV run,index,class; JSON; HDF5)"
-    )
+    add_labelled_runs(p)
     p.add_argument("--out", type=Path, required=True, help="new bundle directory")
     p.add_argument("--name", help="bundle name [the --out directory's name]")
     p.add_argument("--epochs", type=int, default=3, help="[3]")
