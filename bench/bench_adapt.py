@@ -55,7 +55,18 @@ def score(bundle: Path, frames: np.ndarray, labels: np.ndarray) -> dict[str, flo
         "accuracy": float(np.mean(p.argmax(axis=1) == labels)),
         "single_precision": float((keep & truth).sum() / max(1, keep.sum())),
         "single_recall": float((keep & truth).sum() / max(1, truth.sum())),
+        "single_precision_at_recall_95": precision_at_recall(p[:, single], truth, 0.95),
     }
+
+
+def precision_at_recall(score: np.ndarray, truth: np.ndarray, recall: float) -> float:
+    """Best precision of keeping ``score >= t`` over the thresholds t that keep at least
+    ``recall`` of the true frames (the precision-recall curve read at that recall)."""
+    order = np.argsort(-score, kind="stable")
+    hits = np.cumsum(truth[order])
+    kept = np.arange(1, len(order) + 1)
+    ok = hits >= recall * max(1, truth.sum())
+    return float((hits / kept)[ok].max()) if ok.any() else 0.0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,13 +32,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def export_graphs(tmp: Path) -> dict[str, tuple[Path, int | None]]:
-    """ONNX files of the preprocessing alone, the seed CNN and the compact CNN."""
+    """ONNX files of the preprocessing alone and of every architecture's whole graph."""
     import tensorflow as tf
 
     from trainer import graph
-    from trainer.cnn import ARCHITECTURES, build_model, count_macs
+    from trainer.cnn import ARCHITECTURES, INPUT_COARSEN, build_model, count_macs, input_channels
     from trainer.export import convert_to_onnx
-    from trainer.preprocess import CHANNELS, binned_shape
+    from trainer.preprocess import input_shape
 
     out: dict[str, tuple[Path, int | None]] = {}
 
@@ -50,7 +50,8 @@ def export_graphs(tmp: Path) -> dict[str, tuple[Path, int | None]]:
     convert_to_onnx(pre, tmp / "preprocess.onnx")
     out["preprocess only"] = (tmp / "preprocess.onnx", None)
     for arch in ARCHITECTURES:
-        model = build_model(arch, (*binned_shape(), len(CHANNELS)), 4)
+        shape = (*input_shape(coarsen=INPUT_COARSEN[arch]), input_channels(arch))
+        model = build_model(arch, shape, 4)
         path = tmp / f"{arch}.onnx"
         convert_to_onnx(graph.inference_function(model), path)
         out[arch] = (path, count_macs(model))

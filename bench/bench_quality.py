@@ -2,7 +2,8 @@
 
 The three test runs of ``trainer build-default`` (same seeds), two runs with detector read
 noise, and the new-run setting of ``bench_adapt.py``; 1,000 frames each. Prints accuracy and
-single-hit precision/recall at each bundle's own threshold.
+single-hit precision/recall at each bundle's own threshold, and the precision-recall curve
+read at recall 0.95 (``P@R0.95``).
 
     .venv/bin/python bench/bench_quality.py models/default models/fast [--frames 1000]
 """
@@ -42,10 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     for name, (seed, cfg) in runs().items():
         x, y = simulate_parallel(args.frames, seed, cfg, desc=name)
         rows += [(name, b, score(b, x, y)) for b in args.bundles]
-    print(f"\n{'run':<16} {'bundle':<18} {'accuracy':>9} {'single P':>9} {'single R':>9}")
+    print(f"\n{'run':<16} {'bundle':<18} {'accuracy':>9} {'single P':>9} {'single R':>9} "
+          f"{'P@R0.95':>8}")  # fmt: skip
     for name, b, m in rows:
         print(f"{name:<16} {b!s:<18} {m['accuracy']:>9.4f} {m['single_precision']:>9.4f} "
-              f"{m['single_recall']:>9.4f}")  # fmt: skip
+              f"{m['single_recall']:>9.4f} {m['single_precision_at_recall_95']:>8.4f}")  # fmt: skip
     return 0
 
 

@@ -10,15 +10,23 @@ from pathlib import Path
 import pytest
 
 from streamer.bundle import load_bundle
-from trainer.build_default_cli import BANK_SEED, TEST_SEEDS, TRAIN_SEED, VAL_SEED, test_configs
+from trainer.build_default_cli import (
+    BANK_SEED,
+    TEST_SEEDS,
+    TRAIN_SEED,
+    VAL_SEED,
+    test_configs,
+    train_config,
+)
 from trainer.simulate import SimConfig
 
 
 def test_test_runs_differ_from_training() -> None:
     tests = test_configs()
     assert set(tests) == {"test", "test_default", "test_detector"}
-    train = SimConfig()
-    assert tests["test_default"] == train  # same settings, another seed
+    train = train_config()
+    assert tests["test_default"] == SimConfig() != train  # the simulator's defaults
+    assert train.radius_nm[0] < SimConfig().radius_nm[0] < SimConfig().radius_nm[1] < train.radius_nm[1]
     assert tests["test"] != train and tests["test_detector"] != train
     det, ref = tests["test_detector"].geometry, train.geometry
     assert det.distance_m != ref.distance_m and det.wavelength_m != ref.wavelength_m
@@ -28,7 +36,7 @@ def test_test_runs_differ_from_training() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch", ["compact", "fast"])
+@pytest.mark.parametrize("arch", ["fine", "fast"])
 def test_quick_build_writes_a_bundle_with_all_test_runs(tmp_path: Path, arch: str) -> None:
     out = tmp_path / arch
     cmd = [sys.executable, "-m", "trainer", "build-default", "--quick", "--out", str(out),
@@ -41,8 +49,9 @@ def test_quick_build_writes_a_bundle_with_all_test_runs(tmp_path: Path, arch: st
     assert summary["config"]["architecture"] == arch
     assert set(summary["runs"]) == {"train", "validation", "test", "test_default", "test_detector"}
     outputs = set(b.manifest["outputs"])
-    assert ("template_distance" in outputs) == (arch == "compact")
-    assert b.name == ("default" if arch == "compact" else "fast")
+    assert ("template_distance" in outputs) == (arch == "fine")
+    assert b.name == ("default" if arch == "fine" else "fast")
+    assert len(b.manifest["preprocessing"]["channels"]) == (5 if arch == "fine" else 2)
     refused = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert refused.returncode != 0 and "already exists" in refused.stderr
     assert json.loads((out / "manifest.json").read_text())["model"]["macs_per_frame"] > 0

@@ -33,7 +33,7 @@ from trainer.augment import (  # noqa: E402
     gap_fill_rows,
     transform_frames,
 )
-from trainer.cnn import build_model, count_macs  # noqa: E402
+from trainer.cnn import build_model, count_macs, input_channels  # noqa: E402
 from trainer.export import export_bundle  # noqa: E402
 from trainer.simulate import SIM_CLASSES, simulate_run, write_run  # noqa: E402
 from trainer.train import (  # noqa: E402
@@ -114,6 +114,39 @@ def test_numpy_and_tensorflow_preprocessing_agree(frames, coarsen: int) -> None:
     np.testing.assert_allclose(ph_tf.numpy(), ph_np, rtol=1e-5, atol=1e-3)
 
 
+def test_detail_channels_agree_and_stay_finite(frames) -> None:
+    x = _corrupt(frames.frames[:12])
+    img_np, ph_np = pp.preprocess(x, details=True)
+    img_tf, ph_tf = graph.preprocess(tf.constant(x), details=True)
+    assert img_np.shape == (12, 130, 128, len(pp.CHANNELS) + len(pp.DETAIL_CHANNELS))
+    assert np.isfinite(img_np).all()
+    np.testing.assert_allclose(img_tf.numpy(), img_np, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(ph_np, pp.preprocess(x)[1])  # photons do not change
+    np.testing.assert_array_equal(img_np[..., :2], pp.preprocess(x)[0])
+    b = pp.bin_frames(x)
+    assert (np.abs(img_np[..., 2:]) <= np.sqrt(b)[..., None] + 1e-5).all()  # hot pixels tamed
+    assert (img_np[..., 2:][pp.binned_mask() == 0] == 0).all()
+    with pytest.raises(ValueError, match="coarsen"):
+        pp.preprocess(x, coarsen=2, details=True)
+
+
+def test_detail_channels_keep_fringes_that_binning_cancels() -> None:
+    """Fringes 4 pixels apart at phase π/4: every 2×2 bin holds the same count, so the
+    binned image has no fringe at all; the row details carry it, alternating bin by bin."""
+    g = DetectorGeometry()
+    rows = np.arange(g.shape[0], dtype=np.float64)
+    fringe = 50.0 * (1.0 + np.cos(np.pi * rows / 2 + np.pi / 4))
+    x = np.broadcast_to(fringe[:, None], g.shape).astype(np.float32)[None]
+    img, _ = pp.preprocess(x, details=True)
+    valid = pp.binned_mask() > 0
+    level, row_detail = img[0, ..., 0], img[0, ..., 2]
+    assert np.ptp(level[valid]) < 1e-3  # binning lost the fringe
+    upper = row_detail[:60, 10]
+    assert np.abs(upper).min() > 5.0  # ±141 photons of detail over sqrt(~200)
+    assert (np.sign(upper[1:]) == -np.sign(upper[:-1])).all()
+    assert np.abs(img[0, ..., 3:][valid]).max() < 1e-3  # no column or diagonal structure
+
+
 def test_preprocessing_cleans_bad_pixels() -> None:
     g = DetectorGeometry()
     empty = np.zeros((1, *g.shape), np.float32)
@@ -166,6 +199,9 @@ def test_augmentation_is_seeded_and_respects_the_mask(frames) -> None:
     assert (a >= 0).all()
     images = augmented_inputs(x, tf.constant([4, 5])).numpy()
     assert images.shape == (6, 130, 128, 2) and np.isfinite(images).all()
+    fine = augmented_inputs(x, tf.constant([4, 5]), details=True).numpy()
+    assert fine.shape == (6, 130, 128, 5) and np.isfinite(fine).all()
+    assert np.abs(fine[..., 2:]).max() > 0
 
 
 def test_a_half_turn_about_the_beam_centre_is_exact(frames) -> None:
@@ -197,6 +233,13 @@ def test_photon_thinning_scales_counts(frames) -> None:
     z = augment_photons(tf.constant(b), tf.constant([5, 6]), config=more).numpy()
     assert 35 < (z.sum() - b.sum()) / 20 < 65  # about 50 extra photons per frame
     assert (z[:, pp.binned_mask() == 0] == 0).all()
+    raw = np.maximum(frames.frames[:20], 0) * pp.detector_mask()  # the same on raw pixels
+    y = augment_photons(tf.constant(raw), tf.constant([5, 6]), config=cfg, pixels=True).numpy()
+    assert y.shape == raw.shape and np.all(y <= raw + 1e-4)
+    assert 0.45 < y.sum() / raw.sum() < 0.55
+    z = augment_photons(tf.constant(raw), tf.constant([5, 6]), config=more, pixels=True).numpy()
+    assert 35 < (z.sum() - raw.sum()) / 20 < 65
+    assert (z[:, pp.detector_mask() == 0] == 0).all()
 
 
 def test_gap_rows_are_filled_from_their_neighbours() -> None:
@@ -211,9 +254,13 @@ def test_gap_rows_are_filled_from_their_neighbours() -> None:
 def test_architectures_and_their_cost() -> None:
     compact = build_model("compact", (130, 128, 2), 4)
     fast = build_model("fast", (65, 64, 2), 4)
+    fine = build_model("fine", (130, 128, input_channels("fine")), 4)
     seed = build_model("seed", (130, 128, 2), 4)
     assert compact.output_shape == fast.output_shape == seed.output_shape == (None, 4)
+    assert fine.output_shape == (None, 4) and graph.model_details(fine)
+    assert not graph.model_details(compact)
     assert count_macs(fast) < count_macs(compact) / 2
+    assert count_macs(compact) < count_macs(fine) < 10_000_000
     assert count_macs(compact) < 5_000_000 < 50_000_000 < count_macs(seed)
     with pytest.raises(ValueError, match="unknown architecture"):
         build_model("resnet", (130, 128, 2), 4)
@@ -339,7 +386,7 @@ def test_train_cli_reads_hdf5_runs(tmp_path: Path, frames) -> None:
 
 @pytest.mark.parametrize(
     ("bundle", "max_macs", "templates"),
-    [(DEFAULT_BUNDLE, 5_000_000, True), (FAST_BUNDLE, 1_500_000, False)],
+    [(DEFAULT_BUNDLE, 10_000_000, True), (FAST_BUNDLE, 1_500_000, False)],
     ids=["default", "fast"],
 )
 def test_shipped_bundles_classify_a_fresh_run(bundle: Path, max_macs: int, templates: bool) -> None:

@@ -11,7 +11,8 @@ Geometry, on raw frames (:func:`augment_geometry`), nearest-neighbour so counts 
   no turned gap; afterwards the detector mask is applied again.
 
 Photons, on binned counts (:func:`augment_photons`; binning is a sum, so this is exact and
-4× cheaper than at full resolution):
+4× cheaper than at full resolution; on raw pixels for models with detail channels, whose
+within-block structure must be thinned too):
   photon level ``s`` log-uniform in ``scale_range``: ``s ≤ 1`` binomial thinning (exactly a
   run with ``s`` times the fluence), ``s > 1`` each photon duplicated with probability
   ``s − 1`` (right mean, somewhat over-dispersed); extra background photons (flat / low-q
@@ -155,13 +156,21 @@ def _scatter(bins, values, shape):
     return tf.reshape(out, [n, shape[0], shape[1]])
 
 
-def _background_weights(geometry: DetectorGeometry) -> tuple[np.ndarray, np.ndarray]:
-    """Flat and low-q photon distributions over the bins (each sums to 1)."""
-    mask = np.array(ref.binned_mask(geometry), np.float64)
+def _grid_mask(geometry: DetectorGeometry, pixels: bool) -> np.ndarray:
+    """Valid raw pixels (``pixels``) or valid bins, float64."""
+    return np.array(ref.detector_mask(geometry) if pixels else ref.binned_mask(geometry), float)
+
+
+def _background_weights(
+    geometry: DetectorGeometry, pixels: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Flat and low-q photon distributions over the bins or pixels (each sums to 1)."""
+    mask = _grid_mask(geometry, pixels)
     hb, wb = mask.shape
     cy, cx = geometry.center_px
-    yy = (np.arange(hb) * ref.BIN + (ref.BIN - 1) / 2 - cy)[:, None]
-    xx = (np.arange(wb) * ref.BIN + (ref.BIN - 1) / 2 - cx)[None, :]
+    step = 1 if pixels else ref.BIN
+    yy = (np.arange(hb) * step + (step - 1) / 2 - cy)[:, None]
+    xx = (np.arange(wb) * step + (step - 1) / 2 - cx)[None, :]
     r0 = 2.0 * max(geometry.hole_radius_px, 2.0)
     lowq = mask / (1.0 + (yy**2 + xx**2) / r0**2) ** 2
     return mask.ravel() / mask.sum(), lowq.ravel() / lowq.sum()
@@ -172,15 +181,17 @@ def augment_photons(
     seed,
     geometry: DetectorGeometry | None = None,
     config: AugmentConfig | None = None,
+    pixels: bool = False,
 ):
-    """Photon-level, background and hot-pixel augmentation of binned counts (B, h, w)."""
+    """Photon-level, background and hot-pixel augmentation of binned counts (B, h, w), or
+    of raw non-negative counts (B, H, W) with ``pixels``."""
     import tensorflow as tf
 
     geometry = geometry or DetectorGeometry()
     config = config or AugmentConfig()
     b = tf.convert_to_tensor(binned, tf.float32)
     n = tf.shape(b)[0]
-    shape = ref.binned_shape(geometry)
+    shape = tuple(geometry.shape) if pixels else ref.binned_shape(geometry)
     seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 9)
     lo, hi = config.scale_range
     if (lo, hi) != (1.0, 1.0):
@@ -188,7 +199,7 @@ def augment_photons(
         b = resample_photons(b, tf.exp(log_s), seeds[1])
     k = MAX_EXTRA_PHOTONS
     if config.background_share > 0:
-        flat, lowq = _background_weights(geometry)
+        flat, lowq = _background_weights(geometry, pixels)
         f = tf.random.stateless_uniform([n, 1], seeds[2])
         probs = f * tf.constant(lowq, tf.float32) + (1.0 - f) * tf.constant(flat, tf.float32)
         blo, bhi = (math.log(v) for v in config.background_photons)
@@ -203,7 +214,7 @@ def augment_photons(
         on = tf.cast(tf.range(k)[None, :] < count[:, None], tf.float32)
         b += _scatter(bins, on, shape)
     if config.hot_pixels > 0:
-        mask = np.array(ref.binned_mask(geometry), np.float32).ravel()
+        mask = _grid_mask(geometry, pixels).ravel()
         logits = tf.tile(tf.constant(np.log(mask + 1e-30)[None, :], tf.float32), [n, 1])
         m = 4  # at most this many hot pixels per frame
         count = tf.random.stateless_poisson([n], seeds[7], config.hot_pixels, dtype=tf.int32)
@@ -239,6 +250,7 @@ def augmented_inputs(
     geometry: DetectorGeometry | None = None,
     config: AugmentConfig | None = None,
     coarsen: int = 1,
+    details: bool = False,
 ):
     """Raw frames → augmented network inputs, the training twin of ``graph.preprocess``."""
     import tensorflow as tf
@@ -248,6 +260,10 @@ def augmented_inputs(
     config = config or AugmentConfig()
     seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 3)
     x = augment_geometry(frames, seeds[0], geometry, config)
+    if details:  # photons on raw pixels, then read noise, then the exported preprocessing
+        x = augment_photons(x, seeds[1], geometry, config, pixels=True)
+        x = add_read_noise(x, seeds[2], config)
+        return graph.preprocess(x, geometry, details=True)[0]
     x = add_read_noise(x, seeds[2], config)
     b = augment_photons(graph.bin_clean(x, geometry), seeds[1], geometry, config)
     return graph.channels(graph.cap_hot(graph.coarsen_bins(b, coarsen)))

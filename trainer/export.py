@@ -59,14 +59,20 @@ def software_versions() -> dict[str, str]:
     return out
 
 
-def preprocessing_summary(coarsen: int = 1) -> dict[str, Any]:
+def preprocessing_summary(coarsen: int = 1, details: bool = False) -> dict[str, Any]:
     """The preprocessing constants baked into the graph (documentation)."""
     return {
         "steps": "2x2 sum binning; minus noise_floor, clip [0, pixel_max]; NaN->0; binned mask; "
         + (f"{coarsen}x{coarsen} sum of the bins; " if coarsen > 1 else "")
         + "hot-pixel cap "
         "hot_abs + hot_rel*mean(8 neighbours); channels sqrt(b)/level_scale and "
-        "sqrt(b/(mean(b)+shape_eps))",
+        "sqrt(b/(mean(b)+shape_eps))"
+        + (
+            "; detail channels: Haar details D of each raw 2x2 block (rows, columns, diagonal) "
+            "times b/(max(S,1)*sqrt(b+1)), S the raw block sum, non-finite -> 0"
+            if details
+            else ""
+        ),
         "bin": ref.BIN,
         "coarsen": coarsen,
         "pixel_max": ref.PIXEL_MAX,
@@ -75,7 +81,7 @@ def preprocessing_summary(coarsen: int = 1) -> dict[str, Any]:
         "hot_rel": ref.HOT_REL,
         "level_scale": ref.LEVEL_SCALE,
         "shape_eps": ref.SHAPE_EPS,
-        "channels": list(ref.CHANNELS),
+        "channels": list(ref.CHANNELS) + (list(ref.DETAIL_CHANNELS) if details else []),
     }
 
 
@@ -328,7 +334,8 @@ def export_bundle(
             "outputs": outputs,
             "model": model_info,
             "preprocessing": preprocessing_summary(
-                graph.model_coarsen(cnn, geometry) if cnn is not None else 1
+                graph.model_coarsen(cnn, geometry) if cnn is not None else 1,
+                graph.model_details(cnn) if cnn is not None else False,
             ),
             "geometry": geometry.as_attrs(),
             "training": dict(training_summary or {}),

@@ -36,18 +36,56 @@ def binned_mask_constant(geometry: DetectorGeometry | None = None) -> tf.Tensor:
 def bin_clean(frames: tf.Tensor, geometry: DetectorGeometry | None = None) -> tf.Tensor:
     """Raw (B, H, W) → binned, clipped, NaN-free, masked counts (B, h, w).
 
-    The 2×2 sum is an average times 4, the 4 folded into the mask constant. NaN removal
-    (an elementwise Where, slow in onnxruntime) runs only for batches that contain a NaN:
-    one sum over the batch decides (clipping has made ±Inf finite), an ONNX ``If``."""
+    The 2×2 sum is an average times 4, the 4 folded into the mask constant."""
     x = tf.expand_dims(tf.convert_to_tensor(frames, dtype=tf.float32), -1)
     b = tf.squeeze(tf.nn.avg_pool2d(x, ref.BIN, ref.BIN, padding="VALID"), -1)
-    scale = float(ref.BIN**2)
+    return _clean_sums(b, float(ref.BIN**2), geometry)
+
+
+def _clean_sums(b: tf.Tensor, scale: float, geometry: DetectorGeometry | None) -> tf.Tensor:
+    """Block sums divided by ``scale`` (B, h, w) → cleaned counts. NaN removal (an
+    elementwise Where, slow in onnxruntime) runs only for batches that contain a NaN: one
+    sum over the batch decides (clipping has made ±Inf finite), an ONNX ``If``."""
     b = tf.clip_by_value(b - ref.NOISE_FLOOR / scale, 0.0, ref.PIXEL_MAX / scale)
     b = b * (binned_mask_constant(geometry) * scale)
     return tf.cond(
         tf.math.is_nan(tf.reduce_sum(b)),
         lambda: tf.where(tf.math.is_nan(b), 0.0, b),
         lambda: b,
+    )
+
+
+def _haar_kernel() -> tf.Tensor:
+    """(2, 2, 1, 4) Conv kernel: a 2×2 block's sum and its row, column, diagonal details."""
+    k = np.array(
+        [[[1, 1], [1, 1]], [[1, 1], [-1, -1]], [[1, -1], [1, -1]], [[1, -1], [-1, 1]]],
+        np.float32,
+    )
+    return tf.constant(k.transpose(1, 2, 0)[:, :, None, :])
+
+
+def block_details(frames: tf.Tensor) -> tf.Tensor:
+    """Raw (B, H, W) → (B, h, w, 4) block sums and Haar details (one strided Conv)."""
+    x = tf.expand_dims(tf.convert_to_tensor(frames, dtype=tf.float32), -1)
+    return tf.nn.conv2d(x, _haar_kernel(), ref.BIN, padding="VALID")
+
+
+def bin_clean_details(
+    frames: tf.Tensor, geometry: DetectorGeometry | None = None
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Raw (B, H, W) → (cleaned counts (B, h, w) as :func:`bin_clean`, blocks (B, h, w, 4))."""
+    blocks = block_details(frames)
+    return _clean_sums(blocks[..., 0], 1.0, geometry), blocks
+
+
+def detail_channels(blocks: tf.Tensor, clean: tf.Tensor) -> tf.Tensor:
+    """(B, h, w, 4) blocks, (B, h, w) cleaned (capped) bins → (B, h, w, 3) detail z-scores."""
+    b = tf.expand_dims(clean, -1)
+    z = blocks[..., 1:] * (b / (tf.maximum(blocks[..., :1], 1.0) * tf.sqrt(b + 1.0)))
+    return tf.cond(
+        tf.reduce_all(tf.math.is_finite(tf.reduce_sum(z))),
+        lambda: z,
+        lambda: tf.where(tf.math.is_finite(z), z, 0.0),
     )
 
 
@@ -101,11 +139,33 @@ def finish(binned: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     return channels(binned), tf.reduce_sum(binned, axis=[1, 2])
 
 
+def finish_details(binned: tf.Tensor, blocks: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Cleaned binned counts and blocks → (5-channel network input, photons)."""
+    images, photons = finish(binned)
+    return tf.concat([images, detail_channels(blocks, binned)], axis=-1), photons
+
+
 def preprocess(
-    frames: tf.Tensor, geometry: DetectorGeometry | None = None, coarsen: int = 1
+    frames: tf.Tensor,
+    geometry: DetectorGeometry | None = None,
+    coarsen: int = 1,
+    details: bool = False,
 ) -> tuple[tf.Tensor, tf.Tensor]:
-    """Raw frames (B, H, W) → (network input (B, h, w, 2), photons (B,))."""
+    """Raw frames (B, H, W) → (network input (B, h, w, 2 or 5), photons (B,))."""
+    if details:
+        if coarsen != 1:
+            raise ConfigError("detail channels need the 2x2-binned image (coarsen 1)")
+        clean, blocks = bin_clean_details(frames, geometry)
+        return finish_details(cap_hot(clean), blocks)
     return finish(cap_hot(coarsen_bins(bin_clean(frames, geometry), coarsen)))
+
+
+def model_details(model) -> bool:
+    """Whether the model takes the detail channels (5 input channels, not 2)."""
+    c = int(model.input_shape[-1])
+    if c not in (len(ref.CHANNELS), len(ref.CHANNELS) + len(ref.DETAIL_CHANNELS)):
+        raise ConfigError(f"model input has {c} channels; expected 2 or 5")
+    return c != len(ref.CHANNELS)
 
 
 OUTPUTS: dict[str, dict] = {
@@ -136,6 +196,7 @@ def inference_function(model, geometry: DetectorGeometry | None = None, bank=Non
     geometry = geometry or DetectorGeometry()
     h, w = geometry.shape
     k = model_coarsen(model, geometry)
+    details = model_details(model)
     match = None
     if bank is not None and k != 1:
         raise ConfigError("a template bank needs a model on the 2x2-binned image (coarsen 1)")
@@ -151,9 +212,14 @@ def inference_function(model, geometry: DetectorGeometry | None = None, bank=Non
 
     @tf.function(input_signature=[tf.TensorSpec([None, h, w], tf.float32, name="frames")])
     def infer(frames):
-        clean = bin_clean(frames, geometry)
-        binned = cap_hot(clean) if k == 1 else None
-        images, photons = finish(binned if k == 1 else cap_hot(coarsen_bins(clean, k)))
+        if details:
+            clean, blocks = bin_clean_details(frames, geometry)
+            binned = cap_hot(clean)
+            images, photons = finish_details(binned, blocks)
+        else:
+            clean = bin_clean(frames, geometry)
+            binned = cap_hot(clean) if k == 1 else None
+            images, photons = finish(binned if k == 1 else cap_hot(coarsen_bins(clean, k)))
         logits = model(images, training=False)
         out = {"probabilities": tf.nn.softmax(logits, axis=-1), "photons": photons}
         if match is not None:

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 class TrainConfig:
     """How to train. ``class_weights``: weight each class by N / (C × its count)."""
 
-    architecture: str = "compact"
+    architecture: str = "fine"
     epochs: int = 30
     batch_size: int = 64
     learning_rate: float = 2e-3
@@ -83,14 +83,18 @@ def _check_inputs(frames: np.ndarray, labels: np.ndarray, n_classes: int, what: 
 
 
 def preprocess_batches(
-    frames: np.ndarray, geometry: DetectorGeometry, batch: int = 256, coarsen: int = 1
+    frames: np.ndarray,
+    geometry: DetectorGeometry,
+    batch: int = 256,
+    coarsen: int = 1,
+    details: bool = False,
 ):
     """Network inputs for frames, computed with the TensorFlow preprocessing in batches."""
     import tensorflow as tf
 
     from trainer import graph
 
-    fn = tf.function(lambda x: graph.preprocess(x, geometry, coarsen)[0])
+    fn = tf.function(lambda x: graph.preprocess(x, geometry, coarsen, details)[0])
     out = [fn(tf.constant(frames[i : i + batch])).numpy() for i in range(0, len(frames), batch)]
     return np.concatenate(out) if out else np.zeros((0, 0, 0, 0), np.float32)
 
@@ -111,14 +115,15 @@ def _train_dataset(frames, labels, weights, cfg: TrainConfig):
     import tensorflow as tf
 
     from trainer.augment import augmented_inputs
-    from trainer.cnn import INPUT_COARSEN
+    from trainer.cnn import INPUT_COARSEN, INPUT_DETAILS
 
     k = INPUT_COARSEN[cfg.architecture]
+    details = cfg.architecture in INPUT_DETAILS
     n = len(frames)
     labels = np.asarray(labels, np.int32)
     sample_w = weights[labels].astype(np.float32)
     if not cfg.augment:  # preprocess once, then only shuffle
-        images = preprocess_batches(frames, cfg.geometry, coarsen=k)
+        images = preprocess_batches(frames, cfg.geometry, coarsen=k, details=details)
         ds = tf.data.Dataset.from_tensor_slices((images, labels, sample_w))
         ds = ds.shuffle(n, seed=cfg.seed, reshuffle_each_iteration=True)
         return ds.batch(cfg.batch_size).prefetch(2)
@@ -136,7 +141,7 @@ def _train_dataset(frames, labels, weights, cfg: TrainConfig):
     def transform(batch, seed):
         x, y, sw = batch
         x = tf.ensure_shape(x, [None, h, w])
-        images = augmented_inputs(x, seed, cfg.geometry, cfg.augment_config, k)
+        images = augmented_inputs(x, seed, cfg.geometry, cfg.augment_config, k, details)
         return images, tf.ensure_shape(y, [None]), tf.ensure_shape(sw, [None])
 
     ds = tf.data.Dataset.zip((ds, seeds)).map(transform, num_parallel_calls=2, deterministic=True)
@@ -179,8 +184,8 @@ def train_model(
     import keras
     import tensorflow as tf
 
-    from trainer.cnn import INPUT_COARSEN, build_model
-    from trainer.preprocess import CHANNELS, input_shape
+    from trainer.cnn import INPUT_COARSEN, INPUT_DETAILS, build_model, input_channels
+    from trainer.preprocess import input_shape
 
     classes = list(classes)
     labels = np.asarray(labels, np.int64)
@@ -202,12 +207,15 @@ def train_model(
     )
     train_ds = _train_dataset(frames, labels, weights, config)
     k = INPUT_COARSEN[config.architecture]
-    val_images = preprocess_batches(val_frames, config.geometry, coarsen=k)
+    details = config.architecture in INPUT_DETAILS
+    val_images = preprocess_batches(val_frames, config.geometry, coarsen=k, details=details)
     val_ds = tf.data.Dataset.from_tensor_slices((val_images, val_labels.astype(np.int32)))
     val_ds = val_ds.batch(256)
 
     model = build_model(
-        config.architecture, (*input_shape(config.geometry, k), len(CHANNELS)), len(classes)
+        config.architecture,
+        (*input_shape(config.geometry, k), input_channels(config.architecture)),
+        len(classes),
     )
     steps = config.epochs * -(-len(frames) // config.batch_size)
     schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, steps, alpha=0.02)

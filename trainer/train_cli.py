@@ -153,7 +153,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--classes", help="class order, comma separated [single,multiple,empty,other]")
     p.add_argument("--val-fraction", type=float, default=0.2, help="validation share [0.2]")
-    p.add_argument("--arch", choices=ARCHITECTURES, default="compact", help="[compact]")
+    p.add_argument("--arch", choices=ARCHITECTURES, default="fine", help="[fine]")
     p.add_argument("--epochs", type=int, default=30, help="at most this many epochs [30]")
     p.add_argument("--batch-size", type=int, default=64, help="[64]")
     p.add_argument("--learning-rate", type=float, default=2e-3, help="[2e-3]")
