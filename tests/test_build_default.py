@@ -26,7 +26,8 @@ def test_test_runs_differ_from_training() -> None:
     assert set(tests) == {"test", "test_default", "test_detector"}
     train = train_config()
     assert tests["test_default"] == SimConfig() != train  # the simulator's defaults
-    assert train.radius_nm[0] < SimConfig().radius_nm[0] < SimConfig().radius_nm[1] < train.radius_nm[1]
+    lo, hi = SimConfig().radius_nm
+    assert train.radius_nm[0] < lo < hi < train.radius_nm[1]  # unequal pairs in training
     assert tests["test"] != train and tests["test_detector"] != train
     det, ref = tests["test_detector"].geometry, train.geometry
     assert det.distance_m != ref.distance_m and det.wavelength_m != ref.wavelength_m

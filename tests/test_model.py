@@ -119,6 +119,7 @@ def test_detail_channels_agree_and_stay_finite(frames) -> None:
     img_np, ph_np = pp.preprocess(x, details=True)
     img_tf, ph_tf = graph.preprocess(tf.constant(x), details=True)
     assert img_np.shape == (12, 130, 128, len(pp.CHANNELS) + len(pp.DETAIL_CHANNELS))
+    np.testing.assert_allclose(ph_tf.numpy(), ph_np, rtol=1e-5, atol=1e-3)
     assert np.isfinite(img_np).all()
     np.testing.assert_allclose(img_tf.numpy(), img_np, rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(ph_np, pp.preprocess(x)[1])  # photons do not change
