@@ -1,11 +1,11 @@
-"""CNN architectures (Keras 3). Input: preprocessed images ``(B, 130, 128, 3)`` from
+"""CNN architectures (Keras 3). Input: preprocessed images ``(B, 130, 128, 2 or 5)`` from
 :mod:`trainer.graph`; output: class logits ``(B, C)`` (softmax is added at export).
 
 - ``seed``: the network of the published workflow (SEED.md), adapted to our input and to C
   classes: Conv(32)-ReLU-Dropout-MaxPool → Conv(32)-ReLU-MaxPool → Conv(64)-ReLU-MaxPool →
   ZeroPad(1)-Conv(64)-ReLU-Dropout-MaxPool → Flatten → Dense(64)-ReLU-Dropout → Dense(C).
   About 70 M multiply-adds per frame.
-- ``compact`` (default): a strided 3×3 stem, then depthwise-separable stride-2 blocks
+- ``compact``: a strided 3×3 stem, then depthwise-separable stride-2 blocks
   with BatchNorm (folded into the convolutions by onnxruntime), global average and max
   pooling, one dense layer. About 4 M multiply-adds per frame, so that a CPU serves
   thousands of frames/s. No pooling before the stem: the fringes of multiple hits are
@@ -15,10 +15,10 @@
   blocks. About 1 M multiply-adds per frame: the CPU bundle that keeps up with a full-rate
   feed on 2 cores; fringes finer than 4 pixels are lost, so it is less accurate on
   multiple hits of large separation.
-- ``fine``: ``compact`` fed three more channels, the Haar details of each 2×2 block of raw
-  pixels (:mod:`trainer.preprocess` step 5), so fringes 4–5 pixels apart, which binning
-  attenuates or, at an unlucky phase, cancels, reach the network; wider blocks. About 9.5 M
-  multiply-adds.
+- ``fine`` (the default; models/default): ``compact`` fed three more channels, the Haar
+  details of each 2×2 block of raw pixels (:mod:`trainer.preprocess` step 5), so fringes
+  4–5 pixels apart, which binning attenuates or, at an unlucky phase, cancels, reach the
+  network; wider blocks (24–128 channels). About 9.5 M multiply-adds.
 """
 
 from __future__ import annotations

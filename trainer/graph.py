@@ -78,12 +78,15 @@ def bin_clean_details(
     return _clean_sums(blocks[..., 0], 1.0, geometry), blocks
 
 
-def detail_channels(blocks: tf.Tensor, clean: tf.Tensor) -> tf.Tensor:
-    """(B, h, w, 4) blocks, (B, h, w) cleaned (capped) bins → (B, h, w, 3) detail z-scores."""
-    b = tf.expand_dims(clean, -1)
-    z = blocks[..., 1:] * (b / (tf.maximum(blocks[..., :1], 1.0) * tf.sqrt(b + 1.0)))
+def _details_first(blocks: tf.Tensor, binned: tf.Tensor) -> tf.Tensor:
+    """(B, h, w, 4) blocks, (B, h, w) cleaned (capped) bins → (B, 3, h, w) detail z-scores.
+
+    Built per channel on (B, h, w) slices and stacked channels-first, so that, concatenated
+    with :func:`_channels_first` and transposed once, no layout copy is left in ONNX."""
+    gate = binned / (tf.maximum(blocks[..., 0], 1.0) * tf.sqrt(binned + 1.0))
+    z = tf.stack([blocks[..., k] * gate for k in (1, 2, 3)], axis=1)
     return tf.cond(
-        tf.reduce_all(tf.math.is_finite(tf.reduce_sum(z))),
+        tf.math.is_finite(tf.reduce_sum(z)),
         lambda: z,
         lambda: tf.where(tf.math.is_finite(z), z, 0.0),
     )
@@ -102,18 +105,22 @@ def bin_frames(frames: tf.Tensor, geometry: DetectorGeometry | None = None) -> t
     return cap_hot(bin_clean(frames, geometry))
 
 
+def _channels_first(binned: tf.Tensor) -> tf.Tensor:
+    """(B, h, w) cleaned binned counts → (B, 2, h, w): ``sqrt(b)`` times per-frame scales."""
+    s = tf.expand_dims(tf.sqrt(binned), 1)
+    mean = tf.reduce_mean(binned, axis=[1, 2])
+    level = tf.fill(tf.shape(mean), 1.0 / ref.LEVEL_SCALE)
+    scales = tf.stack([level, tf.math.rsqrt(mean + ref.SHAPE_EPS)], axis=1)
+    return s * tf.reshape(scales, [-1, 2, 1, 1])
+
+
 def channels(binned: tf.Tensor) -> tf.Tensor:
     """(B, h, w) cleaned binned counts → (B, h, w, 2) network input.
 
     Both channels are ``sqrt(b)`` times a per-frame scale, built as ONE broadcast multiply
     into (B, 2, h, w) and transposed to channels-last; tf2onnx cancels that transpose
     against the one it puts before the first convolution (NCHW), so no copy remains."""
-    s = tf.expand_dims(tf.sqrt(binned), 1)
-    mean = tf.reduce_mean(binned, axis=[1, 2])
-    level = tf.fill(tf.shape(mean), 1.0 / ref.LEVEL_SCALE)
-    scales = tf.stack([level, tf.math.rsqrt(mean + ref.SHAPE_EPS)], axis=1)
-    x = s * tf.reshape(scales, [-1, 2, 1, 1])
-    return tf.transpose(x, [0, 2, 3, 1])
+    return tf.transpose(_channels_first(binned), [0, 2, 3, 1])
 
 
 def coarsen_bins(binned: tf.Tensor, k: int) -> tf.Tensor:
@@ -141,8 +148,8 @@ def finish(binned: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
 
 def finish_details(binned: tf.Tensor, blocks: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     """Cleaned binned counts and blocks → (5-channel network input, photons)."""
-    images, photons = finish(binned)
-    return tf.concat([images, detail_channels(blocks, binned)], axis=-1), photons
+    x = tf.concat([_channels_first(binned), _details_first(blocks, binned)], axis=1)
+    return tf.transpose(x, [0, 2, 3, 1]), tf.reduce_sum(binned, axis=[1, 2])
 
 
 def preprocess(
