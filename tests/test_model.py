@@ -126,7 +126,7 @@ def test_detail_channels_agree_and_stay_finite(frames) -> None:
     np.testing.assert_array_equal(img_np[..., :2], pp.preprocess(x)[0])
     b = pp.bin_frames(x)
     assert (np.abs(img_np[..., 2:]) <= np.sqrt(b)[..., None] + 1e-5).all()  # hot pixels tamed
-    assert (img_np[..., 2:][pp.binned_mask() == 0] == 0).all()
+    assert (img_np[:, pp.binned_mask() == 0, 2:] == 0).all()
     with pytest.raises(ValueError, match="coarsen"):
         pp.preprocess(x, coarsen=2, details=True)
 
@@ -400,3 +400,5 @@ def test_shipped_bundles_classify_a_fresh_run(bundle: Path, max_macs: int, templ
     p = s.run(["probabilities"], {b.input_name: run.frames})[0]
     accuracy = float(np.mean(p.argmax(axis=1) == run.labels))
     assert accuracy >= 0.9, accuracy
+    bad = s.run(None, {b.input_name: _corrupt(run.frames[:4])})  # NaN, ±Inf, hot pixels
+    assert all(np.isfinite(v).all() for v in bad)

@@ -88,8 +88,15 @@ def _details_first(blocks: tf.Tensor, binned: tf.Tensor) -> tf.Tensor:
     return tf.cond(
         tf.math.is_finite(tf.reduce_sum(z)),
         lambda: z,
-        lambda: tf.where(tf.math.is_finite(z), z, 0.0),
+        lambda: _zero_non_finite(z),
     )
+
+
+def _zero_non_finite(x: tf.Tensor) -> tf.Tensor:
+    """NaN and ±Inf → 0, as two Wheres on IsNaN / IsInf (the only conditions that tf2onnx
+    keeps a true Where for; ``is_finite`` would become arithmetic that lets NaN through)."""
+    x = tf.where(tf.math.is_nan(x), 0.0, x)
+    return tf.where(tf.math.is_inf(x), 0.0, x)
 
 
 def cap_hot(binned: tf.Tensor) -> tf.Tensor:
