@@ -166,12 +166,24 @@ def preprocess(
     details: bool = False,
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Raw frames (B, H, W) → (network input (B, h, w, 2 or 5), photons (B,))."""
+    images, photons, _ = _inputs(frames, geometry, coarsen, details)
+    return images, photons
+
+
+def _inputs(frames, geometry, coarsen: int, details: bool):
+    """(network input, photons, cleaned 2×2 bins or None when coarsened): the one place
+    that chains the steps, for training and for the exported graph."""
     if details:
         if coarsen != 1:
             raise ConfigError("detail channels need the 2x2-binned image (coarsen 1)")
         clean, blocks = bin_clean_details(frames, geometry)
-        return finish_details(cap_hot(clean), blocks)
-    return finish(cap_hot(coarsen_bins(bin_clean(frames, geometry), coarsen)))
+        binned = cap_hot(clean)
+        return (*finish_details(binned, blocks), binned)
+    clean = bin_clean(frames, geometry)
+    if coarsen != 1:
+        return (*finish(cap_hot(coarsen_bins(clean, coarsen))), None)
+    binned = cap_hot(clean)
+    return (*finish(binned), binned)
 
 
 def model_details(model) -> bool:
@@ -226,14 +238,7 @@ def inference_function(model, geometry: DetectorGeometry | None = None, bank=Non
 
     @tf.function(input_signature=[tf.TensorSpec([None, h, w], tf.float32, name="frames")])
     def infer(frames):
-        if details:
-            clean, blocks = bin_clean_details(frames, geometry)
-            binned = cap_hot(clean)
-            images, photons = finish_details(binned, blocks)
-        else:
-            clean = bin_clean(frames, geometry)
-            binned = cap_hot(clean) if k == 1 else None
-            images, photons = finish(binned if k == 1 else cap_hot(coarsen_bins(clean, k)))
+        images, photons, binned = _inputs(frames, geometry, k, details)
         logits = model(images, training=False)
         out = {"probabilities": tf.nn.softmax(logits, axis=-1), "photons": photons}
         if match is not None:
