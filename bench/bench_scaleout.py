@@ -37,14 +37,15 @@ PY = [sys.executable, "-m", "streamer"]
 
 
 def synthetic_run(path: Path, frames: int) -> Path:
-    """Numpy-only frames (no simulator, for hosts without scipy)."""
-    if not path.exists():
-        base = frames_for((260, 257), min(frames, 256))
-        reps = int(np.ceil(frames / len(base)))
-        with h5py.File(path, "w") as f:
-            f.create_dataset(
-                "data", data=np.tile(base, (reps, 1, 1))[:frames], chunks=(32, 260, 257)
-            )
+    """Numpy-only frames (no simulator, for hosts without scipy); reused if the size matches."""
+    if path.exists():
+        with h5py.File(path, "r") as f:
+            if f["data"].shape[0] == frames:
+                return path
+    base = frames_for((260, 257), min(frames, 256))
+    reps = int(np.ceil(frames / len(base)))
+    with h5py.File(path, "w") as f:
+        f.create_dataset("data", data=np.tile(base, (reps, 1, 1))[:frames], chunks=(32, 260, 257))
     return path
 
 
