@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -54,7 +55,7 @@ def start_worker(i: int, endpoint: str, mode: str, out: Path, args: argparse.Nam
         [*PY, "serve", "--model", str(args.model), "--endpoint", endpoint, "--feed-mode", mode,
          "--out", str(out), "--run", "scale", "--worker", f"w{i}", "--metrics-port", "-1",
          "--provider", args.provider, "--summary-json", str(out / f"summary_w{i}.json"),
-         "--set", "output.min_free_bytes=0"],
+         "--set", "output.min_free_bytes=0", *shlex.split(args.serve_args)],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )  # fmt: skip
     assert proc.stdout is not None
@@ -116,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--k", type=int, default=32)
     p.add_argument("--model", type=Path, default=ROOT / "models" / "default")
     p.add_argument("--provider", default="auto")
+    p.add_argument("--serve-args", default="", help="extra `streamer serve` arguments")
     p.add_argument("--synthetic", action="store_true", help="numpy frames, no simulator")
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--json", type=Path)
