@@ -14,6 +14,7 @@ PY=${PYTHON:-python3}
 PROVIDER=${PROVIDER:-cuda}
 WORKERS=${WORKERS:-1,4,8}
 FRAMES=${FRAMES:-20000}
+KS=${KS:-32,128}  # frames per message (AGIPD sends up to 352 per train)
 OUT=${OUT:-/tmp/hitstream-gpu}
 MODEL=${MODEL:-models/default}
 mkdir -p "$OUT"
@@ -29,11 +30,17 @@ print("onnxruntime", ort.__version__, ort.get_available_providers())
 PYEOF
 "$PY" bench/bench_engine.py --model "$MODEL" --providers "cpu,$PROVIDER" --batches 256,1024 --frames 8192 \
     --cpu-frames 512 --json "$OUT/engine.json" > "$OUT/engine.txt" 2>"$OUT/engine.err" || cat "$OUT/engine.err"
-"$PY" bench/bench_scaleout.py --model "$MODEL" --provider "$PROVIDER" --topology pairs --workers "$WORKERS" \
-    --frames "$FRAMES" --synthetic --out "$OUT" --json "$OUT/scale.json" > "$OUT/scale.txt" \
+"$PY" bench/bench_scaleout.py --model "$MODEL" --provider cpu --topology pairs --workers 1 \
+    --frames "$FRAMES" --synthetic --out "$OUT" --json "$OUT/scale_cpu.json" > "$OUT/scale_cpu.txt" \
     2>"$OUT/scale.err" || cat "$OUT/scale.err"
+for k in ${KS//,/ }; do
+  "$PY" bench/bench_scaleout.py --model "$MODEL" --provider "$PROVIDER" --topology pairs --workers "$WORKERS" \
+      --frames "$FRAMES" --k "$k" --synthetic --out "$OUT" --json "$OUT/scale_k$k.json" > "$OUT/scale_k$k.txt" \
+      2>"$OUT/scale.err" || cat "$OUT/scale.err"
+done
 echo
 echo "== hitstream GPU benchmark ($(date -u +%F' '%H:%M) UTC) =="
 cat "$OUT/engine.txt" | sed -n '/^engine throughput/,$p'
 echo
-cat "$OUT/scale.txt" | sed -n '/^scale-out/,$p'
+sed -n '/^scale-out/,$p' "$OUT/scale_cpu.txt"
+for k in ${KS//,/ }; do sed -n '/^scale-out/,$p' "$OUT/scale_k$k.txt"; done

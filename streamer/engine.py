@@ -55,7 +55,9 @@ class EngineConfig:
     inter_op_threads: int = 1
     max_batch: int = 0  # 0: auto (64 on the CPU, where caches favour small batches; 1024 on GPU)
     pinned_buffers: int = 4  # staging buffers in the pool (pinned on GPU)
-    io_binding: bool = True  # GPU only
+    # GPU only. Off by default: measured on an H200 (bench/gpu_profile.sh), binding the
+    # host batch and host outputs cost 2.9x end to end against plain session.run
+    io_binding: bool = False
 
     def __post_init__(self) -> None:
         if self.provider not in PROVIDER_CHOICES:
