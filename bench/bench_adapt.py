@@ -41,6 +41,20 @@ def new_run_config():
     )
 
 
+def new_sample_config():
+    """A new sample on another detector: particles of 45–65 nm (training saw 25–45 nm), so
+    speckles and fringes are finer than any training frame; photons as in training."""
+    from streamer.geometry import DetectorGeometry
+    from trainer.simulate import SimConfig
+
+    return SimConfig(
+        geometry=DetectorGeometry(distance_m=0.62, wavelength_m=8.5e-10),
+        radius_nm=(45.0, 65.0),
+        background_photons=(10.0, 60.0),
+        center_jitter_px=1.0,
+    )
+
+
 def score(bundle: Path, frames: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """Accuracy and single-hit keep precision/recall of a bundle's ONNX graph."""
     from streamer.bundle import load_bundle
@@ -79,9 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=4242)
     ap.add_argument(
         "--setting",
-        choices=("new", "shifted"),
+        choices=("new", "new-sample", "shifted"),
         default="new",
-        help="new: new_run_config(); shifted: build-default's dimmer 'test' setting",
+        help="new: new_run_config(); new-sample: new_sample_config(); "
+        "shifted: build-default's dimmer 'test' setting",
     )
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
@@ -91,7 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     from trainer.labels import LabelTable, write_labels
     from trainer.simulate import SIM_CLASSES
 
-    cfg = new_run_config() if args.setting == "new" else test_config()
+    cfg = {"new": new_run_config, "new-sample": new_sample_config, "shifted": test_config}[
+        args.setting
+    ]()
     x, y = simulate_parallel(args.frames, args.seed, cfg, desc="new run")
     rng = np.random.default_rng(args.seed)
     picked = np.sort(rng.choice(args.frames, args.labelled, replace=False))

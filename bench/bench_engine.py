@@ -81,9 +81,11 @@ def main(argv: list[str] | None = None) -> int:
                 break
             n = args.frames if engine.on_gpu else args.cpu_frames
             frames = all_frames[: max(n, batch)]
-            variants = [("numpy input", False)] + ([("pinned pool", True)] if engine.on_gpu else [])
+            variants = [("numpy input", False)] + ([("staged pool", True)] if engine.on_gpu else [])
             for label, pinned in variants:
                 fps = time_engine(engine, frames, batch, pinned=pinned, repeats=args.repeats)
+                if pinned:
+                    label += " (pinned)" if engine.create_pool().pinned else " (pageable)"
                 rows.append({"provider": engine.provider, "batch": batch, "input": label,
                              "frames_per_s": fps})  # fmt: skip
     base = next((r["frames_per_s"] for r in rows if r["provider"] == "CPU"), None)

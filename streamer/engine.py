@@ -89,6 +89,7 @@ class BufferPool:
     def __init__(self, buffers: list[np.ndarray], handles: list[Any] | None = None) -> None:
         self._buffers = buffers
         self._handles = handles or [None] * len(buffers)
+        self.pinned = handles is not None  # page-locked memory from onnxruntime
         self._free: queue.Queue[int] = queue.Queue()
         for i in range(len(buffers)):
             self._free.put(i)
