@@ -24,6 +24,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import h5py
 import numpy as np
 
+PHOTON_BINS = ((0, 400), (400, 1000), (1000, 3000), (3000, np.inf))
+
 
 def new_run_config():
     """A setting outside every training mixture and test run of ``trainer build-default``."""
@@ -65,8 +67,16 @@ def score(bundle: Path, frames: np.ndarray, labels: np.ndarray) -> dict[str, flo
     single = b.classes.index("single")
     keep = (p.argmax(axis=1) == single) & (p[:, single] >= b.thresholds.get("single", 0.0))
     truth = labels == single
+    right = p.argmax(axis=1) == labels
+    photons = np.nansum(np.clip(frames, 0, None), axis=(1, 2))  # signal + background
+    by_photons = {
+        f"{lo:g}-{hi:g}": float(right[(photons >= lo) & (photons < hi)].mean())
+        for lo, hi in PHOTON_BINS
+        if ((photons >= lo) & (photons < hi)).any()
+    }
     return {
-        "accuracy": float(np.mean(p.argmax(axis=1) == labels)),
+        "accuracy": float(np.mean(right)),
+        "accuracy_by_photons": by_photons,
         "single_precision": float((keep & truth).sum() / max(1, keep.sum())),
         "single_recall": float((keep & truth).sum() / max(1, truth.sum())),
         "single_precision_at_recall_95": precision_at_recall(p[:, single], truth, 0.95),
@@ -148,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, m in (("before", before), ("after", after)):
         print(
             f"{name:<8} {m['accuracy']:>9.4f} {m['single_precision']:>9.4f} "
-            f"{m['single_recall']:>9.4f}"
+            f"{m['single_recall']:>9.4f}   by photons: "
+            + ", ".join(f"{k} {v:.3f}" for k, v in m["accuracy_by_photons"].items())
         )
     if args.json:
         result = {"before": before, "after": after, "seconds": seconds, **vars(args)}

@@ -48,3 +48,12 @@ def test_finetune_cli(tmp_path: Path) -> None:
         assert report[key]["accuracy"] == pytest.approx(np.mean(p.argmax(1) == y), abs=1e-5)
     assert new.manifest["metrics"]["holdout"]["accuracy"] == report["after"]["accuracy"]
     assert main(args) == 2  # exists, no --force
+
+
+def test_auto_epochs_give_few_labels_many_passes_and_many_labels_few() -> None:
+    from trainer.finetune_cli import AUTO_EPOCHS, auto_epochs
+
+    assert auto_epochs(140) == AUTO_EPOCHS[1]  # ~200 hand-picked labels, 70 % trained on
+    assert auto_epochs(500) == 6
+    assert auto_epochs(10_000) == AUTO_EPOCHS[0]
+    assert auto_epochs(0) == AUTO_EPOCHS[1]
