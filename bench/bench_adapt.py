@@ -24,7 +24,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import h5py
 import numpy as np
 
-PHOTON_BINS = ((0, 400), (400, 1000), (1000, 3000), (3000, np.inf))
+PHOTON_BINS = ((0, 300), (300, 1000), (1000, 3000), (3000, np.inf))
 
 
 def new_run_config():
@@ -63,12 +63,12 @@ def score(bundle: Path, frames: np.ndarray, labels: np.ndarray) -> dict[str, flo
     from trainer.evaluate import run_graph
 
     b = load_bundle(bundle, verify=True)
-    p = run_graph(b.model_path, frames, b.input_name, progress=False)["probabilities"]
+    out = run_graph(b.model_path, frames, b.input_name, progress=False)
+    p, photons = out["probabilities"], out["photons"]  # photons after the graph's cleaning
     single = b.classes.index("single")
     keep = (p.argmax(axis=1) == single) & (p[:, single] >= b.thresholds.get("single", 0.0))
     truth = labels == single
     right = p.argmax(axis=1) == labels
-    photons = np.nansum(np.clip(frames, 0, None), axis=(1, 2))  # signal + background
     by_photons = {
         f"{lo:g}-{hi:g}": float(right[(photons >= lo) & (photons < hi)].mean())
         for lo, hi in PHOTON_BINS
@@ -98,8 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", type=Path, default=Path("models/default"))
     ap.add_argument("--frames", type=int, default=2000)
     ap.add_argument("--labelled", type=int, default=200)
-    ap.add_argument("--epochs", type=int, default=8)
-    ap.add_argument("--learning-rate", type=float, default=2e-4)
+    ap.add_argument("--epochs", type=int, help="[trainer finetune's automatic choice]")
+    ap.add_argument("--learning-rate", type=float, default=5e-4)
     ap.add_argument("--seed", type=int, default=4242)
     ap.add_argument(
         "--setting",
@@ -148,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
             holdout_fraction=0.2,
         )
         seconds = time.perf_counter() - t0
+        manifest = json.loads((Path(tmp) / "adapted" / "manifest.json").read_text())
+        args.epochs = manifest["training"]["config"]["epochs"]
         after = score(Path(tmp) / "adapted", x[rest], y[rest])
     print(
         f"\n{args.model}: {args.labelled} labelled frames of a new run ({args.setting} setting), "
