@@ -35,11 +35,13 @@ from streamer.model_swap import ModelSwapper
 from streamer.protocol import Limits, deserialize
 from streamer.run_index import build_run_index
 from streamer.types import EndOfRun, ResultBatch
+from streamer.units import estimate_photon_unit
 from streamer.writer import RollingWriter, WriterConfig
 
 log = logging.getLogger(__name__)
 
 _STOP = object()  # queue sentinel
+UNITS_CHECK_FRAMES = 16  # the first batch at least this large is checked for photon units
 
 
 @dataclass
@@ -63,6 +65,7 @@ class RunSummary:
     latency: dict[str, float] = field(default_factory=dict)
     end_of_run: dict[str, Any] | None = None
     error: str | None = None
+    warnings: list[str] = field(default_factory=list)  # e.g. frames not in photons
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -172,6 +175,8 @@ class Pipeline:
         self._done = threading.Event()
         self._threads: list[threading.Thread] = []
         self._errors: list[str] = []
+        self._warnings: list[str] = []
+        self._units_checked = False
         self._writer_failed = False
         self._end: EndOfRun | None = None
         self._last_train: int | None = None
@@ -385,12 +390,24 @@ class Pipeline:
                 self._release(staged.pool_index)
                 continue
             done = time.monotonic()
+            if not self._units_checked and len(staged.batch) >= UNITS_CHECK_FRAMES:
+                self._check_units(staged.batch.frames)
             m.batch_latency.observe(done - t)
             m.batch_size.observe(len(staged.batch))
             m.observe_latencies(done - staged.batch.received)
             m.frames_classified.inc(len(staged.batch))
             m.observe_labels(result.label, done)
             self._write_q.put((result, staged.pool_index))
+
+    def _check_units(self, frames: np.ndarray) -> None:
+        """Once per run: warn when the frames do not look like photon counts in the
+        configured ``engine.photon_unit`` (:mod:`streamer.units`)."""
+        self._units_checked = True
+        unit = self.config.engine.photon_unit
+        advice = estimate_photon_unit(frames[:64]).advice(unit, "feed")
+        if advice:
+            log.warning("%s", advice)
+            self._warnings.append(advice)
 
     def _write_loop(self) -> None:
         m, w = self.metrics, self.writer
@@ -497,4 +514,5 @@ class Pipeline:
                 log.error("run index: %s", exc)
                 self._errors.append(f"index: {exc}")
         s.error = "; ".join(self._errors) or None
+        s.warnings = list(self._warnings)
         return s

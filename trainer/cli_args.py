@@ -15,3 +15,15 @@ def add_labelled_runs(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--labels", type=Path, required=True, help="labels (CSV run,index,class; JSON; HDF5)"
     )
+    add_photon_unit(p)
+
+
+def add_photon_unit(p: argparse.ArgumentParser) -> None:
+    """``--photon-unit``: one photon's value in the files' units (frames are read in photons)."""
+    p.add_argument(
+        "--photon-unit",
+        type=float,
+        default=1.0,
+        help="one photon in the files' units, e.g. ADU per photon; frames are divided by it "
+        "[1: the files hold photons]. A warning says when the frames do not look like it",
+    )

@@ -48,6 +48,7 @@ def evaluate_bundle(
     batch: int = 128,
     threads: int = 0,
     progress: bool = True,
+    photon_unit: float = 1.0,
 ) -> dict[str, Any]:
     """Run the bundle's graph over the labelled frames and compute (and write) metrics."""
     from streamer.bundle import load_bundle
@@ -57,7 +58,12 @@ def evaluate_bundle(
 
     bundle = load_bundle(model, verify=True)
     data = load_labelled(
-        runs, read_labels(labels), bundle.classes, frame_shape=bundle.frame_shape, progress=progress
+        runs,
+        read_labels(labels),
+        bundle.classes,
+        frame_shape=bundle.frame_shape,
+        photon_unit=photon_unit,
+        progress=progress,
     )
     t0 = time.perf_counter()
     outputs = run_graph(bundle.model_path, data.frames, bundle.input_name, batch, threads, progress)
@@ -115,7 +121,15 @@ def summary_lines(m: dict[str, Any]) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     runs = [(p, args.dataset) for p in args.data]
     m = evaluate_bundle(
-        args.model, runs, args.labels, args.out, args.positive, args.bins, args.batch, args.threads
+        args.model,
+        runs,
+        args.labels,
+        args.out,
+        args.positive,
+        args.bins,
+        args.batch,
+        args.threads,
+        photon_unit=args.photon_unit,
     )
     print("\n".join(summary_lines(m)), flush=True)
     if args.out is not None:

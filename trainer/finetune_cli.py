@@ -70,6 +70,7 @@ def finetune_bundle(
     augment: bool = True,
     force: bool = False,
     progress: bool = True,
+    photon_unit: float = 1.0,
 ) -> dict[str, Any]:
     """Fine-tune, export and measure (module docstring); returns ``finetune.json``'s content."""
     import keras
@@ -106,7 +107,12 @@ def finetune_bundle(
     )
     classes = list(src.classes)
     data = load_labelled(
-        runs, read_labels(labels), classes, frame_shape=src.frame_shape, progress=progress
+        runs,
+        read_labels(labels),
+        classes,
+        frame_shape=src.frame_shape,
+        photon_unit=photon_unit,
+        progress=progress,
     )
     train_idx, hold_idx = stratified_split(data.y, holdout_fraction, seed)
     if len(train_idx) == 0 or len(hold_idx) == 0:
@@ -152,6 +158,7 @@ def finetune_bundle(
         "source": {"path": str(model), "name": src.name, "version": src.version},
         "runs": [str(p) for p, _ in runs],
         "dataset": runs[0][1],
+        "photon_unit": photon_unit,
         "labels": str(labels),
         "frames": {"train": len(train_idx), "holdout": len(hold_idx)},
         "class_counts": data.counts(),
@@ -225,6 +232,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         augment=not args.no_augment,
         force=args.force,
+        photon_unit=args.photon_unit,
     )
     lines = [
         f"wrote {args.out} ({r['bundle']['name']}:{r['bundle']['version']}); "

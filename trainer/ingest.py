@@ -26,6 +26,8 @@ Matching labels to runs (``load_labelled``)
 from __future__ import annotations
 
 import contextlib
+import logging
+import math
 import os
 import sys
 from collections.abc import Iterable, Iterator, Sequence
@@ -39,6 +41,8 @@ import numpy as np
 from streamer.errors import ConfigError, InputDataError
 from trainer.h5files import PathLike, datasets_hint, open_h5, plain
 from trainer.labels import LabelTable
+
+log = logging.getLogger(__name__)
 
 PROGRESS_MIN_FRAMES = 1000  # a tqdm bar (stderr) above this many frames, unless told
 READ_BLOCK_BYTES = 64 * 2**20  # most bytes (file dtype) read by one HDF5 call
@@ -60,9 +64,17 @@ class RunInfo:
 class RunSource:
     """An open ``(N, H, W)`` frames dataset; nothing is read until asked. Context manager."""
 
-    def __init__(self, path: Path, dataset: str, file: h5py.File, dset: h5py.Dataset) -> None:
+    def __init__(
+        self,
+        path: Path,
+        dataset: str,
+        file: h5py.File,
+        dset: h5py.Dataset,
+        photon_unit: float = 1.0,
+    ) -> None:
         self.path = path
         self.dataset = dataset
+        self.photon_unit = photon_unit  # one photon in the file's units; frames come in photons
         self.shape: tuple[int, int, int] = tuple(int(n) for n in dset.shape)  # type: ignore[assignment]
         self.dtype: np.dtype = dset.dtype
         self.chunks: tuple[int, ...] | None = dset.chunks
@@ -124,13 +136,20 @@ class RunSource:
 
 
 def open_run(
-    path: PathLike, dataset: str, *, frame_shape: tuple[int, int] | None = None
+    path: PathLike,
+    dataset: str,
+    *,
+    frame_shape: tuple[int, int] | None = None,
+    photon_unit: float = 1.0,
 ) -> RunSource:
     """Open the ``(N, H, W)`` integer/float ``dataset`` of an HDF5/CXI file, lazily.
 
-    ``frame_shape``: the ``(H, W)`` expected, checked. Raises InputDataError naming the file
-    (and listing its 3-D datasets when ``dataset`` is wrong).
+    ``frame_shape``: the ``(H, W)`` expected, checked. ``photon_unit``: one photon's value in
+    the file's units (ADU, keV, ...); frames are read divided by it, i.e. in photons. Raises
+    InputDataError naming the file (and listing its 3-D datasets when ``dataset`` is wrong).
     """
+    if not (math.isfinite(photon_unit) and photon_unit > 0):
+        raise ConfigError(f"photon unit must be a positive number, got {photon_unit}")
     p = Path(path)
     f = open_h5(p, "run file")
     try:
@@ -159,7 +178,7 @@ def open_run(
                 f"{p}: dataset {dataset!r} has frames of {tuple(obj.shape[1:])} pixels, "
                 f"expected {tuple(frame_shape)}"
             )
-        return RunSource(p, dataset, f, obj)
+        return RunSource(p, dataset, f, obj, photon_unit)
     except BaseException:
         f.close()
         raise
@@ -197,7 +216,10 @@ class RunGroup(Sequence[RunSource]):
 
 
 def open_runs(
-    runs: Iterable[tuple[PathLike, str]], *, frame_shape: tuple[int, int] | None = None
+    runs: Iterable[tuple[PathLike, str]],
+    *,
+    frame_shape: tuple[int, int] | None = None,
+    photon_unit: float = 1.0,
 ) -> RunGroup:
     """Open ``(path, dataset)`` pairs; their frame shapes must agree (and be ``frame_shape``).
 
@@ -207,7 +229,7 @@ def open_runs(
     seen: dict[tuple[str, str], Path] = {}
     try:
         for path, dataset in runs:
-            src = open_run(path, dataset, frame_shape=frame_shape)
+            src = open_run(path, dataset, frame_shape=frame_shape, photon_unit=photon_unit)
             sources.append(src)
             key = (str(src.path.resolve()), dataset.strip("/"))
             if key in seen:
@@ -291,6 +313,8 @@ def _fill(src: RunSource, idx: np.ndarray, out: np.ndarray, bar: Any = None) -> 
             ) from exc
         if bar is not None:
             bar.update(b - a)
+    if src.photon_unit != 1.0:
+        out *= np.float32(1.0 / src.photon_unit)
 
 
 def _check_indices(src: RunSource, indices: Any) -> np.ndarray:
@@ -347,6 +371,21 @@ def iter_frames(
             out = np.empty((b - a, *source.frame_shape), np.float32)
             _fill(source, np.arange(a, b, dtype=np.int64), out, bar)
             yield a, out
+
+
+def check_units(source: RunSource, frames: np.ndarray, sample: int = 64) -> str | None:
+    """Log (and return) a warning when ``frames`` (read from ``source``, in photons) do not
+    look like photon counts in the unit in use (:mod:`streamer.units`); None when they do."""
+    from streamer.units import estimate_photon_unit
+
+    if len(frames) == 0:
+        return None
+    pick = np.linspace(0, len(frames) - 1, min(sample, len(frames))).astype(int)
+    raw = frames[pick] * np.float32(source.photon_unit)
+    advice = estimate_photon_unit(raw).advice(source.photon_unit, f"{source.path}:{source.dataset}")
+    if advice:
+        log.warning("%s", advice)
+    return advice
 
 
 # --- labelled frames ------------------------------------------------------------------------
@@ -408,13 +447,15 @@ def load_labelled(
     classes: Sequence[str] | None = None,
     *,
     frame_shape: tuple[int, int] | None = None,
+    photon_unit: float = 1.0,
     progress: bool | None = None,
 ) -> Labelled:
     """Read every labelled frame of ``runs`` (``(path, dataset)`` pairs) as float32 with its
     integer class. Each labelled run must match one file (see ``match_run``); runs without
     labels are skipped. ``classes``: the class order (default: ``labels.classes()``); labels
     outside it are an error. Frames are read in blocks, with a tqdm bar on stderr above
-    PROGRESS_MIN_FRAMES frames (``progress`` forces it on/off)."""
+    PROGRESS_MIN_FRAMES frames (``progress`` forces it on/off). ``photon_unit``: as in
+    :func:`open_run`; a warning is logged when a run's frames do not look like photons."""
     if len(labels) == 0:
         raise InputDataError("no labels to load")
     order = _check_classes(classes) if classes is not None else labels.classes()
@@ -448,7 +489,7 @@ def load_labelled(
             )
         by_run[k] = name
     class_of = {c: i for i, c in enumerate(order)}
-    with open_runs(runs, frame_shape=frame_shape) as group:
+    with open_runs(runs, frame_shape=frame_shape, photon_unit=photon_unit) as group:
         plan = []
         for k, src in enumerate(group):
             name = by_run.get(k)
@@ -476,6 +517,7 @@ def load_labelled(
         with _progress(total, progress, "read labelled frames") as bar:
             for src, _, _, idx in plan:
                 _fill(src, idx, frames[offset : offset + len(idx)], bar)
+                check_units(src, frames[offset : offset + len(idx)])
                 offset += len(idx)
         sources = {name: src.info() for src, name, _, _ in plan}
     rows = np.concatenate([r for _, _, r, _ in plan]) if plan else np.zeros(0, np.int64)

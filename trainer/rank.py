@@ -82,21 +82,27 @@ def rank_run(
     chunk: int = 256,
     progress: bool = True,
     include_templates: bool = False,
+    photon_unit: float = 1.0,
 ) -> Ranking:
     """Score every frame of ``path:dataset`` against ``bank`` (chunked, tqdm on stderr).
 
     Like the seed, the frames the bank was built from are left out when the bank names
-    this run as their source (``include_templates`` keeps them: distance 0)."""
-    from trainer.ingest import iter_frames, match_run, open_run
+    this run as their source (``include_templates`` keeps them: distance 0). Frames are
+    read in photons (``photon_unit``: see :func:`trainer.ingest.open_run`); a warning is
+    logged when a sample of them does not look like photon counts."""
+    from trainer.ingest import check_units, iter_frames, match_run, open_run, read_frames
 
     matcher = bank.matcher()
     exclude = np.zeros(0, np.int64)
     if not include_templates:
         mine = [k for k, r in enumerate(bank.source_run) if r and match_run(r, [path]) == 0]
         exclude = bank.source_index[mine]
-    with open_run(path, dataset, frame_shape=tuple(bank.geometry.shape)) as src:
+    shape = tuple(bank.geometry.shape)
+    with open_run(path, dataset, frame_shape=shape, photon_unit=photon_unit) as src:
         if src.n_frames == 0:
             raise InputDataError(f"{path}:{dataset}: no frames")
+        sample = np.linspace(0, src.n_frames - 1, min(64, src.n_frames)).astype(np.int64)
+        check_units(src, read_frames(src, np.unique(sample), progress=False))
         with prefetch(iter_frames(src, chunk, progress=progress)) as blocks:
             return score_frames(matcher, blocks, exclude)
 

@@ -6,12 +6,15 @@ import argparse
 import time
 from pathlib import Path
 
+from trainer.cli_args import add_photon_unit
+
 HELP = "rank every frame of a run by its template distance (CSV + picture grids)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", type=Path, help="HDF5/CXI file with the frames (RUN.h5)")
     p.add_argument("--dataset", required=True, help="path of the (N, H, W) frames dataset")
+    add_photon_unit(p)
     p.add_argument("--bank", type=Path, required=True, help="template bank (trainer templates)")
     p.add_argument("--out", type=Path, help="output directory [./<RUN stem>_rank]")
     p.add_argument("--top", type=int, default=64, help="frames per picture grid [64]")
@@ -50,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
         chunk=args.chunk,
         progress=True,
         include_templates=args.include_templates,
+        photon_unit=args.photon_unit,
     )
     dt = time.perf_counter() - t0
     try:

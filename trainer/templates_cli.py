@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from streamer.errors import InputDataError
+from trainer.cli_args import add_photon_unit
 
 HELP = "build a template bank (HDF5) from the frames of a run labelled single"
 
@@ -19,6 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     d = PolarConfig()
     p.add_argument("run", type=Path, help="HDF5/CXI file with the frames (RUN.h5)")
     p.add_argument("--dataset", required=True, help="path of the (N, H, W) frames dataset")
+    add_photon_unit(p)
     p.add_argument(
         "--labels", type=Path, required=True, help="labels (CSV run,index,class; JSON; HDF5)"
     )
@@ -74,7 +76,7 @@ def labelled_indices(labels: Path, run: Path, cls: str) -> np.ndarray:
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    from trainer.ingest import open_run, read_frames
+    from trainer.ingest import check_units, open_run, read_frames
     from trainer.templates import PolarConfig, build_bank, save_bank
 
     log = logging.getLogger("trainer.templates")
@@ -91,8 +93,9 @@ def run(args: argparse.Namespace) -> int:
         linear_weight=args.linear_weight,
         smooth_px=args.smooth_px,
     )
-    with open_run(args.run, args.dataset) as src:
+    with open_run(args.run, args.dataset, photon_unit=args.photon_unit) as src:
         frames = read_frames(src, idx)
+        check_units(src, frames)
     bank = build_bank(
         frames, mode=args.mode, source_run=args.run.name, source_index=idx, polar=polar
     )

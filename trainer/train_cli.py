@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,9 +13,10 @@ import numpy as np
 
 from streamer.errors import ConfigError, InputDataError
 from streamer.geometry import DetectorGeometry
+from trainer.cli_args import add_photon_unit
 
 HELP = "train a CNN on labelled HDF5 runs (frames + labels CSV) and export a model bundle"
-ARCHITECTURES = ("compact", "seed")  # trainer.cnn.ARCHITECTURES, without importing keras
+ARCHITECTURES = ("compact", "fast", "fine", "seed")  # trainer.cnn's, without importing keras
 log = logging.getLogger(__name__)
 
 
@@ -61,67 +61,49 @@ def load_labelled_frames(
     dataset: str = "data",
     labels_paths: Sequence[Path] | None = None,
     classes: Sequence[str] | None = None,
+    photon_unit: float = 1.0,
 ) -> LabelledFrames:
-    """Read the labelled frames of HDF5 runs.
+    """Read the labelled frames of HDF5 runs (in photons: see ``photon_unit`` of
+    :func:`trainer.ingest.open_run`).
 
-    Labels CSVs (``run,index,class``) name runs by file name (or stem); by default each run
-    has ``<stem>.labels.csv`` beside it. Only labelled frames are read.
+    Labels files (CSV ``run,index,class``, JSON or HDF5; later files win for the same frame)
+    name runs by path, file name or stem; by default each run has ``<stem>.labels.csv``
+    beside it. Only labelled frames are read.
     """
     import h5py
 
-    from trainer.simulate import default_labels_path, read_labels_csv
+    from trainer.ingest import load_labelled
+    from trainer.labels import merge_labels, read_labels
+    from trainer.simulate import default_labels_path
 
     paths = [Path(p) for p in paths]
-    if labels_paths:
-        csvs = [Path(p) for p in labels_paths]
-    else:
-        csvs = [default_labels_path(p) for p in paths]
-    wanted: dict[str, dict[int, str]] = defaultdict(dict)
-    for csv_path in csvs:
-        runs, index, names = read_labels_csv(csv_path)
-        for run, i, name in zip(runs, index.tolist(), names, strict=True):
-            wanted[run][i] = name
-    by_name = {}
-    for p in paths:
-        by_name[p.name] = p
-        by_name.setdefault(p.stem, p)
-    unknown = sorted(set(wanted) - set(by_name))
-    if unknown:
-        raise InputDataError(f"labels name runs without a file among the inputs: {unknown[:5]}")
-    all_names = [n for run in wanted.values() for n in run.values()]
-    if not all_names:
-        raise InputDataError(f"no labelled frames in {', '.join(map(str, csvs))}")
-    order = tuple(classes) if classes else class_order(all_names)
-    missing = sorted(set(all_names) - set(order))
+    files = (
+        [Path(p) for p in labels_paths] if labels_paths else [default_labels_path(p) for p in paths]
+    )
+    table = None
+    for f in files:
+        t = read_labels(f)
+        table = t if table is None else merge_labels(table, t)
+    if table is None or len(table) == 0:
+        raise InputDataError(f"no labelled frames in {', '.join(map(str, files))}")
+    order = tuple(classes) if classes else class_order(table.label.tolist())
+    missing = sorted(set(table.label.tolist()) - set(order))
     if missing:
         raise ConfigError(f"labels use classes {missing} that are not in --classes {order}")
-    frames, labels, sources = [], [], []
+    data = load_labelled([(p, dataset) for p in paths], table, order, photon_unit=photon_unit)
     geometry = None
-    for run, rows in wanted.items():
-        path = by_name[run]
-        idx = np.array(sorted(rows), np.int64)
+    for info in data.sources.values():
         try:
-            with h5py.File(path, "r") as f:
-                if dataset not in f:
-                    raise InputDataError(f"{path}: no dataset {dataset!r} (see --dataset)")
-                dset = f[dataset]
-                if dset.ndim != 3:
-                    raise InputDataError(f"{path}:{dataset} has shape {dset.shape}, want (N, H, W)")
-                if idx[-1] >= dset.shape[0]:
-                    raise InputDataError(
-                        f"{path}:{dataset} has {dset.shape[0]} frames; labels name frame {idx[-1]}"
-                    )
-                g = _geometry_of(dset, path)
-                frames.append(np.asarray(dset[idx], np.float32))
+            with h5py.File(info.path, "r") as f:
+                g = _geometry_of(f[info.dataset], info.path)
         except OSError as exc:
-            raise InputDataError(f"{path}: cannot read HDF5 ({exc})") from exc
+            raise InputDataError(f"{info.path}: cannot read HDF5 ({exc})") from exc
         if geometry is not None and g != geometry:
-            raise InputDataError(f"{path}: detector geometry differs from the other runs")
+            raise InputDataError(f"{info.path}: detector geometry differs from the other runs")
         geometry = g
-        labels.append(np.array([order.index(rows[i]) for i in idx.tolist()], np.int64))
-        sources += [(run, int(i)) for i in idx]
     assert geometry is not None
-    return LabelledFrames(np.concatenate(frames), np.concatenate(labels), order, sources, geometry)
+    sources = list(zip(data.run.tolist(), data.index.tolist(), strict=True))
+    return LabelledFrames(data.frames, data.y, order, sources, geometry)
 
 
 def stratified_split(
@@ -144,12 +126,14 @@ def stratified_split(
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("runs", nargs="+", type=Path, help="HDF5 files with frames (N, H, W)")
     p.add_argument("--dataset", default="data", help="frames dataset inside each file [data]")
+    add_photon_unit(p)
     p.add_argument(
         "--labels",
         action="append",
         type=Path,
-        metavar="CSV",
-        help="labels CSV run,index,class (repeatable) [<stem>.labels.csv beside each run]",
+        metavar="FILE",
+        help="labels CSV run,index,class, JSON or HDF5 (repeatable) [<stem>.labels.csv beside "
+        "each run]",
     )
     p.add_argument("--classes", help="class order, comma separated [single,multiple,empty,other]")
     p.add_argument("--val-fraction", type=float, default=0.2, help="validation share [0.2]")
@@ -187,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
 
         load_bank(args.bank)
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
-    data = load_labelled_frames(args.runs, args.dataset, args.labels, classes)
+    data = load_labelled_frames(args.runs, args.dataset, args.labels, classes, args.photon_unit)
     keep = [c.strip() for c in args.keep.split(",") if c.strip()]
     unknown = set(keep) - set(data.classes)
     if unknown:
@@ -226,6 +210,7 @@ def run(args: argparse.Namespace) -> int:
     summary = {
         "runs": [str(p) for p in args.runs],
         "dataset": args.dataset,
+        "photon_unit": args.photon_unit,
         "frames": {"train": len(tr), "validation": len(va)},
         "class_counts": {c: int(np.sum(data.labels == i)) for i, c in enumerate(data.classes)},
         "config": config.as_dict(),
