@@ -57,6 +57,14 @@ def new_sample_config():
     )
 
 
+def bright_config():
+    """A much brighter sample: 20,000–100,000 signal photons per reference single (training:
+    300–3,000), so speckles reach far higher q than in any training frame."""
+    from trainer.simulate import SimConfig
+
+    return SimConfig(photons=(20000.0, 100000.0), max_photons=1e6)
+
+
 def score(bundle: Path, frames: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """Accuracy and single-hit keep precision/recall of a bundle's ONNX graph."""
     from streamer.bundle import load_bundle
@@ -103,9 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=4242)
     ap.add_argument(
         "--setting",
-        choices=("new", "new-sample", "shifted"),
+        choices=("new", "new-sample", "bright", "shifted"),
         default="new",
-        help="new: new_run_config(); new-sample: new_sample_config(); "
+        help="new: new_run_config(); new-sample: new_sample_config(); bright: bright_config(); "
         "shifted: build-default's dimmer 'test' setting",
     )
     ap.add_argument("--json", type=Path)
@@ -116,9 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     from trainer.labels import LabelTable, write_labels
     from trainer.simulate import SIM_CLASSES
 
-    cfg = {"new": new_run_config, "new-sample": new_sample_config, "shifted": test_config}[
-        args.setting
-    ]()
+    settings = {"new": new_run_config, "new-sample": new_sample_config, "bright": bright_config}
+    cfg = {**settings, "shifted": test_config}[args.setting]()
     x, y = simulate_parallel(args.frames, args.seed, cfg, desc="new run")
     rng = np.random.default_rng(args.seed)
     picked = np.sort(rng.choice(args.frames, args.labelled, replace=False))
