@@ -214,6 +214,7 @@ class Pipeline:
             "frames_received": self.metrics.value("hitstream_frames_received_total"),
             "frames_classified": self.metrics.value("hitstream_frames_classified_total"),
             "per_class": dict(self.metrics.totals),
+            "warnings": list(self._warnings),
             "config": to_dict(self.config),
         }
 

@@ -133,6 +133,7 @@ def _serve(run: Path, out: Path, **extra: object) -> RunSummary:
         "output.run": "r", "output.min_free_bytes": 0, "engine.provider": "cpu", **extra,
     })  # fmt: skip
     pipeline = Pipeline(cfg)
+    assert pipeline.status()["warnings"] == []
     result: dict[str, RunSummary] = {}
     t = threading.Thread(target=lambda: result.update(s=pipeline.run()), name="pipeline")
     t.start()
@@ -143,6 +144,7 @@ def _serve(run: Path, out: Path, **extra: object) -> RunSummary:
         server.join(60)
     t.join(60)
     assert not t.is_alive()
+    assert pipeline.status()["warnings"] == result["s"].warnings  # /status shows them too
     return result["s"]
 
 
