@@ -20,6 +20,7 @@ PAGE = """<!doctype html>
   h2 { font-size: 15px; margin: 0 0 6px; }
   .dim { color: var(--dim); }
   #state.ok { color: var(--ok); } #state.bad { color: var(--bad); }
+  #warnings { color: var(--bad); margin: 0.5em 1em; }
   .tiles { display: flex; gap: 10px; margin: 12px 0; flex-wrap: wrap; }
   .tile { background: var(--panel); border-radius: 6px; padding: 8px 14px; min-width: 130px; }
   .tile .v { font-size: 26px; font-weight: 600; font-variant-numeric: tabular-nums; }
@@ -52,6 +53,7 @@ PAGE = """<!doctype html>
   <span>provider <b id="provider">–</b></span>
   <span id="state" class="dim">connecting…</span>
 </header>
+<p id="warnings" class="bad" hidden></p>
 <section class="tiles">
   <div class="tile"><div class="v" id="fps">–</div><div class="k">frames/s (last 5 s)</div></div>
   <div class="tile"><div class="v" id="hit-rate">–</div><div class="k">hit rate (last 10 s)</div>
@@ -242,6 +244,9 @@ function render(d, dt) {
   $("hit-rate").textContent = (100 * d.hit_rate).toFixed(1) + "%";
   $("classified").textContent = num(d.totals.classified);
   $("kept").textContent = num(d.totals.kept);
+  const warn = $("warnings");
+  warn.textContent = (d.warnings || []).join(" · ");
+  warn.hidden = !warn.textContent;
   const state = $("state");
   state.textContent = d.up ? "running" : "stopped";
   state.className = d.up ? "ok" : "dim";

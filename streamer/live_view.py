@@ -176,6 +176,7 @@ class LiveView:
         self._hit_names: tuple[str, ...] = ()
         self._next_id = 0
         self._started = clock()
+        self.warnings: list[str] = []  # shown above the page (the pipeline appends to it)
         self._reset(())
 
     @property
@@ -328,6 +329,7 @@ class LiveView:
             "history_s": self.history_s,
             "frames": frames,
             "uptime_s": round(now - self._started, 1),
+            "warnings": list(self.warnings),
         }
 
     def frame_png(self, frame_id: int) -> bytes | None:

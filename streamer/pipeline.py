@@ -175,7 +175,7 @@ class Pipeline:
         self._done = threading.Event()
         self._threads: list[threading.Thread] = []
         self._errors: list[str] = []
-        self._warnings: list[str] = []
+        self._warnings: list[str] = self.live.warnings if self.live is not None else []
         self._units_checked = False
         self._writer_failed = False
         self._end: EndOfRun | None = None

@@ -145,6 +145,8 @@ def _serve(run: Path, out: Path, **extra: object) -> RunSummary:
     t.join(60)
     assert not t.is_alive()
     assert pipeline.status()["warnings"] == result["s"].warnings  # /status shows them too
+    assert pipeline.live is not None  # and the live page
+    assert pipeline.live.snapshot()["warnings"] == result["s"].warnings
     return result["s"]
 
 
