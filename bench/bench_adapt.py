@@ -65,6 +65,15 @@ def bright_config():
     return SimConfig(photons=(20000.0, 100000.0), max_photons=1e6)
 
 
+def mask_config():
+    """Another detector mask: beam-stop hole of 12 px radius and a gap of 10 rows (the
+    shipped bundles' geometry: 6 px, 4 rows)."""
+    from streamer.geometry import DetectorGeometry
+    from trainer.simulate import SimConfig
+
+    return SimConfig(geometry=DetectorGeometry(hole_radius_px=12.0, gap_rows=10))
+
+
 def score(bundle: Path, frames: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """Accuracy and single-hit keep precision/recall of a bundle's ONNX graph."""
     from streamer.bundle import load_bundle
@@ -111,9 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=4242)
     ap.add_argument(
         "--setting",
-        choices=("new", "new-sample", "bright", "shifted"),
+        choices=("new", "new-sample", "bright", "mask", "shifted"),
         default="new",
         help="new: new_run_config(); new-sample: new_sample_config(); bright: bright_config(); "
+        "mask: mask_config(); "
         "shifted: build-default's dimmer 'test' setting",
     )
     ap.add_argument("--json", type=Path)
@@ -124,7 +134,12 @@ def main(argv: list[str] | None = None) -> int:
     from trainer.labels import LabelTable, write_labels
     from trainer.simulate import SIM_CLASSES
 
-    settings = {"new": new_run_config, "new-sample": new_sample_config, "bright": bright_config}
+    settings = {
+        "new": new_run_config,
+        "new-sample": new_sample_config,
+        "bright": bright_config,
+        "mask": mask_config,
+    }
     cfg = {**settings, "shifted": test_config}[args.setting]()
     x, y = simulate_parallel(args.frames, args.seed, cfg, desc="new run")
     rng = np.random.default_rng(args.seed)

@@ -243,6 +243,27 @@ def test_photon_thinning_scales_counts(frames) -> None:
     assert (z[:, pp.detector_mask() == 0] == 0).all()
 
 
+def test_mask_augmentation_widens_hole_and_gap_on_a_share_of_frames() -> None:
+    from trainer.augment import augment_mask
+
+    g = DetectorGeometry()
+    ones = tf.ones([64, *g.shape])
+    cfg = AugmentConfig(mask_share=0.5, max_hole_radius_px=16.0, max_gap_rows=14.0)
+    m = augment_mask(ones, tf.constant([3, 4]), g, cfg).numpy()
+    again = augment_mask(ones, tf.constant([3, 4]), g, cfg).numpy()
+    np.testing.assert_array_equal(m, again)  # seeded
+    cy, cx = g.center_px
+    yy, xx = np.mgrid[: g.shape[0], : g.shape[1]]
+    r = np.hypot(yy - cy, xx - cx)
+    changed = (m[:, g.valid_pixels()] == 0).any(axis=1)  # lost pixels the geometry keeps
+    assert 12 <= changed.sum() <= 48  # about half of the frames
+    assert (m[:, (r >= 16.5) & (np.abs(yy - cy) >= 7.5)] == 1).all()  # never beyond the limits
+    assert (m[~changed][:, g.valid_pixels()] == 1).all()
+    assert (m[changed][:, ~g.valid_pixels()] == 0).all()  # the hole and gap grow, never shrink
+    off = AugmentConfig(mask_share=0.0)
+    np.testing.assert_array_equal(augment_mask(ones, tf.constant([3, 4]), g, off).numpy(), 1)
+
+
 def test_gap_rows_are_filled_from_their_neighbours() -> None:
     rows = gap_fill_rows(DetectorGeometry())
     assert rows[128] == 127 and rows[129] == 126 and rows[130] == 133 and rows[131] == 132

@@ -50,6 +50,11 @@ class AugmentConfig:
     hot_pixel_photons: tuple[float, float] = (20.0, 500.0)
     read_noise_share: float = 0.5  # share of frames that get Gaussian detector read noise
     read_noise_photons: tuple[float, float] = (0.0, 0.15)  # its σ per pixel, uniform
+    # other detectors' masks: on this share of frames, a larger beam-stop hole and gap (the
+    # radius and the gap's full height uniform up to these, from the geometry's own)
+    mask_share: float = 0.5
+    max_hole_radius_px: float = 16.0
+    max_gap_rows: float = 14.0
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -226,6 +231,30 @@ def augment_photons(
     return b
 
 
+def augment_mask(frames, seed, geometry: DetectorGeometry, config: AugmentConfig):
+    """Raw frames (B, H, W) with, on a share of them, a larger central hole and gap set to 0,
+    as another detector's beam stop and gap would leave them (after all photons and noise)."""
+    import tensorflow as tf
+
+    if config.mask_share <= 0:
+        return frames
+    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 3)
+    n = tf.shape(frames)[0]
+    h, w = geometry.shape
+    cy, cx = geometry.center_px
+    yy = tf.constant((np.arange(h) - cy)[:, None], tf.float32)
+    xx = tf.constant((np.arange(w) - cx)[None, :], tf.float32)
+    on = tf.random.stateless_uniform([n], seeds[0]) < config.mask_share
+    r_lo, r_hi = geometry.hole_radius_px, max(geometry.hole_radius_px, config.max_hole_radius_px)
+    g_lo, g_hi = geometry.gap_rows / 2.0, max(geometry.gap_rows, config.max_gap_rows) / 2.0
+    r = tf.random.stateless_uniform([n], seeds[1], r_lo, r_hi)
+    g = tf.random.stateless_uniform([n], seeds[2], g_lo, g_hi)
+    r = tf.where(on, r, 0.0)[:, None, None]
+    g = tf.where(on, g, 0.0)[:, None, None]
+    keep = (yy**2 + xx**2 >= r**2) & (tf.abs(yy) >= g)
+    return frames * tf.cast(keep, frames.dtype)
+
+
 def add_read_noise(frames, seed, config: AugmentConfig):
     """Zero-mean Gaussian noise (σ per frame from ``read_noise_photons``) on a share of the
     raw frames (B, H, W), as a detector's pedestal/read noise after photon conversion."""
@@ -259,11 +288,13 @@ def augmented_inputs(
 
     config = config or AugmentConfig()
     seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 3)
+    geometry = geometry or DetectorGeometry()
+    mask_seed = tf.random.experimental.stateless_split(seeds[2], 2)[1]
     x = augment_geometry(frames, seeds[0], geometry, config)
-    if details:  # photons on raw pixels, then read noise, then the exported preprocessing
+    if details:  # photons on raw pixels, then read noise and mask, then the preprocessing
         x = augment_photons(x, seeds[1], geometry, config, pixels=True)
-        x = add_read_noise(x, seeds[2], config)
+        x = augment_mask(add_read_noise(x, seeds[2], config), mask_seed, geometry, config)
         return graph.preprocess(x, geometry, details=True)[0]
-    x = add_read_noise(x, seeds[2], config)
+    x = augment_mask(add_read_noise(x, seeds[2], config), mask_seed, geometry, config)
     b = augment_photons(graph.bin_clean(x, geometry), seeds[1], geometry, config)
     return graph.channels(graph.cap_hot(graph.coarsen_bins(b, coarsen)))
