@@ -52,9 +52,9 @@ class AugmentConfig:
     read_noise_photons: tuple[float, float] = (0.0, 0.15)  # its σ per pixel, uniform
     # other detectors' masks: on this share of frames, a larger beam-stop hole and gap (the
     # radius and the gap's full height uniform up to these, from the geometry's own)
-    mask_share: float = 0.5
-    max_hole_radius_px: float = 16.0
-    max_gap_rows: float = 14.0
+    mask_share: float = 0.3
+    max_hole_radius_px: float = 14.0
+    max_gap_rows: float = 12.0
 
     def as_dict(self) -> dict:
         return asdict(self)
