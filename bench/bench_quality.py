@@ -1,7 +1,8 @@
 """Quality of shipped bundles on simulated runs that no build trained on.
 
 The three test runs of ``trainer build-default`` (same seeds), two runs with detector read
-noise, and the new-run setting of ``bench_adapt.py``; 1,000 frames each. Prints accuracy and
+noise, and the new-run, other-mask and bright settings of ``bench_adapt.py``; 1,000 frames
+each. Prints accuracy and
 single-hit precision/recall at each bundle's own threshold, and the precision-recall curve
 read at recall 0.95 (``P@R0.95``).
 
@@ -17,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_adapt import new_run_config, score
+from bench_adapt import bright_config, mask_config, new_run_config, score
 
 
 def runs() -> dict:
@@ -29,6 +30,8 @@ def runs() -> dict:
     out["read_noise_0.05"] = (777, replace(SimConfig(), read_noise_photons=0.05))
     out["read_noise_0.10"] = (778, replace(SimConfig(), read_noise_photons=0.10))
     out["new_run"] = (4242, new_run_config())
+    out["other_mask"] = (779, mask_config())
+    out["bright"] = (780, bright_config())
     return out
 
 

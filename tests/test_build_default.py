@@ -56,3 +56,10 @@ def test_quick_build_writes_a_bundle_with_all_test_runs(tmp_path: Path, arch: st
     refused = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert refused.returncode != 0 and "already exists" in refused.stderr
     assert json.loads((out / "manifest.json").read_text())["model"]["macs_per_frame"] > 0
+
+
+def test_only_the_fast_bundle_leaves_the_detector_mask_alone() -> None:
+    from trainer.build_default_cli import augment_config_for
+
+    assert augment_config_for("fast").mask_share == 0.0
+    assert augment_config_for("fine").mask_share > 0.0
