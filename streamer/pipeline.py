@@ -35,13 +35,14 @@ from streamer.model_swap import ModelSwapper
 from streamer.protocol import Limits, deserialize
 from streamer.run_index import build_run_index
 from streamer.types import EndOfRun, ResultBatch
-from streamer.units import estimate_photon_unit
+from streamer.units import MIN_SIGNAL_PIXELS, estimate_photon_unit
 from streamer.writer import RollingWriter, WriterConfig
 
 log = logging.getLogger(__name__)
 
 _STOP = object()  # queue sentinel
-UNITS_CHECK_FRAMES = 16  # the first batch at least this large is checked for photon units
+UNITS_CHECK_FRAMES = 32  # frames of a batch looked at for the photon-unit check
+UNITS_CHECK_TRIES = 50  # batches tried until one has enough lit pixels to tell
 
 
 @dataclass
@@ -177,6 +178,7 @@ class Pipeline:
         self._errors: list[str] = []
         self._warnings: list[str] = self.live.warnings if self.live is not None else []
         self._units_checked = False
+        self._units_tries = 0
         self._writer_failed = False
         self._end: EndOfRun | None = None
         self._last_train: int | None = None
@@ -391,7 +393,7 @@ class Pipeline:
                 self._release(staged.pool_index)
                 continue
             done = time.monotonic()
-            if not self._units_checked and len(staged.batch) >= UNITS_CHECK_FRAMES:
+            if not self._units_checked:
                 self._check_units(staged.batch.frames)
             m.batch_latency.observe(done - t)
             m.batch_size.observe(len(staged.batch))
@@ -402,10 +404,14 @@ class Pipeline:
 
     def _check_units(self, frames: np.ndarray) -> None:
         """Once per run: warn when the frames do not look like photon counts in the
-        configured ``engine.photon_unit`` (:mod:`streamer.units`)."""
+        configured ``engine.photon_unit`` (:mod:`streamer.units`). Batches too dark to tell
+        (small ones at a low rate) are passed over, up to UNITS_CHECK_TRIES of them."""
+        estimate = estimate_photon_unit(frames[:UNITS_CHECK_FRAMES])
+        self._units_tries += 1
+        if estimate.signal_pixels < MIN_SIGNAL_PIXELS and self._units_tries < UNITS_CHECK_TRIES:
+            return
         self._units_checked = True
-        unit = self.config.engine.photon_unit
-        advice = estimate_photon_unit(frames[:64]).advice(unit, "feed")
+        advice = estimate.advice(self.config.engine.photon_unit, "feed")
         if advice:
             log.warning("%s", advice)
             self._warnings.append(advice)

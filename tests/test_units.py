@@ -126,7 +126,7 @@ def test_engine_divides_by_the_photon_unit_and_leaves_the_frames_alone(sim) -> N
         EngineConfig(photon_unit=-1.0)
 
 
-def _serve(run: Path, out: Path, **extra: object) -> RunSummary:
+def _serve(run: Path, out: Path, per_message: int = 16, **extra: object) -> RunSummary:
     endpoint = free_endpoint()
     cfg = load_config(None, {
         "model": str(DEFAULT), "feed.endpoint": endpoint, "output.dir": str(out),
@@ -138,7 +138,7 @@ def _serve(run: Path, out: Path, **extra: object) -> RunSummary:
     t = threading.Thread(target=lambda: result.update(s=pipeline.run()), name="pipeline")
     t.start()
     replay = ReplayConfig(
-        path=run, dataset="data", endpoint=endpoint, mode="REP", frames_per_message=16
+        path=run, dataset="data", endpoint=endpoint, mode="REP", frames_per_message=per_message
     )
     with ReplayServer(replay) as server:
         server.join(60)
@@ -170,3 +170,12 @@ def test_streamer_warns_about_a_feed_in_adu_and_classifies_it_with_the_unit(
     order = np.flatnonzero(tables.frames.kept)  # rows = frames in the order sent
     np.testing.assert_array_equal(kept, sent[order])
     assert json.dumps(fixed.as_dict())  # the summary, warnings included, is plain JSON
+
+
+def test_the_units_check_waits_for_enough_lit_pixels_in_one_frame_batches(
+    tmp_path: Path, sim
+) -> None:
+    path, _ = _adu_run(tmp_path, sim)
+    s = _serve(path, tmp_path / "single", per_message=1, **{"engine.max_batch": 1})
+    assert s.error is None and s.frames_classified == len(sim[1])
+    assert any("--photon-unit 3" in w for w in s.warnings), s.warnings
