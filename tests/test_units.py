@@ -179,3 +179,25 @@ def test_the_units_check_waits_for_enough_lit_pixels_in_one_frame_batches(
     s = _serve(path, tmp_path / "single", per_message=1, **{"engine.max_batch": 1})
     assert s.error is None and s.frames_classified == len(sim[1])
     assert any("--photon-unit 3" in w for w in s.warnings), s.warnings
+
+
+def test_rank_in_adu_warns_and_with_the_unit_scores_like_photons(
+    tmp_path: Path, sim, caplog
+) -> None:
+    from trainer.rank import rank_run
+    from trainer.templates import build_bank
+
+    x, y = sim
+    path, _ = _adu_run(tmp_path, sim)
+    photons = tmp_path / "photons.h5"
+    with h5py.File(photons, "w") as f:
+        f.create_dataset("data", data=adu(x) / np.float32(ADU))
+    bank = build_bank(x[y == 0][:8])
+    caplog.set_level(logging.WARNING, logger="trainer.ingest")
+    rank_run(path, "data", bank, progress=False)
+    assert "--photon-unit 3" in caplog.text
+    caplog.clear()
+    got = rank_run(path, "data", bank, progress=False, photon_unit=ADU)
+    assert "photon" not in caplog.text
+    ref = rank_run(photons, "data", bank, progress=False)
+    np.testing.assert_allclose(got.distance, ref.distance, rtol=1e-4, atol=1e-5)

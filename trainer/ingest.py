@@ -388,6 +388,14 @@ def check_units(source: RunSource, frames: np.ndarray, sample: int = 64) -> str 
     return advice
 
 
+def check_run_units(source: RunSource, sample: int = 64) -> str | None:
+    """:func:`check_units` on ``sample`` frames spread over the whole run."""
+    if source.n_frames == 0:
+        return None
+    idx = np.unique(np.linspace(0, source.n_frames - 1, min(sample, source.n_frames)).astype(int))
+    return check_units(source, read_frames(source, idx, progress=False))
+
+
 # --- labelled frames ------------------------------------------------------------------------
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from trainer.cli_args import add_photon_unit
 from trainer.label_server import DEFAULT_CROP, DEFAULT_PAGE_SIZE, ORDERS
 from trainer.labels import DEFAULT_CLASS_ORDER
 
@@ -20,6 +21,7 @@ HELP = "label frames by eye in a web page (thumbnails, click or keys; saved on e
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="HDF5/CXI run file(s)")
     p.add_argument("--dataset", required=True, help="path of the (N, H, W) frames dataset")
+    add_photon_unit(p)
     p.add_argument(
         "--labels",
         type=Path,
@@ -73,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
         page_size=args.page_size,
         crop=args.crop,
         progress=True,
+        photon_unit=args.photon_unit,
     )
     try:
         server = LabelServer(session, args.host, args.port)

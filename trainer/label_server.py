@@ -45,7 +45,14 @@ from streamer.errors import ConfigError, InputDataError, OutputError
 from streamer.geometry import FRAME_SHAPE, DetectorGeometry
 from streamer.http_server import send_body, threaded_server
 from trainer.h5files import HDF5_SUFFIXES, describe_3d, open_h5
-from trainer.ingest import RunGroup, iter_frames, match_run, open_runs, read_frames
+from trainer.ingest import (
+    RunGroup,
+    check_run_units,
+    iter_frames,
+    match_run,
+    open_runs,
+    read_frames,
+)
 from trainer.labels import DEFAULT_CLASS_ORDER, LabelTable, merge_labels, read_labels, write_labels
 
 log = logging.getLogger(__name__)
@@ -546,8 +553,10 @@ def open_session(
     page_size: int = DEFAULT_PAGE_SIZE,
     crop: int = DEFAULT_CROP,
     progress: bool = True,
+    photon_unit: float = 1.0,
 ) -> LabelSession:
     """Open the runs, read the labels file, score every frame once, and return the session.
+    ``photon_unit``: see :func:`trainer.ingest.open_run` (the scores need photons).
 
     ``bank``: a template bank file; without it, the bank inside the ``model`` bundle
     (``templates.h5``) if there is one. ``order``: ``template`` / ``uncertainty`` /
@@ -579,11 +588,13 @@ def open_session(
     if order == "uncertainty" and bundle is None:
         raise ConfigError("--order uncertainty needs --model")
     the_bank = load_bank(bank_path) if bank_path and (order == "template" or bank) else None
-    group = open_runs([(p, dataset) for p in paths])
+    group = open_runs([(p, dataset) for p in paths], photon_unit=photon_unit)
     try:
         _run_names(table, paths)  # ambiguous run names fail before the scoring
         if group.n_frames == 0:
             raise InputDataError(f"{', '.join(map(str, paths))}: no frames in {dataset!r}")
+        for src in group:
+            check_run_units(src)
         distance = template_distances(group, the_bank, progress=progress) if the_bank else None
         probs = model_probabilities(group, bundle, progress=progress) if bundle else None
         geometry = _geometry(

@@ -90,7 +90,7 @@ def rank_run(
     this run as their source (``include_templates`` keeps them: distance 0). Frames are
     read in photons (``photon_unit``: see :func:`trainer.ingest.open_run`); a warning is
     logged when a sample of them does not look like photon counts."""
-    from trainer.ingest import check_units, iter_frames, match_run, open_run, read_frames
+    from trainer.ingest import check_run_units, iter_frames, match_run, open_run
 
     matcher = bank.matcher()
     exclude = np.zeros(0, np.int64)
@@ -101,8 +101,7 @@ def rank_run(
     with open_run(path, dataset, frame_shape=shape, photon_unit=photon_unit) as src:
         if src.n_frames == 0:
             raise InputDataError(f"{path}:{dataset}: no frames")
-        sample = np.linspace(0, src.n_frames - 1, min(64, src.n_frames)).astype(np.int64)
-        check_units(src, read_frames(src, np.unique(sample), progress=False))
+        check_run_units(src)
         with prefetch(iter_frames(src, chunk, progress=progress)) as blocks:
             return score_frames(matcher, blocks, exclude)
 
