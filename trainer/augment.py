@@ -233,7 +233,9 @@ def augment_photons(
 
 def augment_mask(frames, seed, geometry: DetectorGeometry, config: AugmentConfig):
     """Raw frames (B, H, W) with, on a share of them, a larger central hole and gap set to 0,
-    as another detector's beam stop and gap would leave them (after all photons and noise)."""
+    as another detector's beam stop and gap would leave them. Applied after read noise; for
+    the models that see the block details also after the photon augmentation (for the
+    others that runs on the bins afterwards and may put background photons there)."""
     import tensorflow as tf
 
     if config.mask_share <= 0:
