@@ -29,8 +29,8 @@ PHOTON_BINS = ((0, 300), (300, 1000), (1000, 3000), (3000, np.inf))
 
 def new_run_config():
     """A setting outside every training mixture and test run of ``trainer build-default``."""
-    from streamer.geometry import DetectorGeometry
-    from trainer.simulate import SimConfig
+    from hitstream.geometry import DetectorGeometry
+    from hitstream.simulate import SimConfig
 
     return SimConfig(
         geometry=DetectorGeometry(distance_m=0.62, wavelength_m=8.5e-10),
@@ -46,8 +46,8 @@ def new_run_config():
 def new_sample_config():
     """A new sample on another detector: particles of 45–65 nm (training saw 25–45 nm), so
     speckles and fringes are finer than any training frame; photons as in training."""
-    from streamer.geometry import DetectorGeometry
-    from trainer.simulate import SimConfig
+    from hitstream.geometry import DetectorGeometry
+    from hitstream.simulate import SimConfig
 
     return SimConfig(
         geometry=DetectorGeometry(distance_m=0.62, wavelength_m=8.5e-10),
@@ -60,7 +60,7 @@ def new_sample_config():
 def bright_config():
     """A much brighter sample: 20,000–100,000 signal photons per reference single (training:
     300–3,000), so speckles reach far higher q than in any training frame."""
-    from trainer.simulate import SimConfig
+    from hitstream.simulate import SimConfig
 
     return SimConfig(photons=(20000.0, 100000.0), max_photons=1e6)
 
@@ -68,16 +68,16 @@ def bright_config():
 def mask_config():
     """Another detector mask: beam-stop hole of 12 px radius and a gap of 10 rows (the
     shipped bundles' geometry: 6 px, 4 rows)."""
-    from streamer.geometry import DetectorGeometry
-    from trainer.simulate import SimConfig
+    from hitstream.geometry import DetectorGeometry
+    from hitstream.simulate import SimConfig
 
     return SimConfig(geometry=DetectorGeometry(hole_radius_px=12.0, gap_rows=10))
 
 
 def score(bundle: Path, frames: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """Accuracy and single-hit keep precision/recall of a bundle's ONNX graph."""
-    from streamer.bundle import load_bundle
-    from trainer.evaluate import run_graph
+    from hitstream.bundle import load_bundle
+    from trainer.model.evaluate import run_graph
 
     b = load_bundle(bundle, verify=True)
     out = run_graph(b.model_path, frames, b.input_name, progress=False)
@@ -129,10 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
 
-    from trainer.build_default_cli import simulate_parallel, test_config
-    from trainer.finetune_cli import finetune_bundle
-    from trainer.labels import LabelTable, write_labels
-    from trainer.simulate import SIM_CLASSES
+    from hitstream.labels import LabelTable, write_labels
+    from hitstream.simulate import SIM_CLASSES
+    from trainer.commands.build_default import simulate_parallel, test_config
+    from trainer.commands.finetune import finetune_bundle
 
     settings = {
         "new": new_run_config,

@@ -21,7 +21,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from streamer.bundle import load_bundle  # noqa: E402
+from hitstream.bundle import load_bundle  # noqa: E402
 from streamer.engine import Engine, EngineConfig  # noqa: E402
 
 

@@ -35,10 +35,17 @@ def export_graphs(tmp: Path) -> dict[str, tuple[Path, int | None]]:
     """ONNX files of the preprocessing alone and of every architecture's whole graph."""
     import tensorflow as tf
 
-    from trainer import graph
-    from trainer.cnn import ARCHITECTURES, INPUT_COARSEN, build_model, count_macs, input_channels
-    from trainer.export import convert_to_onnx
-    from trainer.preprocess import input_shape
+    from hitstream.frame_kernel import input_shape
+    from trainer.model import preprocess_graph as graph
+    from trainer.model.cnn import (
+        ARCHITECTURES,
+        INPUT_COARSEN,
+        build_model,
+        count_macs,
+        input_channels,
+    )
+    from trainer.model.export import convert_to_onnx
+    from trainer.model.inference_graph import inference_function
 
     out: dict[str, tuple[Path, int | None]] = {}
 
@@ -53,7 +60,7 @@ def export_graphs(tmp: Path) -> dict[str, tuple[Path, int | None]]:
         shape = (*input_shape(coarsen=INPUT_COARSEN[arch]), input_channels(arch))
         model = build_model(arch, shape, 4)
         path = tmp / f"{arch}.onnx"
-        convert_to_onnx(graph.inference_function(model), path)
+        convert_to_onnx(inference_function(model), path)
         out[arch] = (path, count_macs(model))
     default = ROOT / "models" / "default"
     if (default / "model.onnx").is_file():
@@ -66,8 +73,13 @@ def export_graphs(tmp: Path) -> dict[str, tuple[Path, int | None]]:
 
 def compare_accuracy(n: int, epochs: int) -> None:
     """Train seed and compact on the same frames; print validation metrics side by side."""
-    from trainer.build_default_cli import simulate_parallel
-    from trainer.train import TrainConfig, choose_threshold, classification_metrics, train_model
+    from trainer.commands.build_default import simulate_parallel
+    from trainer.model.train import (
+        TrainConfig,
+        choose_threshold,
+        classification_metrics,
+        train_model,
+    )
 
     x, y = simulate_parallel(n, 31, desc="train run")
     vx, vy = simulate_parallel(max(64, n // 4), 32, desc="validation run")
@@ -114,7 +126,7 @@ def main() -> None:
 
     import onnxruntime as ort
 
-    from trainer.simulate import simulate_run
+    from hitstream.simulate import simulate_run
 
     frames = simulate_run(min(args.batch, 64), seed=99).frames
     frames = np.ascontiguousarray(np.resize(frames, (args.batch, *frames.shape[1:])))

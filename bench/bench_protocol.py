@@ -27,9 +27,9 @@ import h5py
 import karabo_bridge
 import numpy as np
 
+from hitstream.geometry import FRAME_SHAPE
 from streamer.decode import SourceSpec, decode_message
 from streamer.feed import FeedClient
-from streamer.geometry import FRAME_SHAPE
 from streamer.replay import BLOCK_BYTES
 
 KARABO_SERVER = """

@@ -23,8 +23,8 @@ from bench_adapt import bright_config, mask_config, new_run_config, score
 
 def runs() -> dict:
     """name -> (seed, SimConfig)."""
-    from trainer.build_default_cli import TEST_SEEDS, test_configs
-    from trainer.simulate import SimConfig
+    from hitstream.simulate import SimConfig
+    from trainer.commands.build_default import TEST_SEEDS, test_configs
 
     out = {name: (TEST_SEEDS[name], cfg) for name, cfg in test_configs().items()}
     out["read_noise_0.05"] = (777, replace(SimConfig(), read_noise_photons=0.05))
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("bundles", nargs="+", type=Path)
     ap.add_argument("--frames", type=int, default=1000)
     args = ap.parse_args(argv)
-    from trainer.build_default_cli import simulate_parallel
+    from trainer.commands.build_default import simulate_parallel
 
     rows = []
     for name, (seed, cfg) in runs().items():

@@ -1,4 +1,4 @@
-"""Speed and class statistics of the frame simulator (``trainer.simulate``).
+"""Speed and class statistics of the frame simulator (``hitstream.simulate``).
 
 Reports, for ``--frames`` frames of the default run:
 
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.simulate import (
+from hitstream.simulate import (
     SIM_CLASSES,
     SimConfig,
     iter_chunks,
@@ -36,7 +36,7 @@ from trainer.simulate import (
     simulate_indices,
     write_run,
 )
-from trainer.simulate_cli import write_montage
+from trainer.commands.simulate import write_montage
 
 
 def _timed_range(args: tuple[int, int, int]) -> float:

@@ -34,7 +34,7 @@ def make_run(path: Path, frames: int, distinct: int = 500, seed: int = 11) -> Pa
         with h5py.File(path) as f:
             if f["data"].shape[0] == frames:
                 return path
-    from trainer.simulate import simulate_run
+    from hitstream.simulate import simulate_run
 
     sim = simulate_run(min(distinct, frames), seed=seed, progress=True)
     reps = int(np.ceil(frames / len(sim.frames)))
@@ -104,7 +104,7 @@ def seed_baseline(run: Path, n_cnn: int = 128, n_tm: int = 64, n_templates: int 
     import tensorflow as tf
     from scipy import ndimage
 
-    from trainer.cnn import build_seed
+    from trainer.model.cnn import build_seed
 
     with h5py.File(run) as f:
         frames = f["data"][: max(n_cnn, n_templates + n_tm)]

@@ -63,9 +63,9 @@ import numpy as np  # noqa: E402
 from scipy import ndimage  # noqa: E402
 from scipy.stats import rankdata  # noqa: E402
 
-from streamer.geometry import DetectorGeometry  # noqa: E402
-from trainer.simulate import SIM_CLASSES, SimConfig, simulate_frames  # noqa: E402
-from trainer.templates import (  # noqa: E402
+from hitstream.geometry import DetectorGeometry  # noqa: E402
+from hitstream.simulate import SIM_CLASSES, SimConfig, simulate_frames  # noqa: E402
+from trainer.templates.bank import (  # noqa: E402
     BruteForceConfig,
     BruteForceMatcher,
     PolarConfig,
@@ -264,10 +264,10 @@ def onnx_speed(bank, frames: np.ndarray, args) -> float:
     import onnxruntime as ort
     import tf2onnx
 
-    from trainer.template_graph import matcher_function
+    from trainer.model.inference_graph import template_function
 
     logging.getLogger("tf2onnx").setLevel(logging.WARNING)
-    fn = matcher_function(bank)
+    fn = template_function(bank)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "templates.onnx"
         tf2onnx.convert.from_function(

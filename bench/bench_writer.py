@@ -23,9 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from streamer.geometry import FRAME_SHAPE, DetectorGeometry
+from hitstream.compression import COMPRESSIONS
+from hitstream.geometry import FRAME_SHAPE, DetectorGeometry
 from streamer.types import FrameBatch, ResultBatch
-from streamer.writer import COMPRESSIONS, RollingWriter, WriterConfig
+from streamer.writer import RollingWriter, WriterConfig
 
 CLASSES = ("empty", "single", "multiple", "other")
 

@@ -1,6 +1,9 @@
 """hitstream streamer: live classification of diffraction frames from a ZeroMQ feed.
 
-Never imports TensorFlow: a serving host needs only numpy, h5py, pyzmq and onnxruntime.
+Never imports TensorFlow or :mod:`trainer`: a serving host needs only numpy, h5py, pyzmq
+and onnxruntime.
 """
 
-__version__ = "0.1.0"
+from hitstream import __version__
+
+__all__ = ["__version__"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from streamer.cli_util import run_commands
+from hitstream.cli import run_commands
 
 COMMANDS = {
     "serve": "streamer.serve",

@@ -29,12 +29,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hitstream.errors import ConfigError
 from streamer.engine import EngineConfig
-from streamer.errors import ConfigError
+from streamer.writer import WriterConfig
 
 FEED_MODES = ("REQ", "PULL", "SUB")
 PIPELINE_MODES = ("lossless", "live")
-COMPRESSIONS = ("bitshuffle-lz4", "lz4", "zstd", "gzip", "none")
 
 
 @dataclass(frozen=True)
@@ -85,28 +85,6 @@ class PipelineConfig:
 
 
 @dataclass(frozen=True)
-class OutputConfig:
-    """Rolling CXI files."""
-
-    dir: Path = Path("out")
-    run: str = "run"
-    worker: str = "w0"
-    max_frames: int = 10_000
-    max_bytes: int = 2 << 30
-    max_seconds: float = 300.0
-    compression: str = "lz4"  # as small as bitshuffle-LZ4 on photon counts, 2× faster
-    keep_classes: list[str] | None = None  # None: the bundle's keep_classes
-    min_free_bytes: int = 1 << 30
-    flush_every_s: float = 1.0
-
-    def __post_init__(self) -> None:
-        if self.compression not in COMPRESSIONS:
-            raise ConfigError(
-                f"output.compression {self.compression!r} is not one of {', '.join(COMPRESSIONS)}"
-            )
-
-
-@dataclass(frozen=True)
 class MetricsConfig:
     """HTTP endpoint for Prometheus and readiness; port 0 picks a free one, -1 disables."""
 
@@ -137,7 +115,7 @@ class ServeConfig:
     feed: FeedConfig = field(default_factory=FeedConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
-    output: OutputConfig = field(default_factory=OutputConfig)
+    output: WriterConfig = field(default_factory=WriterConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     view: ViewConfig = field(default_factory=ViewConfig)
 
@@ -237,6 +215,14 @@ def parse_override(text: str) -> tuple[str, Any]:
     except tomllib.TOMLDecodeError:
         value = raw
     return key.strip(), value
+
+
+def default_of(dotted: str, cls: Any = None) -> Any:
+    """The default of a config key, e.g. ``default_of("feed.key")`` (for help texts)."""
+    node: Any = cls if cls is not None else ServeConfig()
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node
 
 
 def to_dict(config: Any) -> dict[str, Any]:

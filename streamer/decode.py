@@ -13,7 +13,7 @@ so one module passes through unchanged and a multi-module detector gives a tall 
 
 Frames become float32; a frame holding NaN or Inf is dropped and counted under
 ``rejected['nonfinite']`` while the other frames of the message pass. Message-level
-faults raise :class:`~streamer.errors.MessageError` with reason ``source``, ``key``,
+faults raise :class:`~hitstream.errors.MessageError` with reason ``source``, ``key``,
 ``shape``, ``dtype``, ``trainid`` or ``endofrun``.
 
 The end of a run is our own marker: a message whose source is :data:`END_OF_RUN_SOURCE`
@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from streamer.errors import ConfigError, MessageError
+from hitstream.errors import ConfigError, MessageError
 from streamer.types import EndOfRun, FrameBatch
 
 END_OF_RUN_SOURCE = "hitstream/end_of_run"

@@ -19,8 +19,8 @@ from typing import IO, Any
 
 import numpy as np
 
-from streamer.bundle import load_bundle
-from streamer.errors import HitstreamError
+from hitstream.bundle import load_bundle
+from hitstream.errors import HitstreamError
 from streamer.readback import read_kept_frames, read_run
 from streamer.summary_plot import plot_run_summary
 
@@ -69,7 +69,7 @@ def _spawn(args: list[str], log_file: IO[str]) -> subprocess.Popen[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from trainer.simulate import SimConfig, simulate_run, write_run  # no TensorFlow
+    from hitstream.simulate import SimConfig, simulate_run, write_run  # no TensorFlow
 
     out: Path = args.out
     files_dir = out / "files"

@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from streamer.bundle import Bundle
-from streamer.errors import BundleError, ConfigError
+from hitstream.bundle import Bundle
+from hitstream.errors import BundleError, ConfigError
 
 log = logging.getLogger(__name__)
 

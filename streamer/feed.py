@@ -21,7 +21,7 @@ from typing import Any
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from streamer.errors import ConfigError
+from hitstream.errors import ConfigError
 from streamer.protocol import DEFAULT_LIMITS, Limits, deserialize
 from streamer.security import configure_client, load_keypair, load_public_key
 

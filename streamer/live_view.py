@@ -17,14 +17,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
 import numpy as np
 
-from streamer.bundle import Bundle
-from streamer.geometry import DetectorGeometry
+from hitstream.bundle import Bundle
 from streamer.metrics import Metrics
 from streamer.types import ResultBatch
 
@@ -73,24 +72,10 @@ class Display:
     binning: int = 1
 
 
-def geometry_of(bundle: Bundle) -> DetectorGeometry:
-    """The bundle's detector geometry (manifest ``geometry``), else the default one."""
-    raw = bundle.manifest.get("geometry")
-    if not isinstance(raw, dict):
-        return DetectorGeometry(shape=bundle.frame_shape)
-    known = {f.name for f in fields(DetectorGeometry)}
-    kwargs = {k: v for k, v in raw.items() if k in known}
-    kwargs["shape"] = bundle.frame_shape
-    try:
-        return DetectorGeometry(**kwargs)
-    except TypeError:
-        return DetectorGeometry(shape=bundle.frame_shape)
-
-
 def display_of(bundle: Bundle) -> Display:
     """Mask from the bundle's geometry; hot-pixel rule from its ``preprocessing``, if any."""
     pre = bundle.manifest.get("preprocessing")
-    valid = geometry_of(bundle).valid_pixels()
+    valid = bundle.geometry.valid_pixels()
     if isinstance(pre, dict) and isinstance(pre.get("hot_abs"), int | float):
         return Display(
             valid=valid,

@@ -1,7 +1,7 @@
 """Hot model swap: validate a new bundle off the hot path, switch it in between batches.
 
 A candidate is checked in full before it can touch a frame: manifest and sha256 of every
-file (:func:`streamer.bundle.load_bundle`), the graph's input shape against the running
+file (:func:`hitstream.bundle.load_bundle`), the graph's input shape against the running
 frame shape, the class list against the running one (the output files' tables are laid out
 per class), and a test inference. A refused bundle is logged and counted; the running model
 keeps going. Triggers: :meth:`ModelSwapper.request` (HTTP ``POST /model``, SIGHUP) and,
@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from streamer.bundle import MANIFEST, load_bundle, sha256_file
+from hitstream.bundle import MANIFEST, load_bundle, sha256_file
+from hitstream.errors import BundleError, ConfigError, HitstreamError
 from streamer.engine import Engine, EngineConfig
-from streamer.errors import BundleError, ConfigError, HitstreamError
 from streamer.metrics import Metrics
 
 log = logging.getLogger(__name__)

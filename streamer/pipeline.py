@@ -20,23 +20,22 @@ from typing import Any
 
 import numpy as np
 
+from hitstream.bundle import load_bundle
+from hitstream.errors import HitstreamError, MessageError
+from hitstream.units import MIN_SIGNAL_PIXELS, estimate_photon_unit
 from streamer.batcher import Batcher, StagedBatch
-from streamer.bundle import load_bundle
 from streamer.config import ServeConfig, to_dict
 from streamer.decision import decide, keep_mask_for, threshold_vector
 from streamer.decode import SourceSpec, decode_message
 from streamer.engine import Engine
-from streamer.errors import HitstreamError, MessageError
 from streamer.feed import FeedClient
-from streamer.geometry import DetectorGeometry
 from streamer.live_view import LiveView
 from streamer.metrics import Metrics
 from streamer.model_swap import ModelSwapper
 from streamer.protocol import Limits, deserialize
 from streamer.run_index import build_run_index
 from streamer.types import EndOfRun, ResultBatch
-from streamer.units import MIN_SIGNAL_PIXELS, estimate_photon_unit
-from streamer.writer import RollingWriter, WriterConfig
+from streamer.writer import RollingWriter
 
 log = logging.getLogger(__name__)
 
@@ -151,22 +150,11 @@ class Pipeline:
             axis_order=config.feed.axis_order,
             frame_shape=bundle.frame_shape,
         )
-        out = config.output
         self.writer = RollingWriter(
-            WriterConfig(
-                out_dir=Path(out.dir),
-                run=out.run,
-                worker=out.worker,
-                max_frames=out.max_frames,
-                max_bytes=out.max_bytes,
-                max_seconds=out.max_seconds,
-                compression=out.compression,
-                flush_every_s=out.flush_every_s,
-                min_free_bytes=out.min_free_bytes,
-            ),
+            config.output,
             classes=bundle.classes,
             frame_shape=bundle.frame_shape,
-            geometry=DetectorGeometry(shape=bundle.frame_shape),
+            geometry=bundle.geometry,
             attrs={"model": bundle.label, "provider": engine.provider},
         )
         q = config.pipeline.queue_size
@@ -404,7 +392,7 @@ class Pipeline:
 
     def _check_units(self, frames: np.ndarray) -> None:
         """Once per run: warn when the frames do not look like photon counts in the
-        configured ``engine.photon_unit`` (:mod:`streamer.units`). Batches too dark to tell
+        configured ``engine.photon_unit`` (:mod:`hitstream.units`). Batches too dark to tell
         (small ones at a low rate) are passed over, up to UNITS_CHECK_TRIES of them."""
         estimate = estimate_photon_unit(frames[:UNITS_CHECK_FRAMES])
         self._units_tries += 1
@@ -516,7 +504,7 @@ class Pipeline:
             log.warning("run index not built after the writer error")
         elif s.files:
             try:
-                s.index = str(build_run_index(Path(cfg.output.dir), cfg.output.run))
+                s.index = str(build_run_index(cfg.output.dir, cfg.output.run))
             except (HitstreamError, OSError) as exc:
                 log.error("run index: %s", exc)
                 self._errors.append(f"index: {exc}")

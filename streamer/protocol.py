@@ -16,7 +16,7 @@ Metadata keys: ``source``, ``timestamp`` (float seconds), ``timestamp.sec`` (str
 This module is pure (no sockets). :func:`deserialize` treats its input as untrusted:
 msgpack is decoded with ``raw=False`` and bounded sizes, only plain numeric dtypes are
 accepted, buffer sizes must match ``shape`` x ``itemsize``, and the message size is
-bounded by :class:`Limits`. Every failure raises :class:`~streamer.errors.MessageError`
+bounded by :class:`Limits`. Every failure raises :class:`~hitstream.errors.MessageError`
 whose ``reason`` is one of :data:`REASONS` (a metric label).
 """
 
@@ -30,7 +30,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from streamer.errors import MessageError
+from hitstream.errors import MessageError
 
 PROTOCOL_VERSION = "2.2"
 SUPPORTED_VERSIONS: tuple[str, ...] = ("2.2",)

@@ -15,7 +15,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from streamer.errors import InputDataError
+from hitstream.errors import InputDataError
 from streamer.writer import (
     COLUMNS,
     DATA_PATH,

@@ -45,8 +45,9 @@ import numpy as np
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from hitstream.errors import ConfigError
+from hitstream.h5input import open_frame_dataset
 from streamer.decode import end_of_run_message, timestamp_metadata
-from streamer.errors import ConfigError, InputDataError
 from streamer.protocol import ALLOWED_DTYPES, serialize
 from streamer.security import configure_server, load_keypair, start_authenticator
 from streamer.types import EndOfRun
@@ -73,7 +74,7 @@ _POLL_MS = 100  # how often blocked loops look at the stop event
 
 @dataclass(frozen=True)
 class ReplayConfig:
-    """What to replay and how (defaults are the CLI's defaults)."""
+    """What to replay and how; the one place of the defaults (the CLI reads them here)."""
 
     path: str | Path
     dataset: str = DEFAULT_DATASET
@@ -144,47 +145,9 @@ def normalize_endpoint(endpoint: str) -> str:
     return f"tcp://127.0.0.1:{endpoint}" if endpoint.isdigit() else endpoint
 
 
-def _datasets_3d(f: h5py.File, limit: int = 10) -> list[str]:
-    found: list[str] = []
-
-    def visit(name: str, obj: Any) -> None:
-        if len(found) < limit and isinstance(obj, h5py.Dataset) and obj.ndim == 3:
-            found.append(f"{name} {obj.shape}")
-
-    f.visititems(visit)
-    return found
-
-
 def open_frames(path: str | Path, dataset: str) -> tuple[h5py.File, h5py.Dataset]:
     """Open ``path`` and its ``(N, H, W)`` numeric ``dataset`` (InputDataError if unusable)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputDataError(f"replay input {path} does not exist or is not a file")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as exc:
-        raise InputDataError(f"cannot open {path} as HDF5: {exc}") from exc
-    try:
-        try:
-            obj = f.get(dataset)
-        except (KeyError, OSError, ValueError) as exc:  # e.g. a broken external link
-            raise InputDataError(f"{path}: cannot open dataset {dataset!r}: {exc}") from exc
-        if not isinstance(obj, h5py.Dataset):
-            what = "is not a dataset" if obj is not None else "not found"
-            raise InputDataError(
-                f"{path}: dataset {dataset!r} {what}; 3-D datasets in the file: "
-                f"{_datasets_3d(f) or 'none'}"
-            )
-        if obj.ndim != 3:
-            raise InputDataError(
-                f"{path}:{dataset} has shape {obj.shape}; replay needs (frames, H, W)"
-            )
-        if obj.dtype.kind not in "iuf":
-            raise InputDataError(f"{path}:{dataset} has dtype {obj.dtype}; need int or float")
-    except BaseException:
-        f.close()
-        raise
-    return f, obj
+    return open_frame_dataset(path, dataset, what="replay input")
 
 
 class ReplayServer:
@@ -511,48 +474,46 @@ class ReplayServer:
 # ---------------------------------------------------------------------- command line
 
 
+def _default(name: str) -> Any:
+    """A field default of :class:`ReplayConfig`: the one source of the CLI's defaults."""
+    return ReplayConfig.__dataclass_fields__[name].default
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = _default
     parser.add_argument("file", type=Path, help="HDF5 file holding an (N, H, W) dataset")
-    parser.add_argument(
-        "--dataset", default=DEFAULT_DATASET, help=f"dataset path (default {DEFAULT_DATASET})"
-    )
+    parser.add_argument("--dataset", default=d("dataset"), help="dataset path [%(default)s]")
     parser.add_argument(
         "--endpoint",
-        default=DEFAULT_ENDPOINT,
-        help=f"ZeroMQ address to bind, or a port on 127.0.0.1 (default {DEFAULT_ENDPOINT})",
+        default=d("endpoint"),
+        help="ZeroMQ address to bind, or a port on 127.0.0.1 [%(default)s]",
     )
     parser.add_argument(
-        "-z",
-        "--mode",
-        default="REP",
-        choices=MODES,
-        type=str.upper,
-        help="socket type (default REP)",
+        "-z", "--mode", default=d("mode"), choices=MODES, type=str.upper, help="socket type"
     )
-    parser.add_argument(
-        "--source", default=DEFAULT_SOURCE, help="source name (default %(default)s)"
-    )
-    parser.add_argument(
-        "--key", default=DEFAULT_KEY, help="key of the frames array (default %(default)s)"
-    )
+    parser.add_argument("--source", default=d("source"), help="source name [%(default)s]")
+    parser.add_argument("--key", default=d("key"), help="key of the frames array [%(default)s]")
     parser.add_argument(
         "-k",
         "--frames-per-message",
         type=int,
-        default=DEFAULT_FRAMES_PER_MESSAGE,
-        help="frames per message, one train (default %(default)s)",
+        default=d("frames_per_message"),
+        help="frames per message, one train [%(default)s]",
     )
     parser.add_argument(
-        "--rate", type=float, default=0.0, help="frames/s to pace to (0: as fast as taken)"
+        "--rate", type=float, default=d("rate"), help="frames/s to pace to (0: as fast as taken)"
     )
     parser.add_argument(
-        "--first-train-id", type=int, default=1, help="train id of the first message"
+        "--first-train-id",
+        type=int,
+        default=d("first_train_id"),
+        help="train id of the first message [%(default)s]",
     )
-    parser.add_argument("--start", type=int, default=0, help="first frame to send")
-    parser.add_argument("--stop", type=int, default=None, help="frame to stop before")
-    parser.add_argument("--repeat", type=int, default=1, help="send the range N times")
+    parser.add_argument("--start", type=int, default=d("start"), help="first frame to send")
+    parser.add_argument("--stop", type=int, default=d("stop"), help="frame to stop before")
+    parser.add_argument("--repeat", type=int, default=d("repeat"), help="send the range N times")
     parser.add_argument(
-        "--dtype", default=None, choices=SEND_DTYPES, help="convert frames before sending"
+        "--dtype", default=d("dtype"), choices=SEND_DTYPES, help="convert frames before sending"
     )
     parser.add_argument(
         "--no-end-marker", action="store_true", help="do not send the end-of-run marker"
@@ -560,17 +521,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--linger",
         type=float,
-        default=1.0,
-        help="REP: quiet seconds before leaving (default %(default)s)",
+        default=d("linger_s"),
+        help="REP: quiet seconds before leaving [%(default)s]",
     )
     parser.add_argument(
         "--expected-clients",
         type=int,
-        default=1,
-        help="end markers to deliver (REP/PUSH); subscribers to wait for (PUB)",
+        default=d("expected_clients"),
+        help="end markers to deliver (REP/PUSH); subscribers to wait for (PUB) [%(default)s]",
     )
     parser.add_argument(
-        "--hwm", type=int, default=4, help="send high-water mark, messages (default %(default)s)"
+        "--hwm", type=int, default=d("hwm"), help="send high-water mark, messages [%(default)s]"
     )
     parser.add_argument(
         "--pub-lossy", action="store_true", help="PUB: drop for slow subscribers (live-like)"

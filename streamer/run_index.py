@@ -29,8 +29,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-import streamer
-from streamer.errors import InputDataError
+import hitstream
+from hitstream.errors import InputDataError
 from streamer.readback import read_run
 from streamer.writer import (
     COLUMNS,
@@ -112,7 +112,7 @@ def build_run_index(out_dir: Path, run: str, *, worker: str | None = None) -> Pa
                 {
                     "run": run,
                     "index_of": "finished files of the run, by worker then sequence",
-                    "hitstream_version": streamer.__version__,
+                    "hitstream_version": hitstream.__version__,
                     "models": list(tables.models),
                 }
             )

@@ -23,7 +23,7 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
-from streamer.errors import ConfigError
+from hitstream.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

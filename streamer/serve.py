@@ -11,9 +11,16 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from streamer.config import load_config, parse_override, to_dict
+from hitstream.errors import ConfigError
+from streamer.config import (
+    FEED_MODES,
+    PIPELINE_MODES,
+    default_of,
+    load_config,
+    parse_override,
+    to_dict,
+)
 from streamer.engine import PROVIDER_CHOICES
-from streamer.errors import ConfigError
 from streamer.http_server import StatusServer
 from streamer.metrics import Metrics
 from streamer.model_swap import parse_swap_body
@@ -42,23 +49,37 @@ FLAG_KEYS = {
 }
 
 
+# command-line flag -> help text; the default shown comes from the config dataclasses
+FLAG_HELP = {
+    "model": "model bundle directory",
+    "endpoint": "feed endpoint, e.g. tcp://127.0.0.1:45000",
+    "feed_mode": "ZeroMQ pattern",
+    "source": "Karabo source name (None: the first source with the key)",
+    "key": "array key of the frames",
+    "mode": "overload policy",
+    "out": "output directory",
+    "run": "run name (file prefix)",
+    "worker": "worker name (file infix)",
+    "provider": "onnxruntime provider",
+    "batch": "max frames per inference batch (0: auto)",
+    "threads": "onnxruntime intra-op threads (0: one per core)",
+    "metrics_host": "address of the metrics endpoint",
+    "metrics_port": "metrics port (0: any free, -1: off)",
+    "idle_timeout": "stop after this many idle seconds (0: never)",
+}
+FLAG_CHOICES = {"feed_mode": FEED_MODES, "mode": PIPELINE_MODES, "provider": PROVIDER_CHOICES}
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="TOML config file (see deploy/streamer.toml)")
-    p.add_argument("--model", help="model bundle directory (default models/default)")
-    p.add_argument("--endpoint", help="feed endpoint, e.g. tcp://127.0.0.1:45000")
-    p.add_argument("--feed-mode", choices=("REQ", "PULL", "SUB"), help="ZeroMQ pattern")
-    p.add_argument("--source", help="Karabo source name (default: first with the key)")
-    p.add_argument("--key", help="array key of the frames (default image.data)")
-    p.add_argument("--mode", choices=("lossless", "live"), help="overload policy")
-    p.add_argument("--out", help="output directory")
-    p.add_argument("--run", help="run name (file prefix)")
-    p.add_argument("--worker", help="worker name (file infix)")
-    p.add_argument("--provider", choices=PROVIDER_CHOICES, help="onnxruntime provider")
-    p.add_argument("--batch", type=int, help="max frames per inference batch")
-    p.add_argument("--threads", type=int, help="onnxruntime intra-op threads (CPU)")
-    p.add_argument("--metrics-host", help="address of the metrics endpoint")
-    p.add_argument("--metrics-port", type=int, help="metrics port (0: any free, -1: off)")
-    p.add_argument("--idle-timeout", type=float, help="stop after this many idle seconds")
+    for flag, key in FLAG_KEYS.items():
+        default = default_of(key)
+        p.add_argument(
+            "--" + flag.replace("_", "-"),
+            type=type(default) if isinstance(default, int | float) else None,
+            choices=FLAG_CHOICES.get(flag),
+            help=f"{FLAG_HELP[flag]} [{key} = {default}]",
+        )
     p.add_argument(
         "--keep-running", action="store_true", help="do not stop at the feed's end-of-run marker"
     )

@@ -64,12 +64,12 @@ from types import TracebackType
 from typing import Any
 
 import h5py
-import hdf5plugin
 import numpy as np
 
-import streamer
-from streamer.errors import ConfigError, DiskFullError, OutputError
-from streamer.geometry import DetectorGeometry
+import hitstream
+from hitstream.compression import compression_options
+from hitstream.errors import ConfigError, DiskFullError, OutputError
+from hitstream.geometry import DetectorGeometry
 from streamer.types import ResultBatch
 
 CXI_VERSION = 160
@@ -98,7 +98,6 @@ FRAME_ONLY_COLUMNS: dict[str, np.dtype] = {
     "kept": np.dtype(np.bool_),
     "kept_index": np.dtype(np.int64),
 }
-COMPRESSIONS = ("bitshuffle-lz4", "lz4", "zstd", "gzip", "none")
 TABLE_CHUNK = 4096
 MODEL_STR_BYTES = 256
 _MODEL_DTYPE = h5py.string_dtype("utf-8", MODEL_STR_BYTES)
@@ -107,21 +106,6 @@ _RUN_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
 _WORKER_RE = re.compile(r"[A-Za-z0-9-][A-Za-z0-9.-]{0,99}")
 _PLANCK_C = 6.62607015e-34 * 299_792_458.0  # h * c in J m
 _IO_ERRORS = (OSError, RuntimeError)  # what h5py raises when a read or write fails
-
-
-def compression_options(name: str) -> dict[str, Any]:
-    """Keyword arguments of ``create_dataset`` for a compression name of :data:`COMPRESSIONS`."""
-    if name == "bitshuffle-lz4":
-        return dict(hdf5plugin.Bitshuffle(cname="lz4"))
-    if name == "lz4":
-        return dict(hdf5plugin.LZ4())
-    if name == "zstd":
-        return dict(hdf5plugin.Zstd())
-    if name == "gzip":
-        return {"compression": "gzip", "compression_opts": 1, "shuffle": True}
-    if name == "none":
-        return {}
-    raise ConfigError(f"compression {name!r}: choose one of {', '.join(COMPRESSIONS)}")
 
 
 def file_name(run: str, worker: str, seq: int) -> str:
@@ -160,39 +144,41 @@ def check_name(kind: str, value: str) -> str:
 
 @dataclass(frozen=True)
 class WriterConfig:
-    """Where and how the rolling writer writes.
+    """Where and how the rolling writer writes: the ``[output]`` section of the config.
 
     ``max_frames`` counts kept frames per file; ``max_bytes`` is the file size (checked after
     each batch, so a file may exceed it by up to one batch); ``max_seconds`` is the age of a
     file. ``flush_every_s`` = 0 flushes after every batch. ``min_free_bytes`` > 0 makes the
     writer raise :class:`DiskFullError` (after finishing the open file) when the output
     directory's free space falls below it; checked before opening a file and at every flush.
+    ``keep_classes``: the classes whose frames go to the kept data (None: the bundle's).
     """
 
-    out_dir: Path
+    dir: Path = Path("out")
     run: str = "run"
     worker: str = "w0"
     max_frames: int = 10_000
-    max_bytes: int = 2 * 1024**3
+    max_bytes: int = 2 << 30
     max_seconds: float = 300.0
-    compression: str = "bitshuffle-lz4"
+    compression: str = "lz4"  # as small as bitshuffle-LZ4 on photon counts, 2× faster
     swmr: bool = True
     flush_every_s: float = 1.0
-    min_free_bytes: int = 0
+    min_free_bytes: int = 1 << 30
+    keep_classes: list[str] | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "out_dir", Path(self.out_dir))
+        object.__setattr__(self, "dir", Path(self.dir))
         check_name("run", self.run)
         check_name("worker", self.worker)
         compression_options(self.compression)
         if self.max_frames < 1:
-            raise ConfigError(f"writer max_frames={self.max_frames}: must be >= 1")
+            raise ConfigError(f"output.max_frames={self.max_frames}: must be >= 1")
         if self.max_bytes < 1:
-            raise ConfigError(f"writer max_bytes={self.max_bytes}: must be >= 1")
+            raise ConfigError(f"output.max_bytes={self.max_bytes}: must be >= 1")
         if self.max_seconds < 0 or self.flush_every_s < 0:
-            raise ConfigError("writer max_seconds and flush_every_s must be >= 0")
+            raise ConfigError("output.max_seconds and output.flush_every_s must be >= 0")
         if self.min_free_bytes < 0:
-            raise ConfigError(f"writer min_free_bytes={self.min_free_bytes}: must be >= 0")
+            raise ConfigError(f"output.min_free_bytes={self.min_free_bytes}: must be >= 0")
 
 
 def next_sequence(out_dir: Path, run: str, worker: str) -> int:
@@ -329,8 +315,8 @@ class RollingWriter:
         self.geometry = geometry
         self.attrs = dict(attrs or {})
         self._compression = compression_options(config.compression)
-        config.out_dir.mkdir(parents=True, exist_ok=True)
-        self._seq = next_sequence(config.out_dir, config.run, config.worker)
+        config.dir.mkdir(parents=True, exist_ok=True)
+        self._seq = next_sequence(config.dir, config.run, config.worker)
         self._file: _OpenFile | None = None
         self._closed = False
         self._bytes_closed = 0
@@ -358,7 +344,7 @@ class RollingWriter:
     def write(self, result: ResultBatch) -> None:
         """Append one batch: every frame to the all-frames table, kept ones to the data."""
         if self._closed:
-            raise OutputError(f"writer for {self.config.out_dir}/{self.config.run}: closed")
+            raise OutputError(f"writer for {self.config.dir}/{self.config.run}: closed")
         n = self._validate(result)
         if n == 0:
             return
@@ -479,7 +465,7 @@ class RollingWriter:
         """An I/O error outside :meth:`rotate`: abandon the open file, if any."""
         if self._file is not None:
             return self._abandon(self._file, exc)
-        return _io_error(f"writer {self.config.out_dir}/{self.config.run}", exc, "")
+        return _io_error(f"writer {self.config.dir}/{self.config.run}", exc, "")
 
     def _validate(self, result: ResultBatch) -> int:
         where = f"writer {self.config.run}/{self.config.worker}"
@@ -518,11 +504,11 @@ class RollingWriter:
         limit = self.config.min_free_bytes
         if limit <= 0:
             return
-        free = shutil.disk_usage(self.config.out_dir).free
+        free = shutil.disk_usage(self.config.dir).free
         if free < limit:
             finished = self.rotate()
             raise DiskFullError(
-                f"{self.config.out_dir}: {free} bytes free, below min_free_bytes={limit}"
+                f"{self.config.dir}: {free} bytes free, below min_free_bytes={limit}"
                 + (f"; finished {finished.name}" if finished else "")
             )
 
@@ -530,7 +516,7 @@ class RollingWriter:
         self._guard_disk()
         cfg = self.config
         while True:
-            final = cfg.out_dir / file_name(cfg.run, cfg.worker, self._seq)
+            final = cfg.dir / file_name(cfg.run, cfg.worker, self._seq)
             part = final.with_name(final.name + PART_SUFFIX)
             self._seq += 1
             if final.exists() or part.exists():
@@ -576,7 +562,7 @@ class RollingWriter:
                 "sequence": seq,
                 "classes": list(self.classes),
                 "model": model_version,
-                "hitstream_version": streamer.__version__,
+                "hitstream_version": hitstream.__version__,
                 "frame_shape": list(self.frame_shape),
                 "compression": cfg.compression,
             }

@@ -5,7 +5,7 @@ from __future__ import annotations
 import h5py
 import numpy as np
 
-from trainer.labels import LabelTable
+from hitstream.labels import LabelTable
 
 SHAPE = (6, 5)
 

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from streamer.bundle import load_bundle
-from trainer.build_default_cli import (
+from hitstream.bundle import load_bundle
+from hitstream.simulate import SimConfig
+from trainer.commands.build_default import (
     BANK_SEED,
     TEST_SEEDS,
     TRAIN_SEED,
@@ -18,7 +19,6 @@ from trainer.build_default_cli import (
     test_configs,
     train_config,
 )
-from trainer.simulate import SimConfig
 
 
 def test_test_runs_differ_from_training() -> None:
@@ -59,7 +59,7 @@ def test_quick_build_writes_a_bundle_with_all_test_runs(tmp_path: Path, arch: st
 
 
 def test_only_the_fast_bundle_leaves_the_detector_mask_alone() -> None:
-    from trainer.build_default_cli import augment_config_for
+    from trainer.commands.build_default import augment_config_for
 
     assert augment_config_for("fast").mask_share == 0.0
     assert augment_config_for("fine").mask_share > 0.0

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streamer.bundle import load_bundle
+from hitstream.bundle import load_bundle
+from hitstream.errors import BundleError, ConfigError
 from streamer.engine import Engine, EngineConfig
-from streamer.errors import BundleError, ConfigError
 from tests.tiny_bundle import CLASSES, expected_probabilities, make_tiny_bundle
 
 

@@ -11,15 +11,15 @@ import pytest
 
 ort = pytest.importorskip("onnxruntime")
 
-from streamer.bundle import load_bundle  # noqa: E402
-from trainer.evaluate import (  # noqa: E402
+from hitstream.bundle import load_bundle  # noqa: E402
+from hitstream.simulate import simulate_run, write_run  # noqa: E402
+from trainer.model.evaluate import (  # noqa: E402
     average_precision,
     best_f1,
     calibration,
     evaluate_outputs,
     roc_auc,
 )
-from trainer.simulate import simulate_run, write_run  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = ROOT / "models" / "default"

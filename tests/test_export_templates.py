@@ -20,13 +20,13 @@ tf = pytest.importorskip("tensorflow")
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("tf2onnx")
 
-from streamer.bundle import load_bundle, sha256_file  # noqa: E402
+from hitstream.bundle import load_bundle, sha256_file  # noqa: E402
+from hitstream.errors import ConfigError  # noqa: E402
+from hitstream.simulate import SIM_CLASSES, simulate_run, write_run  # noqa: E402
 from streamer.engine import Engine, EngineConfig  # noqa: E402
-from streamer.errors import ConfigError  # noqa: E402
-from trainer.export import TEMPLATES_FILE, export_bundle  # noqa: E402
-from trainer.simulate import SIM_CLASSES, simulate_run, write_run  # noqa: E402
-from trainer.templates import build_bank, load_bank, match_frames, save_bank  # noqa: E402
-from trainer.train import TrainConfig, predict_probabilities, train_model  # noqa: E402
+from trainer.model.export import TEMPLATES_FILE, export_bundle  # noqa: E402
+from trainer.model.train import TrainConfig, predict_probabilities, train_model  # noqa: E402
+from trainer.templates.bank import build_bank, load_bank, match_frames, save_bank  # noqa: E402
 
 CLASSES = list(SIM_CLASSES)
 OUTPUTS = {"probabilities", "photons", "template_distance", "template_index", "template_angle_deg"}
@@ -172,11 +172,13 @@ def test_train_cli_with_bank(tmp_path: Path, run, bank_path: Path) -> None:
 
 
 def test_bank_geometry_must_match_the_model(model, bank_path: Path) -> None:
-    from streamer.geometry import DetectorGeometry
-    from trainer import graph
+    from hitstream.geometry import DetectorGeometry
+    from trainer.model import inference_graph
 
     with pytest.raises(ConfigError, match="geometry"):
-        graph.inference_function(model, DetectorGeometry(hole_radius_px=9.0), load_bank(bank_path))
+        inference_graph.inference_function(
+            model, DetectorGeometry(hole_radius_px=9.0), load_bank(bank_path)
+        )
 
 
 def load_model(bundle: Path):

@@ -21,7 +21,7 @@ import psutil
 import pytest
 import zmq
 
-from streamer.bundle import write_manifest
+from hitstream.bundle import write_manifest
 from streamer.config import load_config
 from streamer.decode import END_OF_RUN_SOURCE
 from streamer.pipeline import Pipeline, RunSummary

@@ -14,8 +14,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 pytest.importorskip("tensorflow")
 ort = pytest.importorskip("onnxruntime")
 
-from streamer.bundle import load_bundle  # noqa: E402
-from trainer.simulate import simulate_run, write_run  # noqa: E402
+from hitstream.bundle import load_bundle  # noqa: E402
+from hitstream.simulate import simulate_run, write_run  # noqa: E402
 
 DEFAULT = Path(__file__).resolve().parents[1] / "models" / "default"
 
@@ -51,7 +51,7 @@ def test_finetune_cli(tmp_path: Path) -> None:
 
 
 def test_auto_epochs_give_few_labels_many_passes_and_many_labels_few() -> None:
-    from trainer.finetune_cli import AUTO_EPOCHS, auto_epochs
+    from trainer.commands.finetune import AUTO_EPOCHS, auto_epochs
 
     assert auto_epochs(140) == AUTO_EPOCHS[1]  # ~200 hand-picked labels, 70 % trained on
     assert auto_epochs(500) == 6

@@ -17,8 +17,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from hitstream.errors import MessageError
 from streamer.decode import SourceSpec, decode_message
-from streamer.errors import MessageError
 from streamer.protocol import Limits, deserialize
 from streamer.readback import read_run
 from tests.fuzz_messages import (

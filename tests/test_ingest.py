@@ -1,4 +1,5 @@
-"""Tests of trainer.ingest (frames from HDF5/CXI runs, labelled frames) and trainer.h5files."""
+"""Tests of trainer.data.ingest (frames from HDF5/CXI runs, labelled frames) and
+hitstream.h5input."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ import h5py
 import numpy as np
 import pytest
 
-from streamer.errors import ConfigError, InputDataError
+from hitstream.errors import ConfigError, InputDataError
+from hitstream.h5input import list_frame_datasets
+from hitstream.labels import DEFAULT_CLASS_ORDER, LabelTable, read_labels
 from tests.ingest_helpers import SHAPE, frames_of, table, write_h5
-from trainer.h5files import list_frame_datasets
-from trainer.ingest import (
+from trainer.data.ingest import (
     iter_frames,
     load_labelled,
     match_run,
@@ -21,7 +23,6 @@ from trainer.ingest import (
     open_runs,
     read_frames,
 )
-from trainer.labels import DEFAULT_CLASS_ORDER, LabelTable, read_labels
 
 # --- runs ---------------------------------------------------------------------------------
 
@@ -54,7 +55,7 @@ def test_read_frames_any_order_and_dtype(tmp_path, dtype, layout):
 
 def test_read_frames_dense_and_sparse_blocks(tmp_path, monkeypatch):
     """Small read blocks: many segments, gaps, repeats, reversed order."""
-    import trainer.ingest as ingest
+    import trainer.data.ingest as ingest
 
     data = frames_of(200, 2, "float32")
     path = write_h5(tmp_path / "r.h5", data, chunks=(7, *SHAPE))
@@ -260,7 +261,7 @@ def test_match_run_rule(tmp_path):
 
 
 def test_simulated_run_and_labels(tmp_path):
-    from trainer.simulate import simulate_run, write_run
+    from hitstream.simulate import simulate_run, write_run
 
     run = simulate_run(12, seed=3)
     path = write_run(tmp_path / "sim.h5", run, chunk=5)

@@ -31,9 +31,9 @@ from extra_data import RunDirectory
 from extra_data.tests.make_examples import make_spb_run
 from karabo_bridge.server import SimServerInThread
 
+from hitstream.errors import ConfigError, MessageError
 from streamer.config import ServeConfig, load_config
 from streamer.decode import end_of_run_message, parse_axis_order, to_frames
-from streamer.errors import ConfigError, MessageError
 from streamer.pipeline import Pipeline, RunSummary
 from streamer.readback import read_kept_frames, read_run
 from streamer.replay import DEFAULT_SOURCE, ReplayConfig, ReplayServer

@@ -17,24 +17,24 @@ import matplotlib.image as mpimg
 import numpy as np
 import pytest
 
-from streamer.errors import ConfigError, InputDataError
+from hitstream.errors import ConfigError, InputDataError
+from hitstream.labels import read_labels, write_labels
+from hitstream.simulate import simulate_run, write_run
 from tests.browser import browser, screenshot  # noqa: F401
 from tests.ingest_helpers import table
 from tests.procs import command
 from tests.tiny_bundle import CLASSES, expected_probabilities, make_tiny_bundle
 from trainer.cli import main
-from trainer.ingest import load_labelled
-from trainer.label_server import (
+from trainer.data.ingest import load_labelled
+from trainer.labelling.server import (
     MASK_RGB,
     LabelServer,
     frame_levels,
     open_session,
     order_frames,
 )
-from trainer.labels import read_labels, write_labels
-from trainer.rank import rank_run
-from trainer.simulate import simulate_run, write_run
-from trainer.templates import build_bank, load_bank, save_bank
+from trainer.templates.bank import build_bank, load_bank, save_bank
+from trainer.templates.rank import rank_run
 
 DATASET = "entry/data"
 N_RUN, N_RUN2 = 36, 12
@@ -194,7 +194,7 @@ def test_label_command_runs_without_tensorflow(data, tmp_path):
     code = (
         "import sys\n"
         "from trainer.cli import main\n"
-        "from trainer.label_server import open_session\n"
+        "from trainer.labelling.server import open_session\n"
         "s = open_session([sys.argv[1]], 'entry/data', sys.argv[2], model=sys.argv[3],"
         " progress=False)\n"
         "s.png(0); s.set_label(0, 'single'); s.close()\n"

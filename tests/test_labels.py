@@ -1,4 +1,4 @@
-"""Tests of trainer.labels: labels files (CSV/JSON/HDF5), LabelTable, merge, write."""
+"""Tests of hitstream.labels: labels files (CSV/JSON/HDF5), LabelTable, merge, write."""
 
 from __future__ import annotations
 
@@ -8,16 +8,16 @@ import h5py
 import numpy as np
 import pytest
 
-from streamer.errors import InputDataError, OutputError
-from tests.ingest_helpers import frames_of, table, write_h5
-from trainer.ingest import open_run
-from trainer.labels import (
+from hitstream.errors import InputDataError, OutputError
+from hitstream.labels import (
     DEFAULT_CLASS_ORDER,
     LabelTable,
     merge_labels,
     read_labels,
     write_labels,
 )
+from tests.ingest_helpers import frames_of, table, write_h5
+from trainer.data.ingest import open_run
 
 SIM_CSV = """run,index,class,n_particles,radius_nm,subclass
 r1.h5,0,single,1,31.50,
@@ -64,7 +64,7 @@ def test_label_table_methods():
 
 
 def test_default_class_order_is_the_simulators():
-    from trainer.simulate import SIM_CLASSES
+    from hitstream.simulate import SIM_CLASSES
 
     assert DEFAULT_CLASS_ORDER == SIM_CLASSES
 

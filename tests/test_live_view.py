@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from matplotlib import image as mpimage
 
-from streamer.bundle import load_bundle
+from hitstream.bundle import load_bundle
+from hitstream.errors import ConfigError
+from hitstream.geometry import DetectorGeometry
 from streamer.config import load_config
-from streamer.errors import ConfigError
-from streamer.geometry import DetectorGeometry
 from streamer.live_view import (
     HOT_RGB,
     MASK_RGB,
@@ -249,7 +249,7 @@ def test_routes_answer_page_data_and_frames(tiny: Path) -> None:
 @pytest.fixture(scope="module")
 def run_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Simulated diffraction frames (every class), as the default model expects them."""
-    from trainer.simulate import simulate_run  # numpy only, no TensorFlow
+    from hitstream.simulate import simulate_run  # numpy only, no TensorFlow
 
     path = tmp_path_factory.mktemp("run") / "run.h5"
     frames = simulate_run(96, seed=11).frames

@@ -19,12 +19,14 @@ tf = pytest.importorskip("tensorflow")
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("tf2onnx")
 
-from streamer.bundle import load_bundle  # noqa: E402
-from streamer.errors import BundleError, InputDataError  # noqa: E402
-from streamer.geometry import DetectorGeometry  # noqa: E402
-from trainer import graph  # noqa: E402
-from trainer import preprocess as pp  # noqa: E402
-from trainer.augment import (  # noqa: E402
+from hitstream import frame_kernel as pp  # noqa: E402
+from hitstream.bundle import load_bundle  # noqa: E402
+from hitstream.errors import BundleError, ConfigError, InputDataError  # noqa: E402
+from hitstream.geometry import FRAME_SHAPE, DetectorGeometry  # noqa: E402
+from hitstream.simulate import SIM_CLASSES, simulate_run, write_run  # noqa: E402
+from trainer.model import inference_graph  # noqa: E402
+from trainer.model import preprocess_graph as graph  # noqa: E402
+from trainer.model.augment import (  # noqa: E402
     AugmentConfig,
     affine_transforms,
     augment_geometry,
@@ -33,10 +35,9 @@ from trainer.augment import (  # noqa: E402
     gap_fill_rows,
     transform_frames,
 )
-from trainer.cnn import build_model, count_macs, input_channels  # noqa: E402
-from trainer.export import export_bundle  # noqa: E402
-from trainer.simulate import SIM_CLASSES, simulate_run, write_run  # noqa: E402
-from trainer.train import (  # noqa: E402
+from trainer.model.cnn import build_model, count_macs, input_channels  # noqa: E402
+from trainer.model.export import export_bundle  # noqa: E402
+from trainer.model.train import (  # noqa: E402
     TrainConfig,
     choose_threshold,
     class_weights_for,
@@ -114,6 +115,40 @@ def test_numpy_and_tensorflow_preprocessing_agree(frames, coarsen: int) -> None:
     np.testing.assert_allclose(ph_tf.numpy(), ph_np, rtol=1e-5, atol=1e-3)
 
 
+def _adversarial(seed: int) -> np.ndarray:
+    """Frames no simulator makes: every photon level from dark to saturated, read noise,
+    NaN/±Inf, huge and negative values, hot pixels on the border and in the corners."""
+    rng = np.random.default_rng(seed)
+    n, (h, w) = 10, FRAME_SHAPE
+    x = rng.poisson(rng.uniform(0, 3, (n, 1, 1)) ** 3, (n, h, w)).astype(np.float32)
+    x += rng.normal(0, rng.uniform(0, 0.5), (n, h, w)).astype(np.float32)
+    for k in range(n):
+        m = rng.integers(1, 200)
+        idx = (rng.integers(0, h, m), rng.integers(0, w, m))
+        x[k][idx] = rng.choice([np.nan, np.inf, -np.inf, 1e7, -1e7, 5e3, -40.0], m)
+    x[:, [0, 0, -1, -1, 0, -1], [0, -1, 0, -1, 100, 100]] = 4e3  # corners and edges
+    x[1] = 0.0
+    x[2] = np.nan
+    return x
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_numpy_kernel_and_tensorflow_twin_agree_on_adversarial_frames(seed: int) -> None:
+    x = _adversarial(seed)
+    b_np = pp.bin_frames(x)
+    b_tf = graph.bin_frames(tf.constant(x)).numpy()
+    assert np.isfinite(b_np).all() and (b_np >= 0).all()
+    # a bin next to a saturated one (PIXEL_MAX = 1e6) is capped by 9 × mean − bin, which
+    # cancels in float32: both twins round there, by up to a few ulp of 1e6 (0.0625)
+    np.testing.assert_allclose(b_tf, b_np, rtol=1e-5, atol=0.2)
+    np.testing.assert_allclose(pp.cap_hot(pp.bin_clean(x)), b_np, rtol=1e-6)
+    img_np, ph_np = pp.preprocess(x, details=True)
+    img_tf, ph_tf = graph.preprocess(tf.constant(x), details=True)
+    # the same rounding, carried into the channels of those bins (relative 2e-3 at most)
+    np.testing.assert_allclose(img_tf.numpy(), img_np, rtol=5e-3, atol=2e-3)
+    np.testing.assert_allclose(ph_tf.numpy(), ph_np, rtol=1e-5, atol=1.0)
+
+
 def test_detail_channels_agree_and_stay_finite(frames) -> None:
     x = _corrupt(frames.frames[:12])
     img_np, ph_np = pp.preprocess(x, details=True)
@@ -127,7 +162,7 @@ def test_detail_channels_agree_and_stay_finite(frames) -> None:
     b = pp.bin_frames(x)
     assert (np.abs(img_np[..., 2:]) <= np.sqrt(b)[..., None] + 1e-5).all()  # hot pixels tamed
     assert (img_np[:, pp.binned_mask() == 0, 2:] == 0).all()
-    with pytest.raises(ValueError, match="coarsen"):
+    with pytest.raises(ConfigError, match="coarsen"):
         pp.preprocess(x, coarsen=2, details=True)
 
 
@@ -244,7 +279,7 @@ def test_photon_thinning_scales_counts(frames) -> None:
 
 
 def test_mask_augmentation_widens_hole_and_gap_on_a_share_of_frames() -> None:
-    from trainer.augment import augment_mask
+    from trainer.model.augment import augment_mask
 
     g = DetectorGeometry()
     ones = tf.ones([64, *g.shape])
@@ -279,8 +314,8 @@ def test_architectures_and_their_cost() -> None:
     fine = build_model("fine", (130, 128, input_channels("fine")), 4)
     seed = build_model("seed", (130, 128, 2), 4)
     assert compact.output_shape == fast.output_shape == seed.output_shape == (None, 4)
-    assert fine.output_shape == (None, 4) and graph.model_details(fine)
-    assert not graph.model_details(compact)
+    assert fine.output_shape == (None, 4) and inference_graph.model_details(fine)
+    assert not inference_graph.model_details(compact)
     assert count_macs(fast) < count_macs(compact) / 2
     assert count_macs(compact) < count_macs(fine) < 10_000_000
     assert count_macs(compact) < 5_000_000 < 50_000_000 < count_macs(seed)
@@ -375,7 +410,7 @@ def test_export_never_overwrites_without_force(bundle: Path, trained) -> None:
 
 def test_train_cli_reads_hdf5_runs(tmp_path: Path, frames) -> None:
     from trainer.cli import main
-    from trainer.train_cli import load_labelled_frames
+    from trainer.commands.train import load_labelled_frames
 
     path = write_run(tmp_path / "run1.h5", frames)
     data = load_labelled_frames([path])

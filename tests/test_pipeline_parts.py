@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from hitstream.errors import ConfigError
 from streamer.batcher import Batcher
 from streamer.config import ServeConfig, load_config, parse_override
 from streamer.decision import decide, keep_mask_for, threshold_vector
 from streamer.engine import BufferPool
-from streamer.errors import ConfigError
 from streamer.types import FrameBatch
 
 CLASSES = ("single", "multiple", "empty", "other")

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from karabo_bridge import serializer as kb
 
+from hitstream.errors import ConfigError, MessageError
 from streamer.decode import (
     END_OF_RUN_SOURCE,
     Decoder,
@@ -18,7 +19,6 @@ from streamer.decode import (
     finite_frames,
     timestamp_metadata,
 )
-from streamer.errors import ConfigError, MessageError
 from streamer.protocol import DEFAULT_LIMITS, Limits, deserialize, serialize
 from streamer.types import EndOfRun
 

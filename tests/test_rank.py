@@ -8,11 +8,12 @@ import matplotlib.image as mpimg
 import numpy as np
 import pytest
 
-from streamer.errors import InputDataError
+from hitstream.errors import InputDataError
+from hitstream.labels import read_labels
+from hitstream.simulate import simulate_run, write_run
 from trainer.cli import main
-from trainer.rank import prefetch, read_ranking_csv, score_frames
-from trainer.simulate import read_labels_csv, simulate_run, write_run
-from trainer.templates import build_bank, load_bank
+from trainer.templates.bank import build_bank, load_bank
+from trainer.templates.rank import prefetch, read_ranking_csv, score_frames
 
 N_FRAMES = 160
 N_BANK = 20
@@ -24,14 +25,14 @@ def run_files(tmp_path_factory):
     run = simulate_run(N_FRAMES, seed=33)
     h5 = write_run(d / "run.h5", run, dataset="entry/data")
     labels = d / "run.labels.csv"
-    runs, idx, cls = read_labels_csv(labels)
-    singles = [i for i, c in zip(idx.tolist(), cls, strict=True) if c == "single"][:N_BANK]
+    t = read_labels(labels)
+    singles = t.index[t.label == "single"].tolist()[:N_BANK]
     picked = d / "picked.csv"
     with open(picked, "w", newline="") as fh:  # what a person hand-picked
         w = csv.writer(fh)
         w.writerow(("run", "index", "class"))
-        w.writerows((runs[0], i, "single") for i in singles)
-        w.writerow((runs[0], 0 if 0 not in singles else 1, "empty"))
+        w.writerows((t.run[0], i, "single") for i in singles)
+        w.writerow((t.run[0], 0 if 0 not in singles else 1, "empty"))
     return d, h5, labels, picked, run, np.asarray(singles)
 
 

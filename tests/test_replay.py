@@ -14,9 +14,9 @@ import pytest
 import zmq
 from karabo_bridge.server import SimServerInThread
 
+from hitstream.errors import ConfigError, InputDataError
 from streamer.cli import main as streamer_main
 from streamer.decode import Decoder, SourceSpec
-from streamer.errors import ConfigError, InputDataError
 from streamer.feed import FeedClient
 from streamer.protocol import serialize
 from streamer.replay import DEFAULT_SOURCE, ReplayConfig, ReplayServer
@@ -168,7 +168,7 @@ def test_input_errors(tmp_path, run_file):
         f["text"] = np.array([[[b"ab"]]])
     with pytest.raises(InputDataError, match="does not exist"):
         ReplayServer(_config(tmp_path / "missing.h5"))
-    with pytest.raises(InputDataError, match=r"'nope' not found.*data \(100, 16, 17\)"):
+    with pytest.raises(InputDataError, match=r"no dataset 'nope'.*data \(100, 16, 17\)"):
         ReplayServer(_config(path, dataset="nope"))
     with pytest.raises(InputDataError, match="shape"):
         ReplayServer(_config(path, dataset="flat"))
@@ -271,7 +271,7 @@ def test_cli_replay_subprocess(run_file):
 def test_cli_errors_exit_2(tmp_path, capsys):
     missing = tmp_path / "missing.h5"
     assert streamer_main(["replay", str(missing), "--endpoint", ANY_PORT]) == 2
-    assert f"{missing} does not exist" in capsys.readouterr().err
+    assert f"{missing}: replay input does not exist" in capsys.readouterr().err
     with pytest.raises(SystemExit) as info:
         streamer_main(["replay", str(missing), "--mode", "DEALER"])
     assert info.value.code == 2

@@ -16,9 +16,9 @@ import psutil
 import pytest
 import zmq
 
+from hitstream.errors import ConfigError
 from streamer.config import load_config
 from streamer.decode import END_OF_RUN_SOURCE
-from streamer.errors import ConfigError
 from streamer.feed import FeedClient
 from streamer.http_server import StatusServer
 from streamer.metrics import Metrics

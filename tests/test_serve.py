@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import zmq
 
-from streamer.bundle import load_bundle
+from hitstream.bundle import load_bundle
 from streamer.config import load_config
 from streamer.decision import decide, keep_mask_for, threshold_vector
 from streamer.decode import END_OF_RUN_SOURCE

@@ -10,9 +10,10 @@ import h5py
 import numpy as np
 import pytest
 
-from streamer.errors import ConfigError, InputDataError
-from streamer.geometry import DetectorGeometry
-from trainer.simulate import (
+from hitstream.errors import ConfigError
+from hitstream.geometry import DetectorGeometry
+from hitstream.labels import read_labels
+from hitstream.simulate import (
     OTHER_KINDS,
     SIM_CLASSES,
     SimConfig,
@@ -24,7 +25,6 @@ from trainer.simulate import (
     iter_chunks,
     projection_amplitude,
     random_rotation,
-    read_labels_csv,
     simulate_frames,
     simulate_indices,
     simulate_run,
@@ -255,10 +255,10 @@ def test_write_run_round_trips_frames_and_labels(tmp_path):
         assert d.chunks == (1, *GEOM.shape)
         np.testing.assert_array_equal(d[...], run.frames)
         assert d.attrs["seed"] == 21
-    runs, index, classes = read_labels_csv(tmp_path / "sim.labels.csv")
-    assert runs == ["sim.h5"] * 9
-    np.testing.assert_array_equal(index, np.arange(9))
-    assert classes == [SIM_CLASSES[i] for i in run.labels]
+    t = read_labels(tmp_path / "sim.labels.csv")
+    assert t.run.tolist() == ["sim.h5"] * 9
+    np.testing.assert_array_equal(t.index, np.arange(9))
+    assert t.label.tolist() == [SIM_CLASSES[i] for i in run.labels]
     header = (tmp_path / "sim.labels.csv").read_text().splitlines()[0]
     assert header.startswith("run,index,class,n_particles")
     with pytest.raises(ConfigError, match="exists"):
@@ -269,32 +269,8 @@ def test_write_run_custom_labels_path_and_run_name(tmp_path):
     run = simulate_frames(0, 3, 1)
     labels = tmp_path / "lab" / "my.csv"
     write_run(tmp_path / "a.h5", run, labels_path=labels, run_name="r0042", compression="lzf")
-    runs, index, classes = read_labels_csv(labels)
-    assert runs == ["r0042"] * 3 and list(index) == [0, 1, 2] and len(classes) == 3
-
-
-@pytest.mark.parametrize(
-    ("text", "match"),
-    [
-        ("", "header"),
-        ("run,idx,class\nf.h5,0,single\n", "header"),
-        ("run,index,class\nf.h5,zero,single\n", ":2: index"),
-        ("run,index,class\nf.h5,-3,single\n", "negative"),
-        ("run,index,class\nf.h5,1\n", "fields"),
-        ("run,index,class\n,1,single\n", "empty"),
-    ],
-)
-def test_read_labels_csv_rejects_bad_files(tmp_path, text, match):
-    path = tmp_path / "bad.csv"
-    path.write_text(text)
-    with pytest.raises(InputDataError, match=match) as err:
-        read_labels_csv(path)
-    assert "bad.csv" in str(err.value)
-
-
-def test_read_labels_csv_missing_file(tmp_path):
-    with pytest.raises(InputDataError, match=r"nope\.csv"):
-        read_labels_csv(tmp_path / "nope.csv")
+    t = read_labels(labels)
+    assert t.run.tolist() == ["r0042"] * 3 and t.index.tolist() == [0, 1, 2] and len(t) == 3
 
 
 # --- command line -----------------------------------------------------------------------
@@ -302,7 +278,7 @@ def test_read_labels_csv_missing_file(tmp_path):
 
 def trainer_main(argv: list[str]) -> int:
     """``trainer.cli.main``; until every listed command module exists, only ``simulate``."""
-    from streamer.cli_util import run_commands
+    from hitstream.cli import run_commands
     from trainer import cli
 
     try:
@@ -343,8 +319,8 @@ def test_cli_simulate_end_to_end(tmp_path, capsys):
     want = simulate_frames(0, 10, 4, cfg)
     with h5py.File(out, "r") as f:
         np.testing.assert_array_equal(f["data/patterns"][...], want.frames)
-    _, _, classes = read_labels_csv(tmp_path / "run.labels.csv")
-    assert classes == [SIM_CLASSES[i] for i in want.labels]
+    t = read_labels(tmp_path / "run.labels.csv")
+    assert t.label.tolist() == [SIM_CLASSES[i] for i in want.labels]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -13,16 +13,14 @@ import pytest
 from scipy import ndimage
 from scipy.stats import spearmanr
 
-from streamer.errors import ConfigError, InputDataError, OutputError
-from streamer.geometry import DetectorGeometry
-from trainer import preprocess as pp
-from trainer.polar import PolarGrid, build_polar_map
-from trainer.simulate import SimConfig, simulate_frames
-from trainer.templates import (
+from hitstream import frame_kernel as pp
+from hitstream.errors import ConfigError, InputDataError, OutputError
+from hitstream.geometry import DetectorGeometry
+from hitstream.simulate import SimConfig, simulate_frames
+from trainer.templates.bank import (
     BruteForceConfig,
     PolarConfig,
     PolarFeatures,
-    bin_clean,
     build_bank,
     load_bank,
     match_frames,
@@ -30,6 +28,7 @@ from trainer.templates import (
     save_bank,
     seed_preprocess,
 )
+from trainer.templates.polar import PolarGrid, build_polar_map
 
 GEOM = DetectorGeometry()
 VALID = GEOM.valid_pixels()
@@ -122,17 +121,6 @@ def test_seed_preprocess():
     y = seed_preprocess(x)
     np.testing.assert_allclose(y[0], [[0, 127.5], [255, 0]])
     np.testing.assert_array_equal(y[1], 0)
-
-
-def test_bin_clean_is_the_cnn_binning():
-    x = simulate_frames(0, 6, seed=2).frames
-    x[0, 10, 10] = np.nan
-    x[1, 50, 50] = np.inf
-    x[2, 60, 60] = -np.inf
-    x[3] -= 0.5
-    x[4, 100, 100] = 5000.0  # hot pixel
-    np.testing.assert_allclose(bin_clean(x), pp.bin_frames(x), rtol=1e-6, atol=1e-5)
-    assert np.isfinite(bin_clean(x)).all()
 
 
 def test_polar_map_area_mean_and_shift():
@@ -258,9 +246,9 @@ def test_clear_errors(tmp_path, smooth):
 def tf_fn(polar_bank):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     pytest.importorskip("tensorflow")
-    from trainer.template_graph import matcher_function
+    from trainer.model.inference_graph import template_function
 
-    return matcher_function(polar_bank)
+    return template_function(polar_bank)
 
 
 def _assert_same(out: dict, ref) -> None:
@@ -281,8 +269,8 @@ def test_tf_graph_from_binned_shares_the_cnn_binning(polar_bank, mixed_frames):
     pytest.importorskip("tensorflow")
     import tensorflow as tf
 
-    from trainer import graph
-    from trainer.template_graph import make_template_matcher
+    from trainer.model import preprocess_graph as graph
+    from trainer.templates.graph import make_template_matcher
 
     match = make_template_matcher(polar_bank)
     out = match.from_binned(graph.bin_frames(tf.constant(mixed_frames)))

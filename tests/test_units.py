@@ -12,18 +12,18 @@ import h5py
 import numpy as np
 import pytest
 
-from streamer.bundle import load_bundle
+from hitstream.bundle import load_bundle
+from hitstream.errors import ConfigError
+from hitstream.labels import LabelTable, write_labels
+from hitstream.simulate import SIM_CLASSES, SimConfig, simulate_frames
+from hitstream.units import estimate_photon_unit
 from streamer.config import load_config
 from streamer.engine import Engine, EngineConfig
-from streamer.errors import ConfigError
 from streamer.pipeline import Pipeline, RunSummary
 from streamer.readback import iter_kept_frames, read_run
 from streamer.replay import ReplayConfig, ReplayServer
-from streamer.units import estimate_photon_unit
 from tests.procs import free_endpoint
-from trainer.ingest import load_labelled, open_run, read_frames
-from trainer.labels import LabelTable, write_labels
-from trainer.simulate import SIM_CLASSES, SimConfig, simulate_frames
+from trainer.data.ingest import load_labelled, open_run, read_frames
 
 DEFAULT = Path(__file__).resolve().parents[1] / "models" / "default"
 ADU = 31.0  # ADU per photon of the "detector" below
@@ -90,9 +90,9 @@ def test_ingest_reads_photons_and_warns_about_other_units(tmp_path: Path, sim, c
     np.testing.assert_allclose(got, adu(x)[[3, 1]] / ADU, rtol=1e-6)
     with pytest.raises(ConfigError, match="positive"):
         open_run(path, "data", photon_unit=0.0)
-    from trainer.labels import read_labels
+    from hitstream.labels import read_labels
 
-    caplog.set_level(logging.WARNING, logger="trainer.ingest")
+    caplog.set_level(logging.WARNING, logger="trainer.data.ingest")
     load_labelled([(path, "data")], read_labels(labels), SIM_CLASSES)
     assert "--photon-unit 3" in caplog.text
     caplog.clear()
@@ -102,9 +102,9 @@ def test_ingest_reads_photons_and_warns_about_other_units(tmp_path: Path, sim, c
 
 
 def test_train_cli_takes_every_architecture_and_json_labels(tmp_path: Path, sim) -> None:
-    from trainer.cnn import ARCHITECTURES
-    from trainer.train_cli import ARCHITECTURES as CLI_ARCHITECTURES
-    from trainer.train_cli import load_labelled_frames
+    from trainer.commands.train import ARCHITECTURES as CLI_ARCHITECTURES
+    from trainer.commands.train import load_labelled_frames
+    from trainer.model.cnn import ARCHITECTURES
 
     assert set(CLI_ARCHITECTURES) == set(ARCHITECTURES)
     path, labels = _adu_run(tmp_path, sim)
@@ -184,8 +184,8 @@ def test_the_units_check_waits_for_enough_lit_pixels_in_one_frame_batches(
 def test_rank_in_adu_warns_and_with_the_unit_scores_like_photons(
     tmp_path: Path, sim, caplog
 ) -> None:
-    from trainer.rank import rank_run
-    from trainer.templates import build_bank
+    from trainer.templates.bank import build_bank
+    from trainer.templates.rank import rank_run
 
     x, y = sim
     path, _ = _adu_run(tmp_path, sim)
@@ -193,7 +193,7 @@ def test_rank_in_adu_warns_and_with_the_unit_scores_like_photons(
     with h5py.File(photons, "w") as f:
         f.create_dataset("data", data=adu(x) / np.float32(ADU))
     bank = build_bank(x[y == 0][:8])
-    caplog.set_level(logging.WARNING, logger="trainer.ingest")
+    caplog.set_level(logging.WARNING, logger="trainer.data.ingest")
     rank_run(path, "data", bank, progress=False)
     assert "--photon-unit 3" in caplog.text
     caplog.clear()

@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from streamer.bundle import write_manifest
+from hitstream.bundle import write_manifest
 
 CLASSES = ("single", "multiple", "empty", "other")
 SLOPE = np.array([1.0, 0.2, -1.0, 0.0], np.float32)

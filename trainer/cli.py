@@ -4,18 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from streamer.cli_util import run_commands
+from hitstream.cli import run_commands
 
 COMMANDS = {
-    "simulate": "trainer.simulate_cli",
-    "train": "trainer.train_cli",
-    "templates": "trainer.templates_cli",
-    "rank": "trainer.rank_cli",
-    "build-default": "trainer.build_default_cli",
-    "export": "trainer.export_cli",
-    "evaluate": "trainer.evaluate_cli",
-    "finetune": "trainer.finetune_cli",
-    "label": "trainer.label_cli",
+    "simulate": "trainer.commands.simulate",
+    "train": "trainer.commands.train",
+    "templates": "trainer.commands.templates",
+    "rank": "trainer.commands.rank",
+    "build-default": "trainer.commands.build_default",
+    "export": "trainer.commands.export",
+    "evaluate": "trainer.commands.evaluate",
+    "finetune": "trainer.commands.finetune",
+    "label": "trainer.commands.label",
 }
 
 

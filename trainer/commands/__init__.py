@@ -1,0 +1,1 @@
+"""The `trainer` commands: each parses its arguments and calls one library function."""

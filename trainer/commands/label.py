@@ -1,0 +1,108 @@
+"""``trainer label``: label frames by eye in a web page, saved as you click.
+
+Serves a grid of frame pictures on localhost, ordered by template distance (clean singles
+first), by the model's uncertainty or by index; a button per class under each picture,
+and keys (arrows, 1..4, 0, n/p). Every change is written to the labels file at once;
+restarting on the same file resumes where it stopped. See :mod:`trainer.labelling.server`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from hitstream.labels import DEFAULT_CLASS_ORDER
+from trainer.commands.args import add_photon_unit
+from trainer.labelling.server import DEFAULT_CROP, DEFAULT_PAGE_SIZE, ORDERS
+
+HELP = "label frames by eye in a web page (thumbnails, click or keys; saved on every change)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="HDF5/CXI run file(s)")
+    p.add_argument("--dataset", required=True, help="path of the (N, H, W) frames dataset")
+    add_photon_unit(p)
+    p.add_argument(
+        "--labels",
+        type=Path,
+        required=True,
+        help="labels file to write, resumed if it exists (.csv, .json or .h5)",
+    )
+    p.add_argument("--model", type=Path, help="model bundle: guesses, uncertainty, its bank")
+    p.add_argument("--bank", type=Path, help="template bank [the --model bundle's templates.h5]")
+    p.add_argument(
+        "--order",
+        choices=ORDERS,
+        help="frame order [template with a bank, else uncertainty with a model, else index]",
+    )
+    p.add_argument(
+        "--classes",
+        default=",".join(DEFAULT_CLASS_ORDER),
+        help=f"classes, comma-separated; keys 1..9 in this order [{','.join(DEFAULT_CLASS_ORDER)}]",
+    )
+    p.add_argument(
+        "--page-size",
+        type=int,
+        default=DEFAULT_PAGE_SIZE,
+        help=f"frames per page [{DEFAULT_PAGE_SIZE}]",
+    )
+    p.add_argument(
+        "--crop",
+        type=int,
+        default=DEFAULT_CROP,
+        help=f"pictures show the central CROP x CROP pixels; 0: whole frames [{DEFAULT_CROP}]",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on [127.0.0.1]")
+    p.add_argument("--port", type=int, default=0, help="port [0: any free port]")
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+    import signal
+    import threading
+
+    from trainer.labelling.server import LabelServer, open_session
+
+    log = logging.getLogger("trainer.label")
+    session = open_session(
+        args.runs,
+        args.dataset,
+        args.labels,
+        model=args.model,
+        bank=args.bank,
+        order=args.order,
+        classes=[c for c in args.classes.split(",") if c.strip()],
+        page_size=args.page_size,
+        crop=args.crop,
+        progress=True,
+        photon_unit=args.photon_unit,
+    )
+    try:
+        server = LabelServer(session, args.host, args.port)
+    except OSError as exc:
+        session.close()
+        from hitstream.errors import ConfigError
+
+        raise ConfigError(f"cannot serve on {args.host}:{args.port} ({exc.strerror})") from exc
+    if not server.loopback:
+        log.warning("serving on %s: anyone who can reach it can change the labels", args.host)
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    server.start()
+    state = session.state()
+    print(
+        f"ready: labelling page at {server.url} ({state['n_frames']} frames, order "
+        f"{state['order']}, {state['labelled']} labelled; saving to {args.labels}; Ctrl-C stops)",
+        flush=True,
+    )
+    try:
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        server.stop()
+    counts = ", ".join(f"{c} {n}" for c, n in session.counts().items())
+    print(f"labels in {args.labels}: {counts or 'none'}", flush=True)
+    return 0

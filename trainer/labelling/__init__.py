@@ -1,0 +1,1 @@
+"""The labelling page of ``trainer label``: session (frames, order, labels) and server."""

@@ -1,0 +1,303 @@
+"""Training-time augmentations that respect diffraction physics (TF ops, stateless seeds).
+
+Applied in the tf.data pipeline, never part of the exported graph. Two stages around the
+binning of :mod:`trainer.model.preprocess_graph` (``bin_clean`` → photons → ``cap_hot`` →
+``channels``):
+
+Geometry, on raw frames (:func:`augment_geometry`), nearest-neighbour so counts stay counts:
+  in-plane rotation about the beam centre by any angle (which includes the centrosymmetric
+  180° turn), a mirror image (the pattern of the mirrored particle), a zoom about the centre
+  (another particle size or detector distance) and a small shift of the centre. The gap
+  rows are first filled with mirrored copies of their neighbours, so a turned frame carries
+  no turned gap; afterwards the detector mask is applied again.
+
+Photons, on binned counts (:func:`augment_photons`; binning is a sum, so this is exact and
+4× cheaper than at full resolution; on raw pixels for models with detail channels, whose
+within-block structure must be thinned too):
+  photon level ``s`` log-uniform in ``scale_range``: ``s ≤ 1`` binomial thinning (exactly a
+  run with ``s`` times the fluence), ``s > 1`` each photon duplicated with probability
+  ``s − 1`` (right mean, somewhat over-dispersed); extra background photons (flat / low-q
+  mix) for a share of frames; extra hot pixels.
+
+TensorFlow is imported inside the functions, so :class:`AugmentConfig` (part of
+:class:`trainer.model.train.TrainConfig`) is importable without it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from hitstream import frame_kernel as ref
+from hitstream.geometry import DetectorGeometry
+
+MAX_EXTRA_PHOTONS = 128  # per frame: extra background photons and hot pixels drawn at most
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Which augmentations to apply and how strongly."""
+
+    rotate: bool = True
+    mirror: bool = True
+    shift_px: float = 2.0
+    zoom_range: tuple[float, float] = (0.87, 1.15)
+    scale_range: tuple[float, float] = (0.25, 2.0)
+    background_share: float = 0.5  # share of frames that get extra background
+    background_photons: tuple[float, float] = (3.0, 60.0)  # log-uniform, per frame
+    hot_pixels: float = 0.5  # Poisson mean per frame
+    hot_pixel_photons: tuple[float, float] = (20.0, 500.0)
+    read_noise_share: float = 0.5  # share of frames that get Gaussian detector read noise
+    read_noise_photons: tuple[float, float] = (0.0, 0.15)  # its σ per pixel, uniform
+    # other detectors' masks: on this share of frames, a larger beam-stop hole and gap (the
+    # radius and the gap's full height uniform up to these, from the geometry's own)
+    mask_share: float = 0.3
+    max_hole_radius_px: float = 14.0
+    max_gap_rows: float = 12.0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def gap_fill_rows(geometry: DetectorGeometry) -> np.ndarray:
+    """(H,) int32 source row of every row: identity, except the gap rows, which take mirrored
+    copies of the rows above (upper half) and below (lower half)."""
+    h = geometry.shape[0]
+    rows = np.arange(h, dtype=np.int32)
+    gap = np.flatnonzero(~geometry.valid_pixels().any(axis=1))
+    if gap.size == 0:
+        return rows
+    top, bottom = int(gap.min()), int(gap.max())
+    mid = (top + bottom) / 2.0
+    for r in gap:
+        src = top - 1 - (r - top) if r <= mid else bottom + 1 + (bottom - r)
+        rows[r] = min(max(src, 0), h - 1)
+    return rows
+
+
+def affine_transforms(angle, mirror, zoom, shift, centre):
+    """(B, 8) projective transforms mapping output pixel (x, y) to input coordinates."""
+    import tensorflow as tf
+
+    cy, cx = centre
+    c, s = tf.cos(angle) / zoom, tf.sin(angle) / zoom
+    a0, a1 = mirror * c, mirror * s
+    b0, b1 = -s, c
+    ox, oy = cx + shift[:, 1], cy + shift[:, 0]
+    a2 = cx - a0 * ox - a1 * oy
+    b2 = cy - b0 * ox - b1 * oy
+    zeros = tf.zeros_like(angle)
+    return tf.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
+
+
+def augment_geometry(
+    frames,
+    seed,
+    geometry: DetectorGeometry | None = None,
+    config: AugmentConfig | None = None,
+):
+    """Turned / mirrored / zoomed / shifted raw frames (B, H, W); ``seed``: (2,) ints."""
+    import tensorflow as tf
+
+    from trainer.model import preprocess_graph as graph
+
+    geometry = geometry or DetectorGeometry()
+    config = config or AugmentConfig()
+    x = tf.convert_to_tensor(frames, tf.float32)
+    x = tf.where(tf.math.is_finite(x), tf.maximum(x, 0.0), 0.0)
+    n = tf.shape(x)[0]
+    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 4)
+    two_pi = 2.0 * math.pi
+    angle = tf.random.stateless_uniform([n], seeds[0], 0.0, two_pi if config.rotate else 0.0)
+    flip = tf.random.stateless_uniform([n], seeds[1]) < (0.5 if config.mirror else 0.0)
+    lo, hi = (math.log(z) for z in config.zoom_range)
+    zoom = tf.exp(tf.random.stateless_uniform([n], seeds[2], lo, hi))
+    d = config.shift_px
+    shift = tf.random.stateless_uniform([n, 2], seeds[3], -d, d)
+    x = tf.gather(x, tf.constant(gap_fill_rows(geometry)), axis=1)
+    transforms = affine_transforms(
+        angle, tf.where(flip, -1.0, 1.0), zoom, shift, geometry.center_px
+    )
+    return transform_frames(x, transforms, geometry.shape) * graph.mask_constant(geometry)
+
+
+def transform_frames(frames, transforms, shape: tuple[int, int]):
+    """Nearest-neighbour resampling of (B, H, W) frames by (B, 8) projective transforms."""
+    import tensorflow as tf
+
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=tf.expand_dims(frames, -1),
+        transforms=transforms,
+        output_shape=tf.constant(list(shape), tf.int32),
+        fill_value=0.0,
+        interpolation="NEAREST",
+        fill_mode="CONSTANT",
+    )[..., 0]
+
+
+def resample_photons(binned, scale, seed):
+    """Counts with ``scale`` (B,) times the photons: thinning (≤ 1) or duplication (> 1)."""
+    import tensorflow as tf
+
+    whole = tf.floor(binned)
+    frac = binned - whole
+    s = tf.reshape(scale, [-1, 1, 1])
+    p = tf.broadcast_to(tf.where(s <= 1.0, s, s - 1.0), tf.shape(binned))
+    drawn = tf.random.stateless_binomial(
+        tf.shape(binned), seed, counts=whole, probs=p, output_dtype=tf.float32
+    )
+    return tf.where(s <= 1.0, drawn, whole + drawn) + frac * s
+
+
+def _scatter(bins, values, shape):
+    """Sum ``values`` (B, K) into bins (B, K) of flat images (B, h*w) → (B, h, w)."""
+    import tensorflow as tf
+
+    n = tf.shape(bins)[0]
+    size = shape[0] * shape[1]
+    flat = bins + tf.range(n, dtype=bins.dtype)[:, None] * size
+    out = tf.math.unsorted_segment_sum(tf.reshape(values, [-1]), tf.reshape(flat, [-1]), n * size)
+    return tf.reshape(out, [n, shape[0], shape[1]])
+
+
+def _grid_mask(geometry: DetectorGeometry, pixels: bool) -> np.ndarray:
+    """Valid raw pixels (``pixels``) or valid bins, float64."""
+    return np.array(ref.detector_mask(geometry) if pixels else ref.binned_mask(geometry), float)
+
+
+def _background_weights(
+    geometry: DetectorGeometry, pixels: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Flat and low-q photon distributions over the bins or pixels (each sums to 1)."""
+    mask = _grid_mask(geometry, pixels)
+    hb, wb = mask.shape
+    cy, cx = geometry.center_px
+    step = 1 if pixels else ref.BIN
+    yy = (np.arange(hb) * step + (step - 1) / 2 - cy)[:, None]
+    xx = (np.arange(wb) * step + (step - 1) / 2 - cx)[None, :]
+    r0 = 2.0 * max(geometry.hole_radius_px, 2.0)
+    lowq = mask / (1.0 + (yy**2 + xx**2) / r0**2) ** 2
+    return mask.ravel() / mask.sum(), lowq.ravel() / lowq.sum()
+
+
+def augment_photons(
+    binned,
+    seed,
+    geometry: DetectorGeometry | None = None,
+    config: AugmentConfig | None = None,
+    pixels: bool = False,
+):
+    """Photon-level, background and hot-pixel augmentation of binned counts (B, h, w), or
+    of raw non-negative counts (B, H, W) with ``pixels``."""
+    import tensorflow as tf
+
+    geometry = geometry or DetectorGeometry()
+    config = config or AugmentConfig()
+    b = tf.convert_to_tensor(binned, tf.float32)
+    n = tf.shape(b)[0]
+    shape = tuple(geometry.shape) if pixels else ref.binned_shape(geometry)
+    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 9)
+    lo, hi = config.scale_range
+    if (lo, hi) != (1.0, 1.0):
+        log_s = tf.random.stateless_uniform([n], seeds[0], math.log(lo), math.log(hi))
+        b = resample_photons(b, tf.exp(log_s), seeds[1])
+    k = MAX_EXTRA_PHOTONS
+    if config.background_share > 0:
+        flat, lowq = _background_weights(geometry, pixels)
+        f = tf.random.stateless_uniform([n, 1], seeds[2])
+        probs = f * tf.constant(lowq, tf.float32) + (1.0 - f) * tf.constant(flat, tf.float32)
+        blo, bhi = (math.log(v) for v in config.background_photons)
+        level = tf.exp(tf.random.stateless_uniform([n], seeds[3], blo, bhi))
+        level *= tf.cast(
+            tf.random.stateless_uniform([n], seeds[4]) < config.background_share, tf.float32
+        )
+        count = tf.random.stateless_poisson([n], seeds[5], level, dtype=tf.int32)
+        bins = tf.random.stateless_categorical(
+            tf.math.log(probs + 1e-30), k, seeds[6], dtype=tf.int32
+        )
+        on = tf.cast(tf.range(k)[None, :] < count[:, None], tf.float32)
+        b += _scatter(bins, on, shape)
+    if config.hot_pixels > 0:
+        mask = _grid_mask(geometry, pixels).ravel()
+        logits = tf.tile(tf.constant(np.log(mask + 1e-30)[None, :], tf.float32), [n, 1])
+        m = 4  # at most this many hot pixels per frame
+        count = tf.random.stateless_poisson([n], seeds[7], config.hot_pixels, dtype=tf.int32)
+        bins = tf.random.stateless_categorical(logits, m, seeds[8], dtype=tf.int32)
+        plo, phi = config.hot_pixel_photons
+        values = tf.random.stateless_uniform([n, m], seeds[8][::-1], plo, phi)
+        values *= tf.cast(tf.range(m)[None, :] < count[:, None], tf.float32)
+        b += _scatter(bins, values, shape)
+    return b
+
+
+def augment_mask(frames, seed, geometry: DetectorGeometry, config: AugmentConfig):
+    """Raw frames (B, H, W) with, on a share of them, a larger central hole and gap set to 0,
+    as another detector's beam stop and gap would leave them. Applied after read noise; for
+    the models that see the block details also after the photon augmentation (for the
+    others that runs on the bins afterwards and may put background photons there)."""
+    import tensorflow as tf
+
+    if config.mask_share <= 0:
+        return frames
+    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 3)
+    n = tf.shape(frames)[0]
+    h, w = geometry.shape
+    cy, cx = geometry.center_px
+    yy = tf.constant((np.arange(h) - cy)[:, None], tf.float32)
+    xx = tf.constant((np.arange(w) - cx)[None, :], tf.float32)
+    on = tf.random.stateless_uniform([n], seeds[0]) < config.mask_share
+    r_lo, r_hi = geometry.hole_radius_px, max(geometry.hole_radius_px, config.max_hole_radius_px)
+    g_lo, g_hi = geometry.gap_rows / 2.0, max(geometry.gap_rows, config.max_gap_rows) / 2.0
+    r = tf.random.stateless_uniform([n], seeds[1], r_lo, r_hi)
+    g = tf.random.stateless_uniform([n], seeds[2], g_lo, g_hi)
+    r = tf.where(on, r, 0.0)[:, None, None]
+    g = tf.where(on, g, 0.0)[:, None, None]
+    keep = (yy**2 + xx**2 >= r**2) & (tf.abs(yy) >= g)
+    return frames * tf.cast(keep, frames.dtype)
+
+
+def add_read_noise(frames, seed, config: AugmentConfig):
+    """Zero-mean Gaussian noise (σ per frame from ``read_noise_photons``) on a share of the
+    raw frames (B, H, W), as a detector's pedestal/read noise after photon conversion."""
+    import tensorflow as tf
+
+    if config.read_noise_share <= 0 or config.read_noise_photons[1] <= 0:
+        return frames
+    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 3)
+    n = tf.shape(frames)[0]
+    lo, hi = config.read_noise_photons
+    sigma = tf.random.stateless_uniform([n], seeds[0], lo, hi)
+    sigma *= tf.cast(
+        tf.random.stateless_uniform([n], seeds[1]) < config.read_noise_share, tf.float32
+    )
+    noise = tf.random.stateless_normal(tf.shape(frames), seeds[2])
+    return frames + noise * sigma[:, None, None]
+
+
+def augmented_inputs(
+    frames,
+    seed,
+    geometry: DetectorGeometry | None = None,
+    config: AugmentConfig | None = None,
+    coarsen: int = 1,
+    details: bool = False,
+):
+    """Raw frames → augmented network inputs, the training twin of ``graph.preprocess``."""
+    import tensorflow as tf
+
+    from trainer.model import preprocess_graph as graph
+
+    config = config or AugmentConfig()
+    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 3)
+    geometry = geometry or DetectorGeometry()
+    mask_seed = tf.random.experimental.stateless_split(seeds[2], 2)[1]
+    x = augment_geometry(frames, seeds[0], geometry, config)
+    if details:  # photons on raw pixels, then read noise and mask, then the preprocessing
+        x = augment_photons(x, seeds[1], geometry, config, pixels=True)
+        x = augment_mask(add_read_noise(x, seeds[2], config), mask_seed, geometry, config)
+        return graph.preprocess(x, geometry, details=True)[0]
+    x = augment_mask(add_read_noise(x, seeds[2], config), mask_seed, geometry, config)
+    b = augment_photons(graph.bin_clean(x, geometry), seeds[1], geometry, config)
+    return graph.channels(graph.cap_hot(graph.coarsen_bins(b, coarsen)))

@@ -1,0 +1,176 @@
+"""Frame preprocessing in TensorFlow ops, for training and for the exported ONNX graph.
+
+Mirrors :mod:`hitstream.frame_kernel` step by step (same constants; a test checks parity).
+Only ops that tf2onnx converts cleanly and onnxruntime runs fast on the CPU are used:
+full-resolution work is one AveragePool; the rest runs on the 4× smaller binned image.
+Learned the hard way: tf2onnx has no Log1p; a Select whose condition is not IsNaN/IsInf
+becomes ``cond*x + (1-cond)*y``, which lets NaN through; a single-channel Conv is slow in
+onnxruntime (so the neighbour sum is a SAME AveragePool, one padded ONNX op); stacking
+channels last costs a copy plus a transpose (so the two channels are one broadcast Mul
+in NCHW order, whose transpose tf2onnx cancels).
+
+Constants (masks) are created inside the calling function, so a ``tf.function`` embeds
+them in its graph instead of capturing them as inputs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from hitstream import frame_kernel as ref
+from hitstream.errors import ConfigError
+from hitstream.geometry import DetectorGeometry
+
+
+def mask_constant(geometry: DetectorGeometry | None = None) -> tf.Tensor:
+    """The full-resolution detector mask as a (H, W) float32 constant."""
+    return tf.constant(np.array(ref.detector_mask(geometry)), dtype=tf.float32)
+
+
+def binned_mask_constant(geometry: DetectorGeometry | None = None) -> tf.Tensor:
+    """The binned mask as a (h, w) float32 constant."""
+    return tf.constant(np.array(ref.binned_mask(geometry)), dtype=tf.float32)
+
+
+def bin_clean(frames: tf.Tensor, geometry: DetectorGeometry | None = None) -> tf.Tensor:
+    """Raw (B, H, W) → binned, clipped, NaN-free, masked counts (B, h, w).
+
+    The 2×2 sum is an average times 4, the 4 folded into the mask constant."""
+    x = tf.expand_dims(tf.convert_to_tensor(frames, dtype=tf.float32), -1)
+    b = tf.squeeze(tf.nn.avg_pool2d(x, ref.BIN, ref.BIN, padding="VALID"), -1)
+    return _clean_sums(b, float(ref.BIN**2), geometry)
+
+
+def _clean_sums(b: tf.Tensor, scale: float, geometry: DetectorGeometry | None) -> tf.Tensor:
+    """Block sums divided by ``scale`` (B, h, w) → cleaned counts. NaN removal (an
+    elementwise Where, slow in onnxruntime) runs only for batches that contain a NaN: one
+    sum over the batch decides (clipping has made ±Inf finite), an ONNX ``If``."""
+    b = tf.clip_by_value(b - ref.NOISE_FLOOR / scale, 0.0, ref.PIXEL_MAX / scale)
+    b = b * (binned_mask_constant(geometry) * scale)
+    return tf.cond(
+        tf.math.is_nan(tf.reduce_sum(b)),
+        lambda: tf.where(tf.math.is_nan(b), 0.0, b),
+        lambda: b,
+    )
+
+
+def _haar_kernel() -> tf.Tensor:
+    """(2, 2, 1, 4) Conv kernel: a 2×2 block's sum and its row, column, diagonal details."""
+    k = np.array(
+        [[[1, 1], [1, 1]], [[1, 1], [-1, -1]], [[1, -1], [1, -1]], [[1, -1], [-1, 1]]],
+        np.float32,
+    )
+    return tf.constant(k.transpose(1, 2, 0)[:, :, None, :])
+
+
+def block_details(frames: tf.Tensor) -> tf.Tensor:
+    """Raw (B, H, W) → (B, h, w, 4) block sums and Haar details (one strided Conv)."""
+    x = tf.expand_dims(tf.convert_to_tensor(frames, dtype=tf.float32), -1)
+    return tf.nn.conv2d(x, _haar_kernel(), ref.BIN, padding="VALID")
+
+
+def bin_clean_details(
+    frames: tf.Tensor, geometry: DetectorGeometry | None = None
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Raw (B, H, W) → (cleaned counts (B, h, w) as :func:`bin_clean`, blocks (B, h, w, 4))."""
+    blocks = block_details(frames)
+    return _clean_sums(blocks[..., 0], 1.0, geometry), blocks
+
+
+def _details_first(blocks: tf.Tensor, binned: tf.Tensor) -> tf.Tensor:
+    """(B, h, w, 4) blocks, (B, h, w) cleaned (capped) bins → (B, 3, h, w) detail z-scores.
+
+    Built per channel on (B, h, w) slices and stacked channels-first, so that, concatenated
+    with :func:`_channels_first` and transposed once, no layout copy is left in ONNX."""
+    gate = binned / (tf.maximum(blocks[..., 0], 1.0) * tf.sqrt(binned + 1.0))
+    z = tf.stack([blocks[..., k] * gate for k in (1, 2, 3)], axis=1)
+    return tf.cond(
+        tf.math.is_finite(tf.reduce_sum(z)),
+        lambda: z,
+        lambda: _zero_non_finite(z),
+    )
+
+
+def _zero_non_finite(x: tf.Tensor) -> tf.Tensor:
+    """NaN and ±Inf → 0, as two Wheres on IsNaN / IsInf (the only conditions that tf2onnx
+    keeps a true Where for; ``is_finite`` would become arithmetic that lets NaN through)."""
+    x = tf.where(tf.math.is_nan(x), 0.0, x)
+    return tf.where(tf.math.is_inf(x), 0.0, x)
+
+
+def cap_hot(binned: tf.Tensor) -> tf.Tensor:
+    """Each bin capped at HOT_ABS + HOT_REL × mean of its 8 neighbours."""
+    mean = tf.squeeze(tf.nn.avg_pool2d(tf.expand_dims(binned, -1), 3, 1, padding="SAME"), -1)
+    # HOT_ABS + HOT_REL/8 * (9 * mean - b); the window mean counts bins inside the frame only
+    cap = ref.HOT_ABS + (9.0 * ref.HOT_REL / 8.0) * mean - (ref.HOT_REL / 8.0) * binned
+    return tf.minimum(binned, cap)
+
+
+def bin_frames(frames: tf.Tensor, geometry: DetectorGeometry | None = None) -> tf.Tensor:
+    """Raw (B, H, W) → cleaned binned photon counts (B, h, w); see :mod:`hitstream.frame_kernel`."""
+    return cap_hot(bin_clean(frames, geometry))
+
+
+def _channels_first(binned: tf.Tensor) -> tf.Tensor:
+    """(B, h, w) cleaned binned counts → (B, 2, h, w): ``sqrt(b)`` times per-frame scales."""
+    s = tf.expand_dims(tf.sqrt(binned), 1)
+    mean = tf.reduce_mean(binned, axis=[1, 2])
+    level = tf.fill(tf.shape(mean), 1.0 / ref.LEVEL_SCALE)
+    scales = tf.stack([level, tf.math.rsqrt(mean + ref.SHAPE_EPS)], axis=1)
+    return s * tf.reshape(scales, [-1, 2, 1, 1])
+
+
+def channels(binned: tf.Tensor) -> tf.Tensor:
+    """(B, h, w) cleaned binned counts → (B, h, w, 2) network input.
+
+    Both channels are ``sqrt(b)`` times a per-frame scale, built as ONE broadcast multiply
+    into (B, 2, h, w) and transposed to channels-last; tf2onnx cancels that transpose
+    against the one it puts before the first convolution (NCHW), so no copy remains."""
+    return tf.transpose(_channels_first(binned), [0, 2, 3, 1])
+
+
+def coarsen_bins(binned: tf.Tensor, k: int) -> tf.Tensor:
+    """Sum k×k blocks of binned counts (B, h, w) → (B, h//k, w//k) (one AveragePool)."""
+    if k == 1:
+        return binned
+    pooled = tf.nn.avg_pool2d(tf.expand_dims(binned, -1), k, k, padding="VALID")
+    return tf.squeeze(pooled, -1) * float(k * k)
+
+
+def finish(binned: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Cleaned binned counts → (network input, photons)."""
+    return channels(binned), tf.reduce_sum(binned, axis=[1, 2])
+
+
+def finish_details(binned: tf.Tensor, blocks: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Cleaned binned counts and blocks → (5-channel network input, photons)."""
+    x = tf.concat([_channels_first(binned), _details_first(blocks, binned)], axis=1)
+    return tf.transpose(x, [0, 2, 3, 1]), tf.reduce_sum(binned, axis=[1, 2])
+
+
+def preprocess(
+    frames: tf.Tensor,
+    geometry: DetectorGeometry | None = None,
+    coarsen: int = 1,
+    details: bool = False,
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Raw frames (B, H, W) → (network input (B, h, w, 2 or 5), photons (B,))."""
+    images, photons, _ = network_inputs(frames, geometry, coarsen, details)
+    return images, photons
+
+
+def network_inputs(frames, geometry, coarsen: int, details: bool):
+    """(network input, photons, cleaned 2×2 bins or None when coarsened): the one place
+    that chains the steps, for training and for the exported graph."""
+    if details:
+        if coarsen != 1:
+            raise ConfigError("detail channels need the 2x2-binned image (coarsen 1)")
+        clean, blocks = bin_clean_details(frames, geometry)
+        binned = cap_hot(clean)
+        return (*finish_details(binned, blocks), binned)
+    clean = bin_clean(frames, geometry)
+    if coarsen != 1:
+        return (*finish(cap_hot(coarsen_bins(clean, coarsen))), None)
+    binned = cap_hot(clean)
+    return (*finish(binned), binned)

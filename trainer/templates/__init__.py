@@ -1,0 +1,1 @@
+"""The template bank of picked singles: polar features, matching, ranking, TF graph."""
