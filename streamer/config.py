@@ -86,10 +86,13 @@ class PipelineConfig:
 
 @dataclass(frozen=True)
 class MetricsConfig:
-    """HTTP endpoint for Prometheus and readiness; port 0 picks a free one, -1 disables."""
+    """HTTP endpoint for Prometheus, readiness, the live page and control (``POST /model``);
+    port 0 picks a free one, -1 disables. Bound beyond loopback, control requests need the
+    token of ``token_file`` (or ``$HITSTREAM_HTTP_TOKEN``); see :mod:`hitstream.http_base`."""
 
     host: str = "127.0.0.1"
     port: int = 9108
+    token_file: Path | None = None
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from streamer.config import (
     to_dict,
 )
 from streamer.engine import PROVIDER_CHOICES
+from hitstream.http_base import read_token
 from streamer.http_server import StatusServer
 from streamer.metrics import Metrics
 from streamer.model_swap import parse_swap_body
@@ -110,7 +111,12 @@ def run(args: argparse.Namespace) -> int:
     pipeline = Pipeline(config, metrics=metrics)
     server = None
     if config.metrics.port >= 0:
-        server = StatusServer(metrics, config.metrics.host, config.metrics.port).start()
+        server = StatusServer(
+            metrics,
+            config.metrics.host,
+            config.metrics.port,
+            token=read_token(config.metrics.token_file),
+        ).start()
         server.status = pipeline.status
         server.post_route("/model", lambda body: _swap_answer(pipeline, body))
         if pipeline.live is not None:

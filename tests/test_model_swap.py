@@ -140,7 +140,10 @@ def test_swap_over_http_and_by_watching_the_model_path(run_file: Path, tmp_path:
 
         def post(path: str) -> tuple[int, dict]:
             req = urllib.request.Request(
-                f"{base}/model", data=json.dumps({"path": str(path)}).encode(), method="POST"
+                f"{base}/model",
+                data=json.dumps({"path": str(path)}).encode(),
+                method="POST",
+                headers={"Content-Type": "application/json"},
             )
             try:
                 with urllib.request.urlopen(req, timeout=30) as r:
