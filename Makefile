@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: browser demo test lint format default-model bench clean
+.PHONY: browser system-test-deps demo test lint format default-model bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -25,20 +25,30 @@ $(VENV)/.stamp-all: pyproject.toml | $(PY)
 demo: $(VENV)/.stamp-serve
 	$(VENV)/bin/streamer demo --out demo-out
 
-# headless Chromium + chromedriver (Debian packages) for the browser tests of the web pages
-CHROMIUM_PKGS := chromium chromium-driver
-browser:
-	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+# Debian packages the tests use: headless Chromium + chromedriver (browser tests of the web
+# pages), promtool (from prometheus: checks the shipped Prometheus config and alert rules)
+# and Node.js (syntax check of the pages' JavaScript)
+browser: system-test-deps
+system-test-deps:
+	@missing=""; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
+	command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	command -v node >/dev/null || missing="$$missing nodejs"; \
+	if [ -n "$$missing" ]; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(CHROMIUM_PKGS); }
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	    $$SUDO apt-get install -y -qq $$missing; fi
 
-test: $(VENV)/.stamp-all browser
+test: $(VENV)/.stamp-all system-test-deps
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest -q
 
 lint: $(VENV)/.stamp-all
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 format: $(VENV)/.stamp-all
 	$(VENV)/bin/ruff format .

@@ -12,27 +12,16 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from hitstream.bundle import load_bundle
+from hitstream.simulate.replay_runs import photon_like_frames
+from streamer.engine import Engine, EngineConfig
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from hitstream.bundle import load_bundle  # noqa: E402
-from streamer.engine import Engine, EngineConfig  # noqa: E402
-
-
-def frames_for(shape: tuple[int, int], n: int, seed: int = 0) -> np.ndarray:
-    """Photon-count-like frames (Poisson, bright centre) so preprocessing does real work."""
-    rng = np.random.default_rng(seed)
-    h, w = shape
-    yy, xx = np.mgrid[:h, :w]
-    r2 = (yy - h / 2) ** 2 + (xx - w / 2) ** 2
-    lam = 5.0 * np.exp(-r2 / (2 * 30.0**2))
-    return rng.poisson(lam, size=(n, h, w)).astype(np.float32)
 
 
 def time_engine(
@@ -70,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     bundle = load_bundle(args.model)
     batches = [int(b) for b in args.batches.split(",")]
-    all_frames = frames_for(bundle.frame_shape, max(args.frames, args.cpu_frames))
+    all_frames = photon_like_frames(bundle.frame_shape, max(args.frames, args.cpu_frames))
     rows = []
     for provider in args.providers.split(","):
         for batch in batches:

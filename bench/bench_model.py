@@ -73,7 +73,7 @@ def export_graphs(tmp: Path) -> dict[str, tuple[Path, int | None]]:
 
 def compare_accuracy(n: int, epochs: int) -> None:
     """Train seed and compact on the same frames; print validation metrics side by side."""
-    from trainer.commands.build_default import simulate_parallel
+    from hitstream.simulate import simulate_parallel
     from trainer.model.train import (
         TrainConfig,
         choose_threshold,

@@ -1,8 +1,8 @@
 """Quality of shipped bundles on simulated runs that no build trained on.
 
 The three test runs of ``trainer build-default`` (same seeds), two runs with detector read
-noise, and the new-run, other-mask and bright settings of ``bench_adapt.py``; 1,000 frames
-each. Prints accuracy and
+noise, and the new-run, other-mask and bright settings of ``bench_adapt.py``
+(:func:`trainer.model.quality.quality_runs`); 1,000 frames each. Prints accuracy and
 single-hit precision/recall at each bundle's own threshold, and the precision-recall curve
 read at recall 0.95 (``P@R0.95``).
 
@@ -12,27 +12,9 @@ read at recall 0.95 (``P@R0.95``).
 from __future__ import annotations
 
 import argparse
-import sys
-from dataclasses import replace
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from bench_adapt import bright_config, mask_config, new_run_config, score
-
-
-def runs() -> dict:
-    """name -> (seed, SimConfig)."""
-    from hitstream.simulate import SimConfig
-    from trainer.commands.build_default import TEST_SEEDS, test_configs
-
-    out = {name: (TEST_SEEDS[name], cfg) for name, cfg in test_configs().items()}
-    out["read_noise_0.05"] = (777, replace(SimConfig(), read_noise_photons=0.05))
-    out["read_noise_0.10"] = (778, replace(SimConfig(), read_noise_photons=0.10))
-    out["new_run"] = (4242, new_run_config())
-    out["other_mask"] = (779, mask_config())
-    out["bright"] = (780, bright_config())
-    return out
+from trainer.model.quality import quality_runs, score_bundle
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,12 +22,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("bundles", nargs="+", type=Path)
     ap.add_argument("--frames", type=int, default=1000)
     args = ap.parse_args(argv)
-    from trainer.commands.build_default import simulate_parallel
+    from hitstream.simulate import simulate_parallel
 
     rows = []
-    for name, (seed, cfg) in runs().items():
+    for name, (seed, cfg) in quality_runs().items():
         x, y = simulate_parallel(args.frames, seed, cfg, desc=name)
-        rows += [(name, b, score(b, x, y)) for b in args.bundles]
+        rows += [(name, b, score_bundle(b, x, y)) for b in args.bundles]
     print(f"\n{'run':<16} {'bundle':<18} {'accuracy':>9} {'single P':>9} {'single R':>9} "
           f"{'P@R0.95':>8}")  # fmt: skip
     for name, b, m in rows:

@@ -23,31 +23,16 @@ import tempfile
 import time
 from pathlib import Path
 
-import h5py
+import hdf5plugin  # noqa: F401  (the workers' files are LZ4; read_run does not register it)
 import numpy as np
 
+from hitstream.simulate.replay_runs import write_synthetic_run, write_tiled_run
+from streamer.demo import free_port
+from streamer.readback import read_run
+from streamer.run_index import build_run_index
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bench.bench_engine import frames_for  # noqa: E402
-from bench.bench_streamer import free_port, make_run  # noqa: E402
-from streamer.readback import read_run  # noqa: E402
-from streamer.run_index import build_run_index  # noqa: E402
-
 PY = [sys.executable, "-m", "streamer"]
-
-
-def synthetic_run(path: Path, frames: int) -> Path:
-    """Numpy-only frames (no simulator, for hosts without scipy); reused if the size matches."""
-    if path.exists():
-        with h5py.File(path, "r") as f:
-            if f["data"].shape[0] == frames:
-                return path
-    base = frames_for((260, 257), min(frames, 256))
-    reps = int(np.ceil(frames / len(base)))
-    with h5py.File(path, "w") as f:
-        f.create_dataset("data", data=np.tile(base, (reps, 1, 1))[:frames], chunks=(32, 260, 257))
-    return path
 
 
 def start_worker(i: int, endpoint: str, mode: str, out: Path, args: argparse.Namespace):
@@ -125,9 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     args.out = args.out or Path(tempfile.mkdtemp(prefix="hitstream-scale-"))
     args.out.mkdir(parents=True, exist_ok=True)
     run_path = args.out / "run.h5"
-    run = (
-        synthetic_run(run_path, args.frames) if args.synthetic else make_run(run_path, args.frames)
-    )
+    if args.synthetic:  # numpy only: for hosts without scipy
+        run = write_synthetic_run(run_path, args.frames)
+    else:
+        run = write_tiled_run(run_path, args.frames)
     rows = [measure(int(n), run, args) for n in args.workers.split(",")]
     base = rows[0]["frames_per_s"]
     print(f"\nscale-out, topology {args.topology}, provider {args.provider}, "

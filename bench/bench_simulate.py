@@ -34,9 +34,9 @@ from hitstream.simulate import (
     iter_chunks,
     simulate_frames,
     simulate_indices,
+    write_example_montage,
     write_run,
 )
-from trainer.commands.simulate import write_montage
 
 
 def _timed_range(args: tuple[int, int, int]) -> float:
@@ -150,13 +150,7 @@ def main() -> None:
             print(f"  other/{kind}: {sel.sum()} frames, median {np.median(tot[sel]):.0f} photons")
 
     if a.png:
-        picks = np.concatenate([np.flatnonzero(run.labels == i)[:6] for i in range(4)])
-        write_montage(
-            a.png,
-            simulate_indices(picks, seed),
-            per_class=6,
-            expected=simulate_indices(picks, seed, noise=False),
-        )
+        write_example_montage(a.png, run.labels, seed, per_class=6)
         print(f"montage: {a.png}")
     if a.json:
         a.json.write_text(json.dumps(out, indent=1))

@@ -24,33 +24,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-
-def make_run(path: Path, frames: int, distinct: int = 500, seed: int = 11) -> Path:
-    """Simulated frames (tiled), stored uncompressed so the producer is not the bottleneck."""
-    if path.exists():
-        with h5py.File(path) as f:
-            if f["data"].shape[0] == frames:
-                return path
-    from hitstream.simulate import simulate_run
-
-    sim = simulate_run(min(distinct, frames), seed=seed, progress=True)
-    reps = int(np.ceil(frames / len(sim.frames)))
-    with h5py.File(path, "w") as f:
-        f.create_dataset(
-            "data", data=np.tile(sim.frames, (reps, 1, 1))[:frames], chunks=(32, 260, 257)
-        )
-    return path
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from hitstream.simulate.replay_runs import write_tiled_run
+from streamer.demo import free_port
 
 
 def stream(
@@ -160,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     out = args.out or Path(tempfile.mkdtemp(prefix="hitstream-bench-"))
     out.mkdir(parents=True, exist_ok=True)
-    run = make_run(out / "run.h5", args.frames)
+    run = write_tiled_run(out / "run.h5", args.frames)
     rows: list[dict[str, object]] = []
     baseline = None if args.no_baseline else seed_baseline(run)
     for model in args.models.split(","):

@@ -1,16 +1,18 @@
 """Fuzz a running streamer: N malformed and good messages through a PULL pipeline.
 
-Builds the tiny test model, starts a :class:`streamer.pipeline.Pipeline` in PULL mode in
-a thread, and sends it messages from :class:`tests.fuzz_messages.FuzzGenerator` over a
-PUSH socket on 127.0.0.1 (4 in 5 malformed, 20 kinds: random bytes, wrong part counts,
-bad and deeply nested msgpack, over-limit msgpack, wrong header types, dtypes and shapes,
-buffer/shape mismatches, huge declared shapes, over-size messages, NaN/Inf frames, empty
-and zero-size frames, foreign sources, wrong keys and train ids, broken end markers; good
+Starts a :class:`streamer.pipeline.Pipeline` in PULL mode with a shipped bundle
+(``--model``, default ``models/fast``) in a thread, and sends it messages from
+:class:`streamer.fuzz.FuzzGenerator` over a PUSH socket on 127.0.0.1 (4 in 5 malformed,
+20 kinds: random bytes, wrong part counts, bad and deeply nested msgpack, over-limit
+msgpack, wrong header types, dtypes and shapes, buffer/shape mismatches, huge declared
+shapes, over-size messages, NaN/Inf frames, empty and zero-size frames, foreign sources,
+wrong keys and train ids, broken end markers; good
 messages carry hostile but harmless metadata). Then checks that the streamer never
 stopped, counted every bad message under the predicted reason, wrote every good frame
 exactly once, and reports rejection counts by reason, throughput and memory.
 
-    python bench/fuzz_streamer.py [--messages 10000] [--seed 1] [--json out.json]
+    python bench/fuzz_streamer.py [--messages 10000] [--seed 1] [--model models/fast]
+                                  [--json out.json]
 """
 
 from __future__ import annotations
@@ -21,30 +23,29 @@ import sys
 import tempfile
 from pathlib import Path
 
+from tqdm import tqdm
+
+from streamer.fuzz import fuzz_pipeline
+from streamer.readback import read_run
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from tqdm import tqdm  # noqa: E402
-
-from streamer.readback import read_run  # noqa: E402
-from tests.fuzz_messages import fuzz_pipeline  # noqa: E402
-from tests.tiny_bundle import make_tiny_bundle  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--messages", type=int, default=10_000, help="messages to send")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument(
+        "--model", type=Path, default=ROOT / "models" / "fast", help="bundle [models/fast]"
+    )
     p.add_argument("--json", type=Path, help="also write the report here")
     args = p.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="fuzz-") as tmp:
-        tmp_path = Path(tmp)
-        bundle = make_tiny_bundle(tmp_path / "tiny")
-        out = tmp_path / "out"
+        out = Path(tmp) / "out"
         with tqdm(total=args.messages, unit="msg", file=sys.stderr, disable=None) as bar:
             run = fuzz_pipeline(
-                bundle, out, args.messages, args.seed, progress=bar.update, timeout_s=300
+                args.model, out, args.messages, args.seed, progress=bar.update, timeout_s=300
             )
         s = run.summary
         tables = read_run(out, "fuzz") if s is not None and s.files else None

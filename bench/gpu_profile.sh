@@ -15,7 +15,7 @@ RES=${RES:-$OUT}
 MODEL=${MODEL:-models/default}
 SPY=${SPY:-py-spy}
 mkdir -p "$OUT" "$RES"
-"$PY" -c "from pathlib import Path; from bench.bench_scaleout import synthetic_run as s; s(Path('$OUT/run.h5'), $FRAMES)"
+"$PY" -c "from hitstream.simulate.replay_runs import write_synthetic_run as s; s('$OUT/run.h5', $FRAMES)"
 spy=()
 if "$SPY" record --nonblocking -o "$OUT/spy-check.txt" --format raw -- "$PY" -c "import time; time.sleep(0.3)" \
     >/dev/null 2>&1; then
@@ -24,7 +24,7 @@ else
   echo "py-spy cannot record here; profiling skipped"
   spy_for() { :; }
 fi
-port=$("$PY" -c "from bench.bench_streamer import free_port; print(free_port())")
+port=$("$PY" -c "from streamer.demo import free_port; print(free_port())")
 prof=$(mktemp -d "$OUT/profile-XXXX")
 # shellcheck disable=SC2046
 $(spy_for "$RES/serve.txt") "$PY" -m streamer serve --model "$MODEL" --endpoint "tcp://127.0.0.1:$port" \

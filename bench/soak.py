@@ -60,12 +60,11 @@ import psutil
 from prometheus_client.parser import text_string_to_metric_families
 from tqdm import tqdm
 
+from hitstream.simulate.replay_runs import write_tiled_run
+from streamer.demo import free_port
+from streamer.writer import FILE_SUFFIX, file_pattern
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bench.bench_streamer import free_port, make_run  # noqa: E402
-from streamer.writer import FILE_SUFFIX, file_pattern  # noqa: E402
-
 PY = [sys.executable, "-m", "streamer"]
 RUN_NAME = "soak"
 REPLAY_DONE = re.compile(r"replay done: (\d+) frames")
@@ -499,7 +498,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    run_file = make_run(args.run_file or args.out / "run.h5", args.distinct, args.distinct)
+    run_file = write_tiled_run(args.run_file or args.out / "run.h5", args.distinct, args.distinct)
     with h5py.File(run_file) as f:
         n_file = int(f["data"].shape[0])
     duration_s = args.minutes * 60.0

@@ -71,7 +71,7 @@ def _masks(geometry: DetectorGeometry) -> tuple[np.ndarray, np.ndarray]:
     pix = geometry.valid_pixels()
     h, w = geometry.shape
     hb, wb = h // BIN, w // BIN
-    binned = pix[: hb * BIN, : wb * BIN].reshape(hb, BIN, wb, BIN).all(axis=(1, 3))
+    binned = np.asarray(pix[: hb * BIN, : wb * BIN].reshape(hb, BIN, wb, BIN).all(axis=(1, 3)))
     out = (pix.astype(np.float32), binned.astype(np.float32))
     for m in out:
         m.setflags(write=False)

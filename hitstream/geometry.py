@@ -66,7 +66,9 @@ def geometry_from_attrs(
     :class:`InputDataError` naming ``where``; callers at other boundaries wrap it.
     """
     if value is None:
-        return DetectorGeometry(shape=tuple(shape)) if shape is not None else DetectorGeometry()
+        if shape is None:
+            return DetectorGeometry()
+        return DetectorGeometry(shape=(int(shape[0]), int(shape[1])))
     try:
         raw = value.decode("utf-8") if isinstance(value, bytes) else value
         d = json.loads(raw) if isinstance(raw, str) else raw
@@ -79,7 +81,7 @@ def geometry_from_attrs(
         if "shape" in kw:
             kw["shape"] = (int(kw["shape"][0]), int(kw["shape"][1]))
         elif shape is not None:
-            kw["shape"] = tuple(shape)
+            kw["shape"] = (int(shape[0]), int(shape[1]))
         geometry = DetectorGeometry(**kw)
         lengths = (geometry.distance_m, geometry.wavelength_m, geometry.pixel_size_m)
         if not all(isinstance(v, int | float) and math.isfinite(v) and v > 0 for v in lengths):

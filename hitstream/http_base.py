@@ -32,9 +32,10 @@ import os
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from hitstream.errors import ConfigError
 
@@ -44,6 +45,7 @@ MAX_BODY_BYTES = 64 * 1024
 TIMEOUT_S = 10.0
 TOKEN_ENV = "HITSTREAM_HTTP_TOKEN"
 _LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
+Headers = Message | Mapping[str, str]  # what ``.get(name)`` is called on
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,7 @@ class Request:
     method: str
     path: str
     query: str
-    headers: Mapping[str, str]
+    headers: Headers
     body: bytes = b""
 
     def json(self) -> Any:
@@ -136,6 +138,7 @@ class HttpServer:
         self.token = token
         self.max_body_bytes = max_body_bytes
         self._routes: dict[str, _Route] = {}
+        self._started = False
         server = self
 
         class _Handler(BaseHTTPRequestHandler):
@@ -219,7 +222,7 @@ class HttpServer:
         names = {self.host, f"[{self.host}]", *_LOOPBACK_NAMES}
         return (host_header or "") in {f"{n}:{self.port}" for n in names}
 
-    def _control_refusal(self, headers: Mapping[str, str]) -> Response | None:
+    def _control_refusal(self, headers: Headers) -> Response | None:
         origin = headers.get("Origin")
         if origin is not None and origin != f"http://{headers.get('Host')}":
             return Response.error(403, f"requests from {origin} may not change anything here")
@@ -283,16 +286,19 @@ class HttpServer:
 
     # -- lifecycle ------------------------------------------------------------------------
 
-    def start(self) -> HttpServer:
+    def start(self) -> Self:
+        self._started = True
         self._thread.start()
         log.info("%s on %s", self.name, self.url)
         return self
 
     def stop(self) -> None:
-        self._httpd.shutdown()
+        """Stop serving and close the socket (also when it was never started)."""
+        if self._started:
+            self._httpd.shutdown()
         self._httpd.server_close()
 
-    def __enter__(self) -> HttpServer:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

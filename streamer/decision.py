@@ -6,12 +6,14 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from hitstream.errors import ConfigError
+
 
 def keep_mask_for(classes: Sequence[str], keep_classes: Sequence[str]) -> np.ndarray:
     """Boolean (C,) vector: which class indices are kept."""
     unknown = set(keep_classes) - set(classes)
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"keep classes {sorted(unknown)} are not among the model's {list(classes)}"
         )
     return np.array([c in keep_classes for c in classes], dtype=bool)

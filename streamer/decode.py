@@ -180,8 +180,8 @@ def _timestamp(meta: dict, now: float) -> float:
     if isinstance(ts, int | float) and not isinstance(ts, bool) and math.isfinite(ts):
         return float(ts)
     sec, frac = meta.get("timestamp.sec"), meta.get("timestamp.frac")
-    if _digits(sec, 12) and _digits(frac, None):  # ASCII only: int("²") fails
-        return int(sec) + int(frac[:18].ljust(18, "0")) * 1e-18
+    if isinstance(sec, str) and isinstance(frac, str) and _digits(sec, 12) and _digits(frac, None):
+        return int(sec) + int(frac[:18].ljust(18, "0")) * 1e-18  # ASCII only: int("²") fails
     return now
 
 

@@ -52,11 +52,17 @@ def wait_for_line(proc: subprocess.Popen[str], word: str, timeout: float) -> str
         line = proc.stdout.readline()
         if not line:
             if proc.poll() is not None:
-                raise HitstreamError(f"{proc.args[3]} exited ({proc.returncode}) before {word!r}")
+                raise HitstreamError(f"{_name(proc)} exited ({proc.returncode}) before {word!r}")
             continue
         if word in line:
             return line.strip()
-    raise HitstreamError(f"no {word!r} line from {proc.args[3]} within {timeout:.0f} s")
+    raise HitstreamError(f"no {word!r} line from {_name(proc)} within {timeout:.0f} s")
+
+
+def _name(proc: subprocess.Popen[str]) -> str:
+    """The sub-command of a ``python -m streamer COMMAND ...`` process."""
+    args = proc.args
+    return str(args[3]) if isinstance(args, list | tuple) and len(args) > 3 else str(args)
 
 
 def _spawn(args: list[str], log_file: IO[str]) -> subprocess.Popen[str]:

@@ -1,10 +1,13 @@
 """Inference engine: one onnxruntime session over a model bundle.
 
 CPU: a plain session with tuned thread counts. GPU (the production path): the CUDA (or
-TensorRT) execution provider, batches staged in pinned host buffers allocated by the
-provider, inputs and outputs bound with IO binding, several inference threads so one
-batch's host→device copy overlaps another's compute. Which provider really runs is read
-back from the session (``get_providers`` after creation), logged and exported as a metric:
+TensorRT) execution provider and plain ``session.run`` on batches staged in a pool of host
+buffers (page-locked when onnxruntime offers host-accessible memory for the provider; the
+pool says which it got), with ``pipeline.inference_threads`` threads so one batch's
+host→device copy can overlap another's compute. IO binding (``engine.io_binding``) is
+optional and off by default: binding host inputs and outputs was 2-4x slower end to end on
+an H200 (bench/gpu_profile.sh). Which provider really runs is read back from the session
+(``get_providers`` after creation), logged and exported as a metric:
 ``get_available_providers`` lists CUDA even on hosts where it cannot load.
 """
 

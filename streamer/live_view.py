@@ -6,11 +6,15 @@ O(classes) bookkeeping (one ``bincount``), copies at most one frame per class (a
 The HTTP thread asks for :meth:`LiveView.snapshot` (JSON) and :meth:`LiveView.frame_png`
 (rendered on the first request, then cached with the frame). Totals, drops by reason and the
 model/provider in use come from :class:`streamer.metrics.Metrics`, not counted twice.
+
+The page is three package data files, ``streamer/pages/live.html``, ``live.css`` and
+``live.js`` (read once by :meth:`LiveView.routes`, served as they are); frames are drawn by
+:mod:`hitstream.render`, as on the labelling page (magma, row 0 on top, invalid pixels and
+the hot pixels the model caps in their own colours).
 """
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import threading
@@ -24,15 +28,18 @@ from urllib.parse import parse_qs
 import numpy as np
 
 from hitstream.bundle import Bundle
+from hitstream.frame_kernel import BIN, HOT_ABS, HOT_REL
+from hitstream.geometry import DetectorGeometry
+from hitstream.pages import load_page
+from hitstream.render import render_frame
 from streamer.metrics import Metrics
 from streamer.types import ResultBatch
 
 log = logging.getLogger(__name__)
 
-MASK_RGB = (0.0, 0.8, 0.8)  # invalid pixels (gap, hole, non-finite): cyan, absent from magma
-HOT_RGB = (0.3, 1.0, 0.1)  # pixels the model caps as hot: green
 RATE_WINDOW_S = 5  # frames/s over the last 5 to 6 s (whole bins and the current one)
 HIT_WINDOW_S = 10  # hit rate over this many seconds (as the metrics gauge)
+PAGE_FILES = ("live.html", "live.css", "live.js")  # streamer/pages/, served under /live/
 
 
 @dataclass
@@ -64,79 +71,39 @@ class Sample:
 
 @dataclass(frozen=True)
 class Display:
-    """How frames are drawn: the detector's valid pixels and the model's hot-pixel rule."""
+    """How a model's frames are drawn (:mod:`hitstream.render`): the detector geometry (the
+    mask, for frames of its shape) and whether to mark the bins its preprocessing caps as hot."""
 
-    valid: np.ndarray | None = None  # (H, W) bool; None: every pixel valid
-    hot_abs: float | None = None  # None: no hot-pixel marking
-    hot_rel: float = 4.0
-    binning: int = 1
+    geometry: DetectorGeometry | None = None  # None: only NaN/Inf pixels are masked
+    hot: bool = False
+    coarsen: int = 1  # the model sums 2x2 bins this many times more before the cap
+
+    def render(self, frame: np.ndarray) -> bytes:
+        """The frame as PNG (row 0 on top; colours as :mod:`hitstream.render` says)."""
+        return render_frame(frame, self.geometry, hot=self.hot, coarsen=self.coarsen)
 
 
 def display_of(bundle: Bundle) -> Display:
-    """Mask from the bundle's geometry; hot-pixel rule from its ``preprocessing``, if any."""
+    """Mask from the bundle's geometry; hot pixels marked when its ``preprocessing`` caps them
+    (the frame kernel's rule: :func:`hitstream.render.hot_pixels`)."""
     pre = bundle.manifest.get("preprocessing")
-    valid = bundle.geometry.valid_pixels()
-    if isinstance(pre, dict) and isinstance(pre.get("hot_abs"), int | float):
-        return Display(
-            valid=valid,
-            hot_abs=float(pre["hot_abs"]),
-            hot_rel=float(pre.get("hot_rel", 4.0)),
-            binning=max(1, int(pre.get("bin", 1))),
+    if not isinstance(pre, dict) or not isinstance(pre.get("hot_abs"), int | float):
+        return Display(geometry=bundle.geometry)
+    rule = (float(pre["hot_abs"]), float(pre.get("hot_rel", HOT_REL)), int(pre.get("bin", BIN)))
+    if rule != (HOT_ABS, HOT_REL, BIN):
+        log.warning(
+            "model %s caps hot pixels with hot_abs, hot_rel, bin = %s; the live page marks "
+            "them with the frame kernel's %s",
+            bundle.label,
+            rule,
+            (HOT_ABS, HOT_REL, BIN),
         )
-    return Display(valid=valid)
-
-
-def hot_pixels(
-    frame: np.ndarray, valid: np.ndarray, hot_abs: float, hot_rel: float, binning: int
-) -> np.ndarray:
-    """(H, W) bool: pixels in ``binning``² bins above ``hot_abs + hot_rel`` × the mean of
-    their 8 neighbour bins: the bins the model caps (invalid pixels count as 0)."""
-    h, w = frame.shape
-    k = binning
-    hb, wb = h // k, w // k
-    with np.errstate(invalid="ignore"):
-        x = np.where(valid & np.isfinite(frame), np.clip(frame, 0, None), 0.0)
-    b = x[: hb * k, : wb * k].reshape(hb, k, wb, k).sum(axis=(1, 3))
-    padded = np.pad(b, 1)
-    ones = np.pad(np.ones((hb, wb)), 1)
-    box = np.zeros_like(b)
-    count = np.zeros_like(b)
-    for dy in range(3):
-        for dx in range(3):
-            box += padded[dy : dy + hb, dx : dx + wb]
-            count += ones[dy : dy + hb, dx : dx + wb]
-    neighbours = (box - b) / np.maximum(count - 1, 1)
-    hot_bins = b > hot_abs + hot_rel * neighbours
-    out = np.zeros((h, w), bool)
-    out[: hb * k, : wb * k] = np.repeat(np.repeat(hot_bins, k, axis=0), k, axis=1)
-    return out
-
-
-def render_frame(frame: np.ndarray, display: Display = Display()) -> bytes:
-    """PNG of a frame: log1p(photons) in magma, invalid pixels cyan, hot pixels green.
-
-    Non-finite pixels count as invalid; the colour scale ignores invalid and hot pixels."""
-    import matplotlib
-    from matplotlib import image as mpimage
-
-    x = np.asarray(frame, np.float64)
-    valid = np.isfinite(x)
-    if display.valid is not None and display.valid.shape == x.shape:
-        valid &= display.valid
-    hot = np.zeros(x.shape, bool)
-    if display.hot_abs is not None:
-        hot = hot_pixels(x, valid, display.hot_abs, display.hot_rel, display.binning) & valid
-    shown = valid & ~hot
-    with np.errstate(invalid="ignore"):
-        img = np.log1p(np.clip(np.where(shown, x, 0.0), 0, None))
-    top = float(np.percentile(img[shown], 99.99)) if shown.any() else 0.0
-    top = max(top, float(np.log1p(1.0)))  # at least one photon's worth of range
-    rgba = matplotlib.colormaps["magma"](np.clip(img / top, 0.0, 1.0))
-    rgba[~valid, :3] = MASK_RGB
-    rgba[hot, :3] = HOT_RGB
-    buf = io.BytesIO()
-    mpimage.imsave(buf, rgba, format="png", origin="lower")
-    return buf.getvalue()
+    coarsen = pre.get("coarsen", 1)
+    return Display(
+        geometry=bundle.geometry,
+        hot=True,
+        coarsen=max(1, int(coarsen)) if isinstance(coarsen, int | float) else 1,
+    )
 
 
 class LiveView:
@@ -325,17 +292,18 @@ class LiveView:
         if sample is None:
             return None
         if sample.png is None:
-            sample.png = render_frame(sample.frame, display)
+            sample.png = display.render(sample.frame)
         return sample.png
 
     # -- routes --------------------------------------------------------------------------
 
     def routes(self) -> dict[str, Callable[[str], tuple[int, str, bytes]]]:
-        """``path -> handler(query)`` for :meth:`streamer.http_server.StatusServer.route`."""
-        from streamer.live_page import PAGE
+        """``path -> handler(query)`` for :meth:`streamer.http_server.StatusServer.route`:
+        the page (``/``, ``/live``; its files ``streamer/pages/live.*``), its data and frames."""
+        files = load_page("streamer", *PAGE_FILES)
 
         def page(_query: str) -> tuple[int, str, bytes]:
-            return 200, "text/html; charset=utf-8", PAGE.encode()
+            return files["live.html"].answer()
 
         def data(_query: str) -> tuple[int, str, bytes]:
             return 200, "application/json", json.dumps(self.snapshot()).encode()
@@ -356,6 +324,8 @@ class LiveView:
         return {
             "/": page,
             "/live": page,
+            "/live/live.css": lambda _query: files["live.css"].answer(),
+            "/live/live.js": lambda _query: files["live.js"].answer(),
             "/live/data.json": data,
             "/live/frame.png": frame,
             "/favicon.ico": no_icon,

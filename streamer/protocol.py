@@ -92,7 +92,7 @@ def _array_buffer(array: np.ndarray) -> memoryview:
     """Flat byte view of ``array`` (copies only when it is not C-contiguous)."""
     if not array.flags.c_contiguous:
         array = np.ascontiguousarray(array)
-    return memoryview(array.reshape(-1).view(np.uint8))
+    return array.reshape(-1).view(np.uint8).data
 
 
 def serialize(

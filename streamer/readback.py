@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
+import hdf5plugin  # noqa: F401 - registers the LZ4/bitshuffle/zstd filters the writer uses
 import numpy as np
 
 from hitstream.errors import InputDataError

@@ -8,10 +8,12 @@ import logging
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from hitstream.errors import ConfigError
+from hitstream.http_base import read_token
 from streamer.config import (
     FEED_MODES,
     PIPELINE_MODES,
@@ -21,7 +23,6 @@ from streamer.config import (
     to_dict,
 )
 from streamer.engine import PROVIDER_CHOICES
-from hitstream.http_base import read_token
 from streamer.http_server import StatusServer
 from streamer.metrics import Metrics
 from streamer.model_swap import parse_swap_body
@@ -75,9 +76,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="TOML config file (see deploy/streamer.toml)")
     for flag, key in FLAG_KEYS.items():
         default = default_of(key)
+        convert: Callable[[str], Any] = type(default) if isinstance(default, int | float) else str
         p.add_argument(
             "--" + flag.replace("_", "-"),
-            type=type(default) if isinstance(default, int | float) else None,
+            type=convert,
             choices=FLAG_CHOICES.get(flag),
             help=f"{FLAG_HELP[flag]} [{key} = {default}]",
         )

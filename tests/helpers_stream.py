@@ -1,11 +1,15 @@
-"""Test helpers for the stream protocol, feed client and replay server."""
+"""Test helpers for the stream protocol, feed client, replay server and a running pipeline."""
 
 from __future__ import annotations
 
 import selectors
 import subprocess
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
@@ -13,6 +17,9 @@ import numpy as np
 from streamer.decode import Decoder, SourceSpec
 from streamer.feed import FeedClient
 from streamer.types import EndOfRun, FrameBatch
+
+if TYPE_CHECKING:  # the pipeline (and onnxruntime) only for the tests that run one
+    from streamer.pipeline import Pipeline, RunSummary
 
 
 def write_frames(
@@ -61,3 +68,47 @@ def wait_for_line(proc: subprocess.Popen, needle: str, timeout_s: float = 30.0) 
             if needle in line:
                 return line
     raise AssertionError(f"no line with {needle!r} within {timeout_s} s")
+
+
+class PipelineThread:
+    """``pipeline.run()`` in a thread (see :func:`running_pipeline`)."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+        self._summary: RunSummary | None = None
+        self._error: BaseException | None = None
+        # a daemon as a last resort: even a thread that ignores stop() cannot hang pytest
+        self.thread = threading.Thread(target=self._run, name="test-pipeline", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self._summary = self.pipeline.run()
+        except BaseException as exc:  # handed to the test by wait()
+            self._error = exc
+
+    def is_alive(self) -> bool:
+        return self.thread.is_alive()
+
+    def wait(self, timeout_s: float) -> RunSummary:
+        """Join the run; its summary (AssertionError if it is still running or raised)."""
+        self.thread.join(timeout_s)
+        assert not self.thread.is_alive(), f"the pipeline still runs after {timeout_s} s"
+        if self._error is not None:
+            raise AssertionError(f"pipeline.run() raised {self._error!r}") from self._error
+        assert self._summary is not None
+        return self._summary
+
+
+@contextmanager
+def running_pipeline(pipeline: Pipeline, stop_timeout_s: float = 60.0) -> Iterator[PipelineThread]:
+    """Run ``pipeline`` in a thread for the ``with`` block; on the way out, whatever
+    happened in the block, ask it to stop, join it and assert that it ended, so a failing
+    test ends instead of leaving a running pipeline behind."""
+    run = PipelineThread(pipeline)
+    run.thread.start()
+    try:
+        yield run
+    finally:
+        pipeline.stop()
+        run.thread.join(stop_timeout_s)
+        assert not run.thread.is_alive(), f"the pipeline did not stop within {stop_timeout_s} s"

@@ -11,18 +11,18 @@ import pytest
 
 from hitstream.bundle import load_bundle
 from hitstream.simulate import SimConfig
-from trainer.commands.build_default import (
+from trainer.model.build_default import (
     BANK_SEED,
     TEST_SEEDS,
     TRAIN_SEED,
     VAL_SEED,
-    test_configs,
+    held_out_configs,
     train_config,
 )
 
 
 def test_test_runs_differ_from_training() -> None:
-    tests = test_configs()
+    tests = held_out_configs()
     assert set(tests) == {"test", "test_default", "test_detector"}
     train = train_config()
     assert tests["test_default"] == SimConfig() != train  # the simulator's defaults
@@ -59,7 +59,7 @@ def test_quick_build_writes_a_bundle_with_all_test_runs(tmp_path: Path, arch: st
 
 
 def test_only_the_fast_bundle_leaves_the_detector_mask_alone() -> None:
-    from trainer.commands.build_default import augment_config_for
+    from trainer.model.build_default import augment_config_for
 
     assert augment_config_for("fast").mask_share == 0.0
     assert augment_config_for("fine").mask_share > 0.0

@@ -14,7 +14,7 @@ import re
 import shlex
 import shutil
 import subprocess
-import threading
+import tomllib
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -36,13 +36,16 @@ from streamer.http_server import StatusServer
 from streamer.metrics import Metrics
 from streamer.pipeline import Pipeline
 from streamer.protocol import serialize
+from tests.helpers_stream import running_pipeline
 from tests.procs import free_endpoint
 from tests.tiny_bundle import make_tiny_bundle
 
-DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "kubernetes"
 PROM = DEPLOY / "prometheus"
 UNIT = DEPLOY / "systemd" / "hitstream-streamer@.service"
+PYPROJECT = ROOT / "pyproject.toml"
 REPLAY_UNIT = DEPLOY / "systemd" / "hitstream-replay.service"
 CONTAINERFILE = DEPLOY / "Containerfile"
 DASHBOARD = DEPLOY / "grafana" / "hitstream-dashboard.json"
@@ -189,7 +192,7 @@ def check_promql(expr: str, where: str) -> set[str]:
 # -- Prometheus --------------------------------------------------------------------------
 
 
-def test_prometheus_config_scrapes_the_workers(http: StatusServer) -> None:
+def test_prometheus_config_scrapes_the_workers(http: StatusServer, tmp_path: Path) -> None:
     cfg = yaml.safe_load((PROM / "prometheus.yml").read_text())
     for rule_file in cfg["rule_files"]:
         assert (PROM / rule_file).is_file(), rule_file
@@ -205,7 +208,7 @@ def test_prometheus_config_scrapes_the_workers(http: StatusServer) -> None:
     assert MetricsConfig().port in ports
     hosts = [target for t in static for target in t["targets"]]
     assert len(set(hosts)) == len(hosts), "two workers on one host need different ports"
-    _promtool_check("config", PROM / "prometheus.yml")
+    _promtool_check_config(PROM / "prometheus.yml", tmp_path)
 
 
 def test_alert_rules_are_complete_and_use_real_metrics() -> None:
@@ -498,6 +501,22 @@ def test_containerfile_installs_serving_extras_only(http: StatusServer) -> None:
     copies = [a.split() for i, a in ins if i == "COPY"]
     assert ["deploy/streamer.toml", str(served.config)] in copies
     assert load_config(DEPLOY / "streamer.toml")  # the copied config loads
+    # what `pip install .` needs: pyproject's files and every package the streamer imports
+    copied = {src for c in copies for src in c[:-1]}
+    needed = {
+        "pyproject.toml",
+        "README.md",
+        *tomllib.loads(PYPROJECT.read_text())["project"]["license-files"],
+    }
+    imported = {
+        n.split(".")[0]
+        for p in (ROOT / "streamer").glob("*.py")
+        for n in re.findall(r"^(?:from|import) ((?:hitstream|streamer|trainer)\b[\w.]*)",
+                            p.read_text(), re.M)
+    }  # fmt: skip
+    assert "trainer" not in imported
+    missing = sorted((needed | imported) - copied)
+    assert not missing, f"the Containerfile does not copy {missing}"
 
 
 # -- the free-space gauge the disk alert needs ----------------------------------------------
@@ -514,33 +533,71 @@ def test_pipeline_exports_free_bytes_of_the_output_filesystem(tmp_path: Path) ->
         "output.dir": str(out), "output.min_free_bytes": 0, "engine.max_batch": 8,
     })  # fmt: skip
     metrics = Metrics()
-    pipeline = Pipeline(cfg, metrics=metrics)
-    result: dict[str, Any] = {}
-    t = threading.Thread(target=lambda: result.update(s=pipeline.run()))
-    t.start()
     try:
-        frames = np.ones((8, 260, 257), np.float32)
-        for tid in range(1, 4):
-            push.send_multipart(
-                serialize(
-                    {"det": {"image.data": frames}},
-                    {"det": {"source": "det", "timestamp.tid": tid}},
+        with running_pipeline(Pipeline(cfg, metrics=metrics)) as run:
+            frames = np.ones((8, 260, 257), np.float32)
+            for tid in range(1, 4):
+                push.send_multipart(
+                    serialize(
+                        {"det": {"image.data": frames}},
+                        {"det": {"source": "det", "timestamp.tid": tid}},
+                    )
                 )
-            )
-        push.send_multipart(serialize({END_OF_RUN_SOURCE: {"run": "r", "frames": 24, "trains": 3}}))
-        t.join(timeout=60)
+            end = {"run": "r", "frames": 24, "trains": 3}
+            push.send_multipart(serialize({END_OF_RUN_SOURCE: end}))
+            summary = run.wait(60)
     finally:
-        pipeline.stop()
-        t.join(timeout=30)
         push.close(linger=0)
-    assert result["s"].frames_classified == 24
+    assert summary.frames_classified == 24
     free = metrics.value("hitstream_output_free_bytes")
     assert 0 < free <= shutil.disk_usage(out).total
     assert b"hitstream_output_free_bytes " in generate_latest(metrics.registry)
 
 
+# Debian's `prometheus` package is built without Kubernetes service discovery (its
+# NEWS.Debian: "Kubernetes support has been completely removed"), so its promtool rejects
+# a kubernetes_sd_configs block as an unknown field, and nothing else.
+DEBIAN_WITHOUT_K8S_SD = re.compile(r"field kubernetes_sd_configs not found in type config\.\w+")
+
+
+def _promtool(*args: str) -> subprocess.CompletedProcess[str]:
+    exe = shutil.which("promtool")
+    if exe is None:
+        pytest.fail(
+            "promtool is not installed, so the Prometheus files cannot be checked: `make test` "
+            "installs it with Debian's `prometheus` package (apt-get install prometheus), "
+            "which carries promtool"
+        )
+    return subprocess.run([exe, *args], capture_output=True, text=True, timeout=120)
+
+
 def _promtool_check(kind: str, path: Path) -> None:
-    """``promtool check <kind> <path>`` where promtool is installed (not a package dependency)."""
-    if shutil.which("promtool"):
-        run = subprocess.run(["promtool", "check", kind, str(path)], capture_output=True, text=True)
-        assert run.returncode == 0, run.stdout + run.stderr
+    """``promtool check <kind> <path>`` passes (fails the test if promtool is missing)."""
+    run = _promtool("check", kind, str(path))
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "SUCCESS" in run.stdout + run.stderr, run.stdout + run.stderr
+
+
+def _promtool_check_config(path: Path, tmp_path: Path) -> None:
+    """``promtool check config`` (which checks the rule files too). With a promtool built
+    without Kubernetes discovery (Debian's) the only complaint allowed is that block: then a
+    copy whose kubernetes_sd_configs are swapped for a static target, everything else as
+    is (relabelling included), must pass."""
+    run = _promtool("check", "config", str(path))
+    if run.returncode == 0:
+        return
+    out = run.stdout + run.stderr
+    errors = re.findall(r"^\s*line \d+: (.*)$", out, re.MULTILINE)
+    assert errors and all(DEBIAN_WITHOUT_K8S_SD.fullmatch(e.strip()) for e in errors), out
+    cfg = yaml.safe_load(path.read_text())
+    swapped = 0
+    for job in cfg["scrape_configs"]:
+        if job.pop("kubernetes_sd_configs", None) is not None:
+            job.setdefault("static_configs", []).append({"targets": ["pod.invalid:9108"]})
+            swapped += 1
+    assert swapped == len(errors), out
+    for rule_file in cfg.get("rule_files", []):
+        shutil.copyfile(path.parent / rule_file, tmp_path / rule_file)
+    copy = tmp_path / path.name
+    copy.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    _promtool_check("config", copy)

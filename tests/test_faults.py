@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -71,17 +72,20 @@ def config(bundle: Path, endpoint: str, out: Path, **extra: object) -> Any:
 
 @contextmanager
 def running(cfg: Any) -> Iterator[tuple[Pipeline, dict[str, RunSummary], threading.Thread]]:
-    """A pipeline running in a thread; stopped (and joined) on exit if still running."""
+    """A pipeline running in a thread; however the block ends, it is asked to stop, joined,
+    and must have ended (a failing test ends instead of hanging on a live pipeline)."""
     pipeline = Pipeline(cfg)
     result: dict[str, RunSummary] = {}
-    t = threading.Thread(target=lambda: result.update(s=pipeline.run()), name="pipeline")
+    t = threading.Thread(
+        target=lambda: result.update(s=pipeline.run()), name="pipeline", daemon=True
+    )
     t.start()
     try:
         yield pipeline, result, t
     finally:
-        if t.is_alive():
-            pipeline.stop()
+        pipeline.stop()
         t.join(60)
+        assert not t.is_alive(), "the pipeline did not stop within 60 s of stop()"
 
 
 def wait_until(cond: Callable[[], bool], timeout_s: float, what: str) -> None:
@@ -96,6 +100,31 @@ def received(pipeline: Pipeline) -> int:
     return int(pipeline.metrics.value("hitstream_frames_received_total"))
 
 
+def feed_connections(endpoint: str) -> list[Any]:
+    """This process's open TCP connections to ``endpoint``'s port: the streamer's feed socket
+    (a replay server in this process holds that port as its local address, not remote)."""
+    port = int(endpoint.rsplit(":", 1)[1])
+    return [
+        c
+        for c in psutil.Process().net_connections("tcp")
+        if c.raddr
+        and c.raddr.port == port
+        and c.status in (psutil.CONN_ESTABLISHED, psutil.CONN_CLOSE_WAIT)
+    ]
+
+
+def req_resets_since(caplog: pytest.LogCaptureFixture, since: float) -> int:
+    """How many times the feed's REQ socket gave up an unanswered request and was made
+    afresh (its debug record) after ``since`` (time.time())."""
+    return sum(
+        1
+        for r in list(caplog.records)
+        if r.name == "streamer.feed"
+        and r.created >= since
+        and "recreated after a timeout" in r.getMessage()
+    )
+
+
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -105,7 +134,7 @@ def sha256(path: Path) -> str:
 
 @pytest.mark.parametrize("feed_mode", ["REQ", "PULL"])
 def test_producer_restart_every_frame_arrives_exactly_once(
-    tiny: Path, run_file: Path, tmp_path: Path, feed_mode: str
+    tiny: Path, run_file: Path, tmp_path: Path, feed_mode: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The producer serves the first half and goes away (socket closed, port free); a new
     one on the same endpoint serves the rest with continuing train ids. The streamer
@@ -121,11 +150,17 @@ def test_producer_restart_every_frame_arrives_exactly_once(
         return ReplayConfig(path=run_file, endpoint=endpoint, mode=server_mode,
                             frames_per_message=K, linger_s=0.3, **kw)  # fmt: skip
 
+    caplog.set_level(logging.DEBUG, logger="streamer.feed")
     with running(cfg) as (pipeline, result, t):
         with ReplayServer(replay(stop=half, end_marker=False)) as first:
             first.join(60)
+        gone = time.time()  # the first producer has closed its socket
         wait_until(lambda: received(pipeline) >= half, 60, "the first half")
-        time.sleep(1.0)  # well past reconnect_s: REQ gives up its unanswered request first
+        wait_until(lambda: not feed_connections(endpoint), 30, "the streamer to see it gone")
+        if feed_mode == "REQ":  # REQ gives up its unanswered request before the restart
+            wait_until(
+                lambda: req_resets_since(caplog, gone) > 0, 30, "a fresh REQ socket (reconnect_s)"
+            )
         assert t.is_alive() and received(pipeline) == half
         with ReplayServer(replay(start=half, first_train_id=1 + half // K)) as second:
             second.join(60)

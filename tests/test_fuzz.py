@@ -19,9 +19,7 @@ from hypothesis import strategies as st
 
 from hitstream.errors import MessageError
 from streamer.decode import SourceSpec, decode_message
-from streamer.protocol import Limits, deserialize
-from streamer.readback import read_run
-from tests.fuzz_messages import (
+from streamer.fuzz import (
     FRAME_SHAPE,
     MAX_MESSAGE_BYTES,
     SOURCE,
@@ -29,6 +27,8 @@ from tests.fuzz_messages import (
     Tally,
     fuzz_pipeline,
 )
+from streamer.protocol import Limits, deserialize
+from streamer.readback import read_run
 from tests.tiny_bundle import make_tiny_bundle
 
 # -- the decoder alone (hypothesis) -----------------------------------------------------

@@ -16,7 +16,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -38,7 +37,7 @@ from streamer.pipeline import Pipeline, RunSummary
 from streamer.readback import read_kept_frames, read_run
 from streamer.replay import DEFAULT_SOURCE, ReplayConfig, ReplayServer
 from streamer.types import EndOfRun
-from tests.helpers_stream import wait_for_line, write_frames
+from tests.helpers_stream import running_pipeline, wait_for_line, write_frames
 from tests.procs import command
 from tests.tiny_bundle import make_tiny_bundle
 
@@ -62,20 +61,15 @@ def _config(bundle: Path, endpoint: str, out: Path, **extra: object) -> ServeCon
 
 def _run_until(pipeline: Pipeline, frames: int, timeout_s: float) -> RunSummary:
     """Run ``pipeline`` in a thread; stop it once ``frames`` frames are classified."""
-    box: dict[str, RunSummary] = {}
-    thread = threading.Thread(target=lambda: box.update(s=pipeline.run()), daemon=True)
-    thread.start()
-    deadline = time.monotonic() + timeout_s
-    while (
-        pipeline.metrics.value("hitstream_frames_classified_total") < frames
-        and thread.is_alive()
-        and time.monotonic() < deadline
-    ):
-        time.sleep(0.02)  # poll, bounded by the deadline
-    pipeline.stop()
-    thread.join(timeout=60)
-    assert not thread.is_alive(), "pipeline did not stop"
-    return box["s"]
+    with running_pipeline(pipeline) as run:  # stopped, joined and checked on the way out
+        deadline = time.monotonic() + timeout_s
+        while (
+            pipeline.metrics.value("hitstream_frames_classified_total") < frames
+            and run.is_alive()
+            and time.monotonic() < deadline
+        ):
+            time.sleep(0.02)  # poll, bounded by the deadline
+    return run.wait(0)
 
 
 def _assert_clean(summary: RunSummary, *, live_source: bool = False) -> None:

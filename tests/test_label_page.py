@@ -13,12 +13,14 @@ import time
 from pathlib import Path
 
 import h5py
-import matplotlib.image as mpimg
 import numpy as np
 import pytest
+from PIL import Image
 
 from hitstream.errors import ConfigError, InputDataError
+from hitstream.geometry import DetectorGeometry
 from hitstream.labels import read_labels, write_labels
+from hitstream.render import HOT_LEVEL, MASK_LEVEL, MASK_RGB, frame_levels, render_frame
 from hitstream.simulate import simulate_run, write_run
 from tests.browser import browser, screenshot  # noqa: F401
 from tests.ingest_helpers import table
@@ -26,13 +28,8 @@ from tests.procs import command
 from tests.tiny_bundle import CLASSES, expected_probabilities, make_tiny_bundle
 from trainer.cli import main
 from trainer.data.ingest import load_labelled
-from trainer.labelling.server import (
-    MASK_RGB,
-    LabelServer,
-    frame_levels,
-    open_session,
-    order_frames,
-)
+from trainer.labelling.server import LabelServer
+from trainer.labelling.session import open_session, order_frames
 from trainer.templates.bank import build_bank, load_bank, save_bank
 from trainer.templates.rank import rank_run
 
@@ -81,13 +78,16 @@ def session(data, labels: Path, runs=("run",), **kw):
 
 def test_levels_log_scale_with_mask():
     x = np.zeros((4, 5), np.float32)
-    x[0, 0], x[0, 1], x[0, 2], x[0, 3] = np.nan, np.inf, -7, 1e6
+    x[0, 0], x[0, 1], x[0, 2], x[0, 3], x[2, 2] = np.nan, np.inf, -7, 1e6, 500
     valid = np.ones((4, 5), bool)
     valid[3] = False
-    lv = frame_levels(x, valid)
+    hot = np.zeros((4, 5), bool)
+    hot[2, 2] = hot[3, 3] = True
+    lv = frame_levels(x, valid, hot)
     assert lv.dtype == np.uint8
-    assert lv[0, 0] == lv[0, 1] == 255 and np.all(lv[3] == 255)  # NaN, Inf, masked
-    assert lv[0, 2] == 0 and lv[1, 1] == 0 and lv[0, 3] == 254  # negatives, zeros, brightest
+    assert lv[0, 0] == lv[0, 1] == MASK_LEVEL and np.all(lv[3] == MASK_LEVEL)  # NaN, Inf, mask
+    assert lv[2, 2] == HOT_LEVEL  # hot; a hot pixel that is masked stays masked
+    assert lv[0, 2] == 0 and lv[1, 1] == 0 and lv[0, 3] == 253  # negatives, zeros, brightest
 
 
 def test_order_frames_modes():
@@ -113,11 +113,13 @@ def test_index_order_over_runs_of_any_dtype(data, tmp_path):
         for frame, full, shape in ((N_RUN + 1, False, (128, 128)), (3, True, (260, 257))):
             png = s.png(frame, full)
             assert png is s.png(frame, full)  # cached
-            img = mpimg.imread(io.BytesIO(png), format="png")
+            img = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
             assert img.shape[:2] == shape
             row = shape[0] // 2  # the gap between the detector halves
-            np.testing.assert_allclose(img[row, 0, :3] * 255, MASK_RGB, atol=0.5)
-            assert not np.allclose(img[5, 5, :3] * 255, MASK_RGB, atol=0.5)
+            assert img[row, 0].tolist() == list(MASK_RGB)
+            assert img[5, 5].tolist() != list(MASK_RGB)
+        # the one renderer: the whole frame looks as on the streamer's live page
+        assert s.png(3, True) == render_frame(data["frames"][3], DetectorGeometry())
     finally:
         s.close()
 
@@ -194,7 +196,7 @@ def test_label_command_runs_without_tensorflow(data, tmp_path):
     code = (
         "import sys\n"
         "from trainer.cli import main\n"
-        "from trainer.labelling.server import open_session\n"
+        "from trainer.labelling.session import open_session\n"
         "s = open_session([sys.argv[1]], 'entry/data', sys.argv[2], model=sys.argv[3],"
         " progress=False)\n"
         "s.png(0); s.set_label(0, 'single'); s.close()\n"
@@ -350,6 +352,22 @@ def test_bad_requests_are_answered_400_and_change_nothing(data, tmp_path):
         code, html = request(server, "GET", "/")
         assert code == 200 and b"label frames" in html
     assert rows(read_labels(path)) == [("run.h5", 2, "other")]
+
+
+def test_beyond_loopback_labels_need_the_token(data, tmp_path):
+    path = tmp_path / "l.csv"
+    with LabelServer(session(data, path), host="0.0.0.0", token="s3cret") as server:
+        assert not server.loopback
+        ok = {"id": 1, "class": "single"}
+        assert request(server, "GET", "/api/state")[0] == 200  # reading stays open
+        assert request(server, "POST", "/api/label", ok)[0] == 401
+        assert request(server, "POST", "/api/label", ok, {"Authorization": "Bearer nope"})[0] == 401
+        assert not path.exists()
+        code, msg = request(server, "POST", "/api/label", ok, {"Authorization": "Bearer s3cret"})
+        assert code == 200 and msg["label"] == "single"
+    with LabelServer(session(data, path), host="0.0.0.0") as server:  # no token: read-only
+        assert request(server, "POST", "/api/label", ok)[0] == 403
+    assert rows(read_labels(path)) == [("run.h5", 1, "single")]
 
 
 # --- a real browser --------------------------------------------------------------------------

@@ -12,19 +12,14 @@ from typing import Any
 import h5py
 import numpy as np
 import pytest
-from matplotlib import image as mpimage
+from PIL import Image
 
 from hitstream.bundle import load_bundle
 from hitstream.errors import ConfigError
 from hitstream.geometry import DetectorGeometry
+from hitstream.render import HOT_RGB, MASK_RGB
 from streamer.config import load_config
-from streamer.live_view import (
-    HOT_RGB,
-    MASK_RGB,
-    LiveView,
-    display_of,
-    render_frame,
-)
+from streamer.live_view import LiveView, display_of
 from streamer.metrics import Metrics
 from streamer.pipeline import Pipeline
 from streamer.replay import ReplayConfig, ReplayServer
@@ -37,7 +32,6 @@ from tests.tiny_bundle import CLASSES, make_tiny_bundle
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = ROOT / "models" / "default"
 SHAPE = (260, 257)
-TOL = 1.5 / 255  # one PNG quantisation step and a bit
 
 
 @pytest.fixture(scope="module")
@@ -83,12 +77,12 @@ def result(
 
 
 def decode(png: bytes) -> np.ndarray:
-    """(H, W, 4) floats in data orientation (the PNG has row 0 at the bottom)."""
-    return mpimage.imread(io.BytesIO(png), format="png")[::-1]
+    """(H, W, 3) uint8 RGB; row 0 of the frame is row 0 of the picture (on top)."""
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
 
 
-def is_colour(img: np.ndarray, rgb: tuple[float, float, float]) -> np.ndarray:
-    return np.all(np.abs(img[..., :3] - np.asarray(rgb)) <= TOL, axis=-1)
+def is_colour(img: np.ndarray, rgb: tuple[int, int, int]) -> np.ndarray:
+    return np.all(img == np.asarray(rgb, np.uint8), axis=-1)
 
 
 # -- counting ------------------------------------------------------------------------------
@@ -192,9 +186,9 @@ def test_png_shows_the_detector_mask_in_its_own_colour_and_is_rendered_once(tiny
     png = view.frame_png(1)
     assert png is not None and png[:8] == b"\x89PNG\r\n\x1a\n"
     assert view.frame_png(1) is png  # cached
-    assert png == render_frame(original, display_of(load_bundle(tiny)))
+    assert png == display_of(load_bundle(tiny)).render(original)
     img = decode(png)
-    assert img.shape == (*SHAPE, 4)
+    assert img.shape == (*SHAPE, 3)
     valid = DetectorGeometry(shape=SHAPE).valid_pixels()
     assert (~valid).sum() > 1000  # gap rows and the hole
     assert is_colour(img, MASK_RGB)[~valid].all()
@@ -206,27 +200,33 @@ def test_nan_inf_and_empty_frames_render(tiny: Path) -> None:
     frame = np.random.default_rng(1).poisson(1.0, SHAPE).astype(np.float32)
     frame[10, 10], frame[20, 20], frame[30, 30] = np.nan, np.inf, -np.inf
     frame[40, 40], frame[50, 50] = 3e38, -5.0
-    img = decode(render_frame(frame, display))
+    img = decode(display.render(frame))
     assert is_colour(img, MASK_RGB)[[10, 20, 30], [10, 20, 30]].all()
     assert not is_colour(img, MASK_RGB)[[40, 50], [40, 50]].any()
     for blank in (np.full(SHAPE, np.nan, np.float32), np.zeros(SHAPE, np.float32)):
-        assert decode(render_frame(blank, display)).shape == (*SHAPE, 4)
-    odd = decode(render_frame(np.ones((7, 9), np.float32), display))  # mask of another shape
-    assert odd.shape == (7, 9, 4) and not is_colour(odd, MASK_RGB).any()
+        assert decode(display.render(blank)).shape == (*SHAPE, 3)
+    odd = decode(display.render(np.ones((7, 9), np.float32)))  # mask of another shape
+    assert odd.shape == (7, 9, 3) and not is_colour(odd, MASK_RGB).any()
 
 
-def test_hot_pixels_follow_the_bundle_rule() -> None:
+def test_hot_pixels_follow_the_bundle_rule(tiny: Path) -> None:
     display = display_of(load_bundle(DEFAULT_MODEL, verify=False))
-    assert display.hot_abs is not None and display.binning == 2
+    assert display.hot and display.coarsen == 1
+    assert display_of(load_bundle(tiny)).hot is False  # no preprocessing in its manifest
     frame = np.zeros(SHAPE, np.float32)
     frame[60, 60] = 500.0  # alone: far above hot_abs + hot_rel × its neighbours
     frame[200, 200] = 5.0  # below hot_abs
     frame[100:104, 100:104] = 30.0  # a bright patch: its bins have bright neighbours
-    img = decode(render_frame(frame, display))
+    img = decode(display.render(frame))
     hot = is_colour(img, HOT_RGB)
     assert hot[60:62, 60:62].all()  # the whole 2×2 bin the model caps
     assert not hot[200, 200] and not hot[101, 101]
     assert hot.sum() == 4
+    levels = np.asarray(Image.open(io.BytesIO(display.render(frame))))  # palette indices
+    top = levels[levels < 254].max()  # 254, 255: hot and mask
+    brightest = {(int(r), int(c)) for r, c in np.argwhere(levels == top)}
+    patch = {(r, c) for r in range(100, 104) for c in range(100, 104)}
+    assert brightest == patch | {(200, 200)}  # row 0 on top: every pixel where it is
 
 
 def test_routes_answer_page_data_and_frames(tiny: Path) -> None:
@@ -234,8 +234,11 @@ def test_routes_answer_page_data_and_frames(tiny: Path) -> None:
     view.observe(result([0, 2]), now=0.0)
     routes = view.routes()
     code, ctype, body = routes["/live"]("")
-    assert code == 200 and ctype.startswith("text/html") and b"live/data.json" in body
+    assert code == 200 and ctype.startswith("text/html") and b'src="live/live.js"' in body
     assert routes["/"]("") == (code, ctype, body)
+    code, ctype, body = routes["/live/live.js"]("")
+    assert code == 200 and ctype.startswith("text/javascript") and b"live/data.json" in body
+    assert routes["/live/live.css"]("")[1].startswith("text/css")
     code, ctype, body = routes["/live/data.json"]("")
     assert code == 200 and json.loads(body)["totals"]["classified"] == 0
     assert routes["/live/frame.png"]("id=1")[:2] == (200, "image/png")

@@ -410,7 +410,7 @@ def test_export_never_overwrites_without_force(bundle: Path, trained) -> None:
 
 def test_train_cli_reads_hdf5_runs(tmp_path: Path, frames) -> None:
     from trainer.cli import main
-    from trainer.commands.train import load_labelled_frames
+    from trainer.data.labelled import load_labelled_frames
 
     path = write_run(tmp_path / "run1.h5", frames)
     data = load_labelled_frames([path])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -18,7 +17,7 @@ from streamer.config import load_config
 from streamer.pipeline import Pipeline
 from streamer.readback import read_run
 from streamer.replay import ReplayConfig, ReplayServer
-from tests.helpers_stream import wait_for_line
+from tests.helpers_stream import running_pipeline, wait_for_line
 from tests.procs import command, free_endpoint
 from tests.tiny_bundle import make_tiny_bundle
 
@@ -70,20 +69,20 @@ def test_swap_mid_run_loses_nothing_and_records_versions(run_file: Path, tmp_pat
             },
         )
         pipeline = Pipeline(cfg)
-        result: dict[str, object] = {}
-        t = threading.Thread(target=lambda: result.update(s=pipeline.run()))
-        t.start()
-        classified = lambda: pipeline.metrics.value("hitstream_frames_classified_total")  # noqa: E731
-        wait_until(lambda: classified() >= 60)
-        refused = pipeline.swapper.request(bad)
-        assert not refused.ok and "corrupted" in refused.message and refused.model == "tiny:1"
-        refused = pipeline.swapper.request(wrong_shape)
-        assert not refused.ok and "differ from the running" in refused.message
-        at_swap = classified()
-        ok = pipeline.swapper.request(v2)
-        assert ok.ok and ok.model == "tiny:2"
-        t.join(timeout=60)
-    summary = result["s"]
+
+        def classified() -> float:
+            return pipeline.metrics.value("hitstream_frames_classified_total")
+
+        with running_pipeline(pipeline) as run:
+            wait_until(lambda: classified() >= 60)
+            refused = pipeline.swapper.request(bad)
+            assert not refused.ok and "corrupted" in refused.message and refused.model == "tiny:1"
+            refused = pipeline.swapper.request(wrong_shape)
+            assert not refused.ok and "differ from the running" in refused.message
+            at_swap = classified()
+            ok = pipeline.swapper.request(v2)
+            assert ok.ok and ok.model == "tiny:2"
+            summary = run.wait(60)
     assert at_swap < N, "the swap must happen mid-run for this test to mean anything"
     assert summary.frames_classified == N and summary.model == "tiny:2"
     assert pipeline.metrics.value("hitstream_model_swaps_total", result="refused") == 2

@@ -43,3 +43,32 @@ def test_python_m_entry_points_answer_help() -> None:
             [sys.executable, "-m", pkg, "--help"], capture_output=True, text=True, cwd=ROOT
         )
         assert out.returncode == 0 and "COMMAND" in out.stdout, out.stderr[-1000:]
+
+
+def test_one_version_spdx_license_and_what_the_wheel_ships(tmp_path: Path) -> None:
+    import zipfile
+
+    import hitstream
+    import streamer
+    import trainer
+
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert "version" not in meta and "version" in meta["dynamic"]  # one version: the code's
+    assert streamer.__version__ == trainer.__version__ == hitstream.__version__
+    assert meta["license"] == "BSD-3-Clause" and (ROOT / "LICENSE").is_file()
+    out = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+         "-w", str(tmp_path), str(ROOT)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    (wheel,) = tmp_path.glob("hitstream-*.whl")
+    assert wheel.name.startswith(f"hitstream-{hitstream.__version__}-")
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {n.split("/")[0] for n in names if not n.startswith("hitstream-")}
+    assert tops == {"hitstream", "streamer", "trainer"}  # no tests/, bench/, models/
+    pages = {n for n in names if n.endswith((".html", ".css", ".js"))}
+    assert {f"streamer/pages/live.{e}" for e in ("html", "css", "js")} <= pages
+    assert {f"trainer/labelling/pages/label.{e}" for e in ("html", "css", "js")} <= pages
+    lic = [n for n in names if n.endswith("LICENSE")]
+    assert lic and "BSD 3-Clause" in zipfile.ZipFile(wheel).read(lic[0]).decode()

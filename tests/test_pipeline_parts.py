@@ -26,7 +26,7 @@ def test_decide_labels_and_keeps_with_thresholds() -> None:
     label, keep = decide(probs, keep_by, threshold_vector(CLASSES, {"single": 0.6}))
     assert label.tolist() == [0, 0, 1, -1]
     assert keep.tolist() == [True, False, False, False]
-    with pytest.raises(ValueError, match="banana"):
+    with pytest.raises(ConfigError, match="banana"):
         keep_mask_for(CLASSES, ["banana"])
 
 

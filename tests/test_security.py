@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import ast
 import socket
-import threading
 import time
 from pathlib import Path
 
@@ -22,12 +21,13 @@ from streamer.decode import END_OF_RUN_SOURCE
 from streamer.feed import FeedClient
 from streamer.http_server import StatusServer
 from streamer.metrics import Metrics
-from streamer.pipeline import Pipeline, RunSummary
+from streamer.pipeline import Pipeline
 from streamer.protocol import serialize
 from streamer.readback import read_run
 from streamer.replay import ReplayConfig, ReplayServer, add_arguments, config_from_args
 from streamer.security import create_keypair, curve_available
 from tests.helpers_stream import read_run as read_feed
+from tests.helpers_stream import running_pipeline
 from tests.procs import command, free_endpoint
 from tests.tiny_bundle import make_tiny_bundle
 
@@ -146,9 +146,6 @@ def test_over_limit_message_is_refused_without_the_consumer_dying(tmp_path: Path
         "feed.max_message_bytes": 1 << 20, "output.dir": str(out), "output.min_free_bytes": 0,
     })  # fmt: skip
     pipeline = Pipeline(cfg)
-    result: dict[str, RunSummary] = {}
-    t = threading.Thread(target=lambda: result.update(s=pipeline.run()))
-    t.start()
     frame = np.ones((1, 260, 257), np.float32)
 
     def message(tid: int, frames: np.ndarray) -> list:
@@ -158,26 +155,24 @@ def test_over_limit_message_is_refused_without_the_consumer_dying(tmp_path: Path
         return pipeline.metrics.value("hitstream_frames_received_total")
 
     try:
-        push.send_multipart(message(1, frame))  # connected and working
-        deadline = time.monotonic() + 30
-        while frames_in() < 1:
-            assert time.monotonic() < deadline, "the first message never arrived"
-            time.sleep(0.01)
-        push.send_multipart(message(2, np.ones((8, 260, 257), np.float32)))  # a 2.1 MB part
-        tid = 2
-        while frames_in() < 2:  # until connected again
-            assert t.is_alive() and time.monotonic() < deadline, "no frame after the big one"
-            tid += 1
-            push.send_multipart(message(tid, frame))
-            time.sleep(0.1)
-        push.send_multipart(serialize({END_OF_RUN_SOURCE: {"run": "r", "frames": 0, "trains": 0}}))
-        t.join(60)
+        with running_pipeline(pipeline) as run:
+            push.send_multipart(message(1, frame))  # connected and working
+            deadline = time.monotonic() + 30
+            while frames_in() < 1:
+                assert time.monotonic() < deadline, "the first message never arrived"
+                time.sleep(0.01)  # poll, bounded by the deadline
+            push.send_multipart(message(2, np.ones((8, 260, 257), np.float32)))  # a 2.1 MB part
+            tid = 2
+            while frames_in() < 2:  # until connected again: a small frame every 0.1 s
+                assert run.is_alive() and time.monotonic() < deadline, "no frame after the big one"
+                tid += 1
+                push.send_multipart(message(tid, frame))
+                time.sleep(0.1)  # resend interval, bounded by the deadline
+            end = {"run": "r", "frames": 0, "trains": 0}
+            push.send_multipart(serialize({END_OF_RUN_SOURCE: end}))
+            s = run.wait(60)
     finally:
-        if t.is_alive():
-            pipeline.stop()
-            t.join(60)
         push.close(linger=0)
-    s = result["s"]
     assert s.error is None
     assert s.rejected in ({"connection": 1}, {"size": 1}), s.rejected  # ZeroMQ's or ours
     tables = read_run(out, "run")

@@ -4,27 +4,25 @@ from __future__ import annotations
 
 import json
 import signal
-import threading
+import time
 import urllib.request
 from pathlib import Path
 
 import h5py
 import numpy as np
+import onnxruntime as ort
 import pytest
 import zmq
 
-from hitstream.bundle import load_bundle
 from streamer.config import load_config
-from streamer.decision import decide, keep_mask_for, threshold_vector
 from streamer.decode import END_OF_RUN_SOURCE
-from streamer.engine import Engine
 from streamer.http_server import StatusServer
 from streamer.metrics import Metrics
 from streamer.pipeline import Pipeline
 from streamer.protocol import serialize
 from streamer.readback import list_run_files, read_kept_frames, read_run
 from streamer.replay import ReplayConfig, ReplayServer
-from tests.helpers_stream import wait_for_line
+from tests.helpers_stream import running_pipeline, wait_for_line
 from tests.procs import command, free_endpoint
 from tests.tiny_bundle import make_tiny_bundle
 
@@ -49,13 +47,20 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def offline_decisions(bundle_path: Path, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    bundle = load_bundle(bundle_path)
-    probs = Engine(bundle).infer(frames)["probabilities"]
-    return decide(
-        probs,
-        keep_mask_for(bundle.classes, bundle.keep_classes),
-        threshold_vector(bundle.classes, bundle.thresholds),
+    """Labels and keep flags computed without the streamer: onnxruntime on the bundle's
+    graph, argmax, and the manifest's keep classes and thresholds read as plain JSON."""
+    manifest = json.loads((bundle_path / "manifest.json").read_text())
+    session = ort.InferenceSession(
+        str(bundle_path / "model.onnx"), providers=["CPUExecutionProvider"]
     )
+    (probs,) = session.run(["probabilities"], {manifest["input"]["name"]: frames})
+    label = probs.argmax(axis=1)
+    keep = np.zeros(len(frames), bool)
+    for i, (lab, p) in enumerate(zip(label.tolist(), probs.tolist(), strict=True)):
+        name = manifest["classes"][lab]
+        threshold = manifest["thresholds"].get(name)  # no threshold: argmax alone decides
+        keep[i] = name in manifest["keep_classes"] and (threshold is None or p[lab] >= threshold)
+    return label, keep
 
 
 def serve_config(bundle: Path, endpoint: str, out: Path, **extra: object) -> object:
@@ -106,6 +111,8 @@ def test_replay_to_pipeline_writes_every_frame_once_with_offline_labels(
     index = (tables.train_id.astype(np.int64) - 1) * K + tables.pulse_id.astype(np.int64)
     assert sorted(index.tolist()) == list(range(200))
     label, keep = offline_decisions(tiny, frames)
+    assert 0 < keep.sum() < len(frames), "the run should hold kept and dropped frames"
+    assert set(label.tolist()) >= {0, 2}  # 'single' and 'empty' frames both occur
     np.testing.assert_array_equal(tables.label, label[index])
     np.testing.assert_array_equal(tables.frames.kept, keep[index])
     # kept pixels are the sent pixels, bit for bit
@@ -124,10 +131,6 @@ def test_bad_messages_are_counted_and_good_frames_still_written(tiny: Path, tmp_
     push.bind(endpoint)
     out = tmp_path / "out"
     cfg = serve_config(tiny, endpoint, out, **{"feed.mode": "PULL"})
-    pipeline = Pipeline(cfg)
-    result: dict[str, object] = {}
-    t = threading.Thread(target=lambda: result.update(s=pipeline.run()))
-    t.start()
     good = np.ones((4, 260, 257), np.float32)
     nan = good.copy()
     nan[1, 5, 5] = np.nan
@@ -136,17 +139,19 @@ def test_bad_messages_are_counted_and_good_frames_still_written(tiny: Path, tmp_
         meta = {"src": {"source": "src", "timestamp.tid": tid}}
         return serialize({"src": {"image.data": arr}}, meta)
 
-    push.send_multipart(msg(1, good))
-    push.send_multipart([b"\x00garbage"])
-    push.send_multipart([b"\x81\xa1a\x01", b"\xc1"])  # bad msgpack
-    push.send_multipart(msg(2, np.ones((4, 10, 10), np.float32)))  # wrong frame shape
-    push.send_multipart(msg(3, nan))
-    push.send_multipart(msg(4, good.astype(np.uint16)))
-    end = {"run": "x", "frames": 16, "trains": 4}
-    push.send_multipart(serialize({END_OF_RUN_SOURCE: end}))
-    t.join(timeout=60)
-    push.close(linger=0)
-    summary = result["s"]
+    try:
+        with running_pipeline(Pipeline(cfg)) as run:
+            push.send_multipart(msg(1, good))
+            push.send_multipart([b"\x00garbage"])
+            push.send_multipart([b"\x81\xa1a\x01", b"\xc1"])  # bad msgpack
+            push.send_multipart(msg(2, np.ones((4, 10, 10), np.float32)))  # wrong frame shape
+            push.send_multipart(msg(3, nan))
+            push.send_multipart(msg(4, good.astype(np.uint16)))
+            end = {"run": "x", "frames": 16, "trains": 4}
+            push.send_multipart(serialize({END_OF_RUN_SOURCE: end}))
+            summary = run.wait(60)
+    finally:
+        push.close(linger=0)
     assert summary.frames_classified == 4 + 3 + 4
     assert summary.rejected["nonfinite"] == 1
     assert summary.rejected["shape"] == 1
@@ -189,15 +194,20 @@ def test_serve_cli_sigterm_finishes_batches_and_closes_files(
         wait_for_line(replay, "ready", 60)
         with urllib.request.urlopen(f"{url}/ready", timeout=5) as r:
             assert r.status == 200
+
         # wait until frames flow, then stop the streamer mid-run
-        for _ in range(200):
+        def classified() -> float:
             text = urllib.request.urlopen(f"{url}/metrics", timeout=5).read().decode()
             line = [
                 x for x in text.splitlines() if x.startswith("hitstream_frames_classified_total")
             ]
-            if line and float(line[0].split()[-1]) >= 20:
-                break
-            threading.Event().wait(0.05)
+            return float(line[0].split()[-1]) if line else 0.0
+
+        deadline = time.monotonic() + 60
+        while classified() < 20:
+            assert serve.poll() is None, "the streamer ended before 20 frames were classified"
+            assert time.monotonic() < deadline, "fewer than 20 frames classified in 60 s"
+            time.sleep(0.05)  # poll interval, bounded by the deadline
         serve.send_signal(signal.SIGTERM)
         assert serve.wait(timeout=60) == 0
     summary = json.loads(summary_json.read_text())

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 from pathlib import Path
 
 import h5py
@@ -22,6 +21,7 @@ from streamer.engine import Engine, EngineConfig
 from streamer.pipeline import Pipeline, RunSummary
 from streamer.readback import iter_kept_frames, read_run
 from streamer.replay import ReplayConfig, ReplayServer
+from tests.helpers_stream import running_pipeline
 from tests.procs import free_endpoint
 from trainer.data.ingest import load_labelled, open_run, read_frames
 
@@ -103,7 +103,7 @@ def test_ingest_reads_photons_and_warns_about_other_units(tmp_path: Path, sim, c
 
 def test_train_cli_takes_every_architecture_and_json_labels(tmp_path: Path, sim) -> None:
     from trainer.commands.train import ARCHITECTURES as CLI_ARCHITECTURES
-    from trainer.commands.train import load_labelled_frames
+    from trainer.data.labelled import load_labelled_frames
     from trainer.model.cnn import ARCHITECTURES
 
     assert set(CLI_ARCHITECTURES) == set(ARCHITECTURES)
@@ -134,20 +134,16 @@ def _serve(run: Path, out: Path, per_message: int = 16, **extra: object) -> RunS
     })  # fmt: skip
     pipeline = Pipeline(cfg)
     assert pipeline.status()["warnings"] == []
-    result: dict[str, RunSummary] = {}
-    t = threading.Thread(target=lambda: result.update(s=pipeline.run()), name="pipeline")
-    t.start()
     replay = ReplayConfig(
         path=run, dataset="data", endpoint=endpoint, mode="REP", frames_per_message=per_message
     )
-    with ReplayServer(replay) as server:
+    with running_pipeline(pipeline) as run_thread, ReplayServer(replay) as server:
         server.join(60)
-    t.join(60)
-    assert not t.is_alive()
-    assert pipeline.status()["warnings"] == result["s"].warnings  # /status shows them too
+        summary = run_thread.wait(60)
+    assert pipeline.status()["warnings"] == summary.warnings  # /status shows them too
     assert pipeline.live is not None  # and the live page
-    assert pipeline.live.snapshot()["warnings"] == result["s"].warnings
-    return result["s"]
+    assert pipeline.live.snapshot()["warnings"] == summary.warnings
+    return summary
 
 
 def test_streamer_warns_about_a_feed_in_adu_and_classifies_it_with_the_unit(

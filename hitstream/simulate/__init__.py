@@ -3,7 +3,11 @@
 Numpy and scipy only: the demo simulates runs without the training extras. Modules:
 :mod:`~hitstream.simulate.config` (what shapes a run), :mod:`~hitstream.simulate.optics`
 (detector sampling, far-field amplitudes), :mod:`~hitstream.simulate.scene` (frames: objects,
-fluence, background, noise) and :mod:`~hitstream.simulate.files` (runs on disk).
+fluence, background, noise), :mod:`~hitstream.simulate.files` (runs on disk),
+:mod:`~hitstream.simulate.parallel` (frames in worker processes),
+:mod:`~hitstream.simulate.montage` (a PNG of example frames) and
+:mod:`~hitstream.simulate.replay_runs` (uncompressed runs for throughput measurements).
+scipy is imported on first use, so importing the package needs numpy and h5py only.
 """
 
 from hitstream.simulate.config import (
@@ -13,7 +17,15 @@ from hitstream.simulate.config import (
     SimConfig,
     SimulatedRun,
 )
-from hitstream.simulate.files import RunWriter, default_labels_path, run_attrs, write_run
+from hitstream.simulate.files import (
+    RunWriter,
+    WrittenRun,
+    default_labels_path,
+    run_attrs,
+    simulate_to_file,
+    write_run,
+)
+from hitstream.simulate.montage import write_example_montage, write_montage
 from hitstream.simulate.optics import (
     detector_q,
     icosahedron_thickness,
@@ -21,6 +33,12 @@ from hitstream.simulate.optics import (
     random_rotation,
     rod_form_factor,
     sphere_form_factor,
+)
+from hitstream.simulate.parallel import simulate_parallel
+from hitstream.simulate.replay_runs import (
+    photon_like_frames,
+    write_synthetic_run,
+    write_tiled_run,
 )
 from hitstream.simulate.scene import (
     concat_runs,
@@ -38,19 +56,27 @@ __all__ = [
     "RunWriter",
     "SimConfig",
     "SimulatedRun",
+    "WrittenRun",
     "concat_runs",
     "default_labels_path",
     "detector_q",
     "expected_intensity",
     "icosahedron_thickness",
     "iter_chunks",
+    "photon_like_frames",
     "projection_amplitude",
     "random_rotation",
     "rod_form_factor",
     "run_attrs",
     "simulate_frames",
     "simulate_indices",
+    "simulate_parallel",
     "simulate_run",
+    "simulate_to_file",
     "sphere_form_factor",
+    "write_example_montage",
+    "write_montage",
     "write_run",
+    "write_synthetic_run",
+    "write_tiled_run",
 ]

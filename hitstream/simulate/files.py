@@ -1,12 +1,18 @@
 """Simulated runs on disk: one ``(N, H, W)`` float32 HDF5 dataset plus a labels CSV
-(``run,index,class`` and the per-frame truth), written in pieces with bounded memory."""
+(``run,index,class`` and the per-frame truth), written in pieces with bounded memory.
+
+:class:`RunWriter` streams pieces into a file, :func:`write_run` writes a run held in memory
+and :func:`simulate_to_file` (``trainer simulate``) simulates a run straight into a file,
+chunk by chunk with a progress bar."""
 
 from __future__ import annotations
 
 import csv
 import json
 import logging
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +21,14 @@ import numpy as np
 from hitstream.compression import compression_options
 from hitstream.errors import ConfigError
 from hitstream.labels import LABEL_COLUMNS
-from hitstream.simulate.config import OTHER_KINDS, SIM_CLASSES, TRUTH_COLUMNS, SimulatedRun
+from hitstream.simulate.config import (
+    OTHER_KINDS,
+    SIM_CLASSES,
+    TRUTH_COLUMNS,
+    SimConfig,
+    SimulatedRun,
+)
+from hitstream.simulate.scene import iter_chunks, simulate_frames
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +136,6 @@ class RunWriter:
         self.close()
 
 
-
 def run_attrs(run: SimulatedRun) -> dict[str, Any]:
     """Provenance attributes for the frames dataset."""
     attrs: dict[str, Any] = {
@@ -177,3 +189,76 @@ def write_run(
                 )
             )
     return Path(path)
+
+
+@dataclass
+class WrittenRun:
+    """What :func:`simulate_to_file` wrote."""
+
+    path: Path
+    labels_path: Path
+    dataset: str
+    labels: np.ndarray  # (N,) int8 into SIM_CLASSES
+    seconds: float  # simulating and writing
+    montage: Path | None = None
+
+    def counts(self) -> dict[str, int]:
+        """Frames per class, in the simulator's class order."""
+        return {c: int(np.sum(self.labels == i)) for i, c in enumerate(SIM_CLASSES)}
+
+
+def simulate_to_file(
+    path: str | Path,
+    n_frames: int,
+    seed: int = 0,
+    config: SimConfig = SimConfig(),
+    *,
+    dataset: str = "data",
+    labels_path: str | Path | None = None,
+    run_name: str | None = None,
+    compression: str | None = "gzip",
+    chunk: int = 256,
+    truth: bool = True,
+    overwrite: bool = False,
+    montage: str | Path | None = None,
+    progress: bool | None = None,
+) -> WrittenRun:
+    """Simulate frames ``0 .. n_frames-1`` of run ``seed`` into ``path`` (and its labels
+    CSV), ``chunk`` frames at a time, with a tqdm bar on stderr (``progress`` None: only on
+    a terminal). ``montage``: also a PNG of up to 6 example frames per class with their
+    noise-free intensities (:func:`hitstream.simulate.montage.write_montage`)."""
+    from tqdm import tqdm
+
+    if n_frames < 1:
+        raise ConfigError(f"--frames must be >= 1, got {n_frames}")
+    if seed < 0:
+        raise ConfigError(f"--seed must be >= 0, got {seed}")
+    labels = np.empty(n_frames, np.int8)
+    quiet = None if progress is None else not progress
+    attrs = run_attrs(simulate_frames(0, 0, seed, config))
+    t0 = time.perf_counter()
+    with (
+        RunWriter(
+            path,
+            n_frames,
+            shape=config.geometry.shape,
+            dataset=dataset,
+            labels_path=labels_path,
+            run_name=run_name,
+            compression=compression,
+            truth=truth,
+            overwrite=overwrite,
+            attrs=attrs,
+        ) as writer,
+        tqdm(total=n_frames, unit="frame", desc="simulate", disable=quiet) as bar,
+    ):
+        for part in iter_chunks(0, n_frames, seed, config, chunk=chunk):
+            labels[part.start : part.start + len(part)] = part.labels
+            writer.write(part)
+            bar.update(len(part))
+    done = WrittenRun(writer.path, writer.labels_path, dataset, labels, time.perf_counter() - t0)
+    if montage is not None:
+        from hitstream.simulate.montage import write_example_montage
+
+        done.montage = write_example_montage(montage, labels, seed, config)
+    return done

@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-from scipy.spatial import ConvexHull
-from scipy.special import j1
 
 from hitstream.geometry import DetectorGeometry
 
@@ -92,6 +90,8 @@ def detector_q(
 @lru_cache(maxsize=1)
 def _icosahedron() -> tuple[np.ndarray, np.ndarray, float]:
     """Unit face normals, face offsets and circumradius of an icosahedron of volume 4/3 pi."""
+    from scipy.spatial import ConvexHull  # scipy on first use: the package imports without it
+
     phi = (1 + math.sqrt(5)) / 2
     v = []
     for a in (-1.0, 1.0):
@@ -178,6 +178,8 @@ def rod_form_factor(
 ) -> np.ndarray:
     """Amplitude of a uniform cylinder (unit density, centred at 0, 3-D unit ``axis`` as
     (x, y, z)) on the q_z = 0 plane; (H, W)."""
+    from scipy.special import j1
+
     qpar = qx[None, :] * axis[0] + qy[:, None] * axis[1]
     qperp = np.sqrt(np.maximum(qy[:, None] ** 2 + qx[None, :] ** 2 - qpar**2, 0.0))
     u = 2 * np.pi * qperp * radius_nm

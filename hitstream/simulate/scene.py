@@ -55,8 +55,6 @@ log = logging.getLogger(__name__)
 _Z90 = 1.6448536269514722  # 95 % quantile of the standard normal
 
 
-
-
 def _equivalent_radius(volume: float) -> float:
     return (3.0 * volume / (4.0 * math.pi)) ** (1.0 / 3.0)
 

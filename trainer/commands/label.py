@@ -3,17 +3,19 @@
 Serves a grid of frame pictures on localhost, ordered by template distance (clean singles
 first), by the model's uncertainty or by index; a button per class under each picture,
 and keys (arrows, 1..4, 0, n/p). Every change is written to the labels file at once;
-restarting on the same file resumes where it stopped. See :mod:`trainer.labelling.server`.
+restarting on the same file resumes where it stopped. See :mod:`trainer.labelling.session`
+(frames, order, labels) and :mod:`trainer.labelling.server` (the page and its HTTP API).
 """
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from urllib.parse import quote
 
 from hitstream.labels import DEFAULT_CLASS_ORDER
 from trainer.commands.args import add_photon_unit
-from trainer.labelling.server import DEFAULT_CROP, DEFAULT_PAGE_SIZE, ORDERS
+from trainer.labelling.session import DEFAULT_CROP, DEFAULT_PAGE_SIZE, ORDERS
 
 HELP = "label frames by eye in a web page (thumbnails, click or keys; saved on every change)"
 
@@ -54,16 +56,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--host", default="127.0.0.1", help="address to serve on [127.0.0.1]")
     p.add_argument("--port", type=int, default=0, help="port [0: any free port]")
+    p.add_argument(
+        "--token-file",
+        type=Path,
+        help="file whose first line is the token that labelling needs when --host is not "
+        "loopback [$HITSTREAM_HTTP_TOKEN]",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    import logging
     import signal
     import threading
 
-    from trainer.labelling.server import LabelServer, open_session
+    from hitstream.http_base import read_token
+    from trainer.labelling.server import LabelServer
+    from trainer.labelling.session import open_session
 
-    log = logging.getLogger("trainer.label")
+    token = read_token(args.token_file)
     session = open_session(
         args.runs,
         args.dataset,
@@ -78,20 +87,19 @@ def run(args: argparse.Namespace) -> int:
         photon_unit=args.photon_unit,
     )
     try:
-        server = LabelServer(session, args.host, args.port)
-    except OSError as exc:
+        server = LabelServer(session, args.host, args.port, token=token)
+    except BaseException:
         session.close()
-        from hitstream.errors import ConfigError
-
-        raise ConfigError(f"cannot serve on {args.host}:{args.port} ({exc.strerror})") from exc
-    if not server.loopback:
-        log.warning("serving on %s: anyone who can reach it can change the labels", args.host)
+        raise
+    url = server.url
+    if token is not None and not server.loopback:  # the page sends it with every label
+        url += f"#token={quote(token, safe='')}"
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     server.start()
     state = session.state()
     print(
-        f"ready: labelling page at {server.url} ({state['n_frames']} frames, order "
+        f"ready: labelling page at {url} ({state['n_frames']} frames, order "
         f"{state['order']}, {state['labelled']} labelled; saving to {args.labels}; Ctrl-C stops)",
         flush=True,
     )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 from trainer.commands.args import add_photon_unit
@@ -34,47 +33,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import logging
+    from trainer.templates.rank import rank_to_files
 
-    from hitstream.errors import ConfigError, OutputError
-    from trainer.templates.bank import load_bank
-    from trainer.templates.rank import rank_run, ranking_grids, write_ranking_csv, write_top_labels
-
-    log = logging.getLogger("trainer.templates.rank")
-    if args.top < 1 or args.chunk < 1:
-        raise ConfigError("--top and --chunk must be >= 1")
-    out = args.out or Path(f"{args.run.stem}_rank")
-    bank = load_bank(args.bank)
-    t0 = time.perf_counter()
-    ranking = rank_run(
+    written = rank_to_files(
         args.run,
         args.dataset,
-        bank,
+        args.bank,
+        args.out,
+        top=args.top,
         chunk=args.chunk,
-        progress=True,
+        labels_out=args.labels_out,
+        run_name=args.run_name,
+        png=not args.no_png,
         include_templates=args.include_templates,
         photon_unit=args.photon_unit,
-    )
-    dt = time.perf_counter() - t0
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"{out}: cannot create the output directory ({exc.strerror})") from exc
-    csv_path = write_ranking_csv(out / "ranking.csv", ranking)
-    written = [csv_path]
-    if not args.no_png:
-        written += ranking_grids(out, args.run, args.dataset, ranking, args.top)
-    if args.labels_out:
-        written.append(
-            write_top_labels(args.labels_out, ranking, args.run_name or args.run.name, args.top)
-        )
-    log.info(
-        "%d frames ranked against %d templates (%s) in %.1f s (%.0f frames/s)",
-        len(ranking),
-        len(bank),
-        bank.mode,
-        dt,
-        len(ranking) / max(dt, 1e-9),
     )
     for p in written:
         print(f"wrote {p}", flush=True)

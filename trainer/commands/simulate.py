@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
-
-import numpy as np
 
 from hitstream.compression import COMPRESSIONS
 from hitstream.errors import ConfigError
 
 if TYPE_CHECKING:
-    from hitstream.simulate import SimConfig, SimulatedRun
+    from hitstream.simulate import SimConfig
 
 HELP = "simulate single-particle-imaging frames (CXIDB-58-like) into HDF5 + labels CSV"
 
@@ -123,118 +120,29 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+    from hitstream.simulate import simulate_to_file
 
-    from hitstream.simulate import (
-        SIM_CLASSES,
-        RunWriter,
-        iter_chunks,
-        run_attrs,
-        simulate_frames,
-        simulate_indices,
+    done = simulate_to_file(
+        args.output,
+        args.frames,
+        args.seed,
+        config_from_args(args),
+        dataset=args.dataset,
+        labels_path=args.labels,
+        run_name=args.run_name,
+        compression=args.compression,
+        chunk=args.chunk,
+        truth=not args.no_truth,
+        overwrite=args.overwrite,
+        montage=args.png,
     )
-
-    if args.frames < 1:
-        raise ConfigError(f"--frames must be >= 1, got {args.frames}")
-    if args.seed < 0:
-        raise ConfigError(f"--seed must be >= 0, got {args.seed}")
-    config = config_from_args(args)
-    labels = np.empty(args.frames, np.int8)
-    attrs = run_attrs(simulate_frames(0, 0, args.seed, config))
-    t0 = time.perf_counter()
-    with (
-        RunWriter(
-            args.output,
-            args.frames,
-            shape=config.geometry.shape,
-            dataset=args.dataset,
-            labels_path=args.labels,
-            run_name=args.run_name,
-            compression=args.compression,
-            truth=not args.no_truth,
-            overwrite=args.overwrite,
-            attrs=attrs,
-        ) as writer,
-        tqdm(total=args.frames, unit="frame", desc="simulate", disable=None) as bar,
-    ):
-        for part in iter_chunks(0, args.frames, args.seed, config, chunk=args.chunk):
-            labels[part.start : part.start + len(part)] = part.labels
-            writer.write(part)
-            bar.update(len(part))
-    elapsed = time.perf_counter() - t0
-    per_class = ", ".join(f"{c} {np.sum(labels == i)}" for i, c in enumerate(SIM_CLASSES))
+    per_class = ", ".join(f"{c} {n}" for c, n in done.counts().items())
+    n, dt = args.frames, done.seconds
     print(
-        f"wrote {args.frames} frames ({per_class}) to {writer.path}:/{args.dataset.strip('/')}"
-        f", labels {writer.labels_path}; {elapsed:.1f} s, {args.frames / elapsed:.0f} frames/s",
+        f"wrote {n} frames ({per_class}) to {done.path}:/{done.dataset.strip('/')}"
+        f", labels {done.labels_path}; {dt:.1f} s, {n / dt:.0f} frames/s",
         flush=True,
     )
-    if args.png:
-        picks = np.concatenate([np.flatnonzero(labels == i)[:6] for i in range(len(SIM_CLASSES))])
-        sample = simulate_indices(picks, args.seed, config)
-        expected = simulate_indices(picks, args.seed, config, noise=False)
-        write_montage(args.png, sample, per_class=6, expected=expected)
-        print(f"montage {args.png}", flush=True)
+    if done.montage is not None:
+        print(f"montage {done.montage}", flush=True)
     return 0
-
-
-def write_montage(
-    path: str | Path,
-    run: SimulatedRun,
-    per_class: int = 6,
-    expected: SimulatedRun | None = None,
-) -> Path:
-    """PNG of up to ``per_class`` frames of each class (rows), log scale.
-
-    With ``expected`` (the same frames from ``simulate_frames(..., noise=False)``) each class
-    gets a second row with the noise-free intensities.
-    """
-    import matplotlib
-
-    from hitstream.simulate import OTHER_KINDS
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.colors import LogNorm
-
-    picks = [np.flatnonzero(run.labels == i)[:per_class] for i in range(len(run.classes))]
-    panels = []  # (row label, source run, indices, noisy?)
-    for i, idx in enumerate(picks):
-        panels.append((run.classes[i], run, idx, True))
-        if expected is not None:
-            panels.append((f"{run.classes[i]}\n(noise-free)", expected, idx, False))
-    fig, axes = plt.subplots(
-        len(panels), per_class, figsize=(2.1 * per_class, 2.2 * len(panels)), squeeze=False
-    )
-    sub = run.params.get("subclass")
-    for r, (name, src, idx, noisy) in enumerate(panels):
-        for c in range(per_class):
-            ax = axes[r, c]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if c == 0:
-                ax.set_ylabel(name, fontsize=11)
-            if c >= len(idx):
-                ax.set_axis_off()
-                continue
-            frame = src.frames[idx[c]]
-            top = max(float(frame.max()), 1.0)
-            lo = 0.5 if noisy else top * 1e-4
-            ax.imshow(
-                np.maximum(frame, lo),
-                norm=LogNorm(vmin=lo, vmax=top),
-                cmap="magma",
-                interpolation="nearest",
-            )
-            title = f"{frame.sum():.0f} photons"
-            if sub is not None and sub[idx[c]] >= 0:
-                title += f", {OTHER_KINDS[sub[idx[c]]]}"
-            ax.set_title(title, fontsize=8)
-    fig.suptitle(
-        "simulated frames (log scale); noise-free rows: expected photons/pixel", fontsize=11
-    )
-    fig.tight_layout(rect=(0, 0, 1, 0.98))
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(p, dpi=80)
-    plt.close(fig)
-    return p

@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
-import numpy as np
-
-from hitstream.errors import InputDataError
 from trainer.commands.args import add_photon_unit
 
 HELP = "build a template bank (HDF5) from the frames of a run labelled single"
@@ -54,36 +50,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--r-max-px", type=float, default=d.r_max_px, help="outer radius [frame edge]")
 
 
-def labelled_indices(labels: Path, run: Path, cls: str) -> np.ndarray:
-    """Frame indices of ``run`` labelled ``cls`` in ``labels`` (sorted, unique)."""
-    from hitstream.labels import read_labels
-    from trainer.data.ingest import match_run
-
-    table = read_labels(labels)
-    rows = [k for k, name in enumerate(table.run.tolist()) if match_run(name, [run]) == 0]
-    if not rows:
-        runs = ", ".join(table.runs()[:5]) or "none"
-        raise InputDataError(f"{labels}: no labels for run {run.name} (runs named: {runs})")
-    mine = table.take(np.asarray(rows))
-    idx = mine.index[mine.label == cls]
-    if len(idx) == 0:
-        raise InputDataError(
-            f"{labels}: no frames of {run.name} labelled {cls!r} (classes: {mine.counts()})"
-        )
-    return np.unique(idx)
-
-
 def run(args: argparse.Namespace) -> int:
-    import logging
+    from trainer.templates.bank import PolarConfig
+    from trainer.templates.from_run import build_bank_from_run
 
-    from trainer.data.ingest import check_units, open_run, read_frames
-    from trainer.templates.bank import PolarConfig, build_bank, save_bank
-
-    log = logging.getLogger("trainer.templates.bank")
-    t0 = time.perf_counter()
-    idx = labelled_indices(args.labels, args.run, args.cls)
-    if args.max > 0:
-        idx = idx[: args.max]
     polar = PolarConfig(
         r_min_px=args.r_min_px,
         r_max_px=args.r_max_px,
@@ -93,22 +63,17 @@ def run(args: argparse.Namespace) -> int:
         linear_weight=args.linear_weight,
         smooth_px=args.smooth_px,
     )
-    with open_run(args.run, args.dataset, photon_unit=args.photon_unit) as src:
-        frames = read_frames(src, idx)
-        check_units(src, frames)
-    bank = build_bank(
-        frames, mode=args.mode, source_run=args.run.name, source_index=idx, polar=polar
-    )
-    bank.attrs.update({"source_file": str(args.run), "source_dataset": args.dataset})
-    save_bank(bank, args.out, overwrite=args.overwrite)
-    log.info(
-        "%s: %d %s templates (%s mode) from %s in %.1f s",
+    bank = build_bank_from_run(
+        args.run,
+        args.dataset,
+        args.labels,
         args.out,
-        len(bank),
-        args.cls,
-        args.mode,
-        args.run.name,
-        time.perf_counter() - t0,
+        cls=args.cls,
+        mode=args.mode,
+        max_frames=args.max,
+        polar=polar,
+        photon_unit=args.photon_unit,
+        overwrite=args.overwrite,
     )
     print(f"wrote {args.out}: {len(bank)} templates, mode {args.mode}", flush=True)
     return 0

@@ -1,1 +1,2 @@
-"""The labelling page of ``trainer label``: session (frames, order, labels) and server."""
+"""The labelling page of ``trainer label``: session (frames, order, labels), server (HTTP) and
+the page itself (``pages/label.html``, ``label.css``, ``label.js``, package data)."""

@@ -111,7 +111,12 @@ def predict_probabilities(
     return np.concatenate(out) if out else np.zeros((0, model.output_shape[-1]), np.float32)
 
 
-def _train_dataset(frames, labels, weights, cfg: TrainConfig):
+def train_dataset(
+    frames: np.ndarray, labels: np.ndarray, weights: np.ndarray, cfg: TrainConfig
+) -> Any:
+    """The shuffled training ``tf.data.Dataset`` of (network inputs, labels, sample weights):
+    ``weights`` per class; augmented batches unless ``cfg.augment`` is off (then the inputs are
+    preprocessed once)."""
     import tensorflow as tf
 
     from trainer.model.augment import augmented_inputs
@@ -148,7 +153,7 @@ def _train_dataset(frames, labels, weights, cfg: TrainConfig):
     return ds.prefetch(2)
 
 
-def _epoch_logger(total: int):
+def epoch_logger(total: int) -> Any:
     """A Keras callback that prints one line per epoch to stderr."""
     import keras
 
@@ -205,7 +210,7 @@ def train_model(
     weights = (
         class_weights_for(labels, len(classes)) if config.class_weights else np.ones(len(classes))
     )
-    train_ds = _train_dataset(frames, labels, weights, config)
+    train_ds = train_dataset(frames, labels, weights, config)
     k = INPUT_COARSEN[config.architecture]
     details = config.architecture in INPUT_DETAILS
     val_images = preprocess_batches(val_frames, config.geometry, coarsen=k, details=details)
@@ -231,7 +236,7 @@ def train_model(
         ),
     ]
     if progress:
-        callbacks.append(_epoch_logger(config.epochs))
+        callbacks.append(epoch_logger(config.epochs))
     hist = model.fit(
         train_ds,
         validation_data=val_ds,

@@ -173,4 +173,3 @@ def _peak(corr: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
 def make_template_matcher(bank: TemplateBank) -> TemplateMatcherGraph:
     """The polar matching of ``bank`` as TensorFlow ops (see the module docstring)."""
     return TemplateMatcherGraph(bank)
-

@@ -5,6 +5,7 @@ result is sorted ascending (the front of the list is most likely clean single hi
 written as CSV, with picture grids of the best and the worst frames (log scale, central
 region) so that a person can accept or reject quickly, and optionally the top K as a
 labels CSV (``run,index,class`` with class ``single``) to start training from.
+:func:`rank_to_files` does all of it for ``trainer rank``.
 """
 
 from __future__ import annotations
@@ -15,13 +16,14 @@ import logging
 import math
 import queue
 import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from hitstream.errors import InputDataError, OutputError
+from hitstream.errors import ConfigError, InputDataError, OutputError
 from trainer.templates.bank import BruteForceMatcher, PolarMatcher, TemplateBank
 
 log = logging.getLogger(__name__)
@@ -282,3 +284,58 @@ def ranking_grids(
             title = f"{Path(path).name}: {k} frames with the {what} template distance"
             out.append(grid_png(out_dir / f"{name}.png", frames, labels, title))
     return out
+
+
+def rank_to_files(
+    path: Path,
+    dataset: str,
+    bank_path: Path,
+    out: Path | None = None,
+    *,
+    top: int = 64,
+    chunk: int = 256,
+    labels_out: Path | None = None,
+    run_name: str | None = None,
+    png: bool = True,
+    include_templates: bool = False,
+    photon_unit: float = 1.0,
+) -> list[Path]:
+    """Rank every frame of ``path:dataset`` against the bank at ``bank_path`` and write
+    ``ranking.csv`` (and, with ``png``, the picture grids) into ``out`` [``./<stem>_rank``],
+    and the ``top`` best frames as labels to ``labels_out`` when given (``run`` column:
+    ``run_name`` [the file name]). Returns the files written."""
+    from trainer.templates.bank import load_bank
+
+    if top < 1 or chunk < 1:
+        raise ConfigError("--top and --chunk must be >= 1")
+    out = out or Path(f"{path.stem}_rank")
+    bank = load_bank(bank_path)
+    t0 = time.perf_counter()
+    ranking = rank_run(
+        path,
+        dataset,
+        bank,
+        chunk=chunk,
+        progress=True,
+        include_templates=include_templates,
+        photon_unit=photon_unit,
+    )
+    dt = time.perf_counter() - t0
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{out}: cannot create the output directory ({exc.strerror})") from exc
+    written = [write_ranking_csv(out / "ranking.csv", ranking)]
+    if png:
+        written += ranking_grids(out, path, dataset, ranking, top)
+    if labels_out:
+        written.append(write_top_labels(labels_out, ranking, run_name or path.name, top))
+    log.info(
+        "%d frames ranked against %d templates (%s) in %.1f s (%.0f frames/s)",
+        len(ranking),
+        len(bank),
+        bank.mode,
+        dt,
+        len(ranking) / max(dt, 1e-9),
+    )
+    return written

@@ -1,79 +1,20 @@
-"""The HTML of the labelling page (served by :mod:`trainer.labelling.server`; no other files).
-
-Plain HTML, CSS and JavaScript, no libraries. Keys: arrows move the focus, 1..9 set the
-class of the focused frame (then the focus moves on), 0 or Backspace clears it, n / p the
-next / previous page, u the next page with an unlabelled frame.
-"""
-
-from __future__ import annotations
-
-PAGE_HTML = r"""<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<title>hitstream · label frames</title>
-<style>
-:root { --thumb: 230px; }
-* { box-sizing: border-box; }
-body { margin: 0; background: #121212; color: #ddd; font: 14px system-ui, sans-serif; }
-header { position: sticky; top: 0; z-index: 2; background: #1c1c1c;
-  border-bottom: 1px solid #333; padding: 6px 12px; display: flex; flex-wrap: wrap;
-  gap: 6px 18px; align-items: center; }
-header h1 { font-size: 15px; margin: 0; font-weight: 600; }
-header .info { color: #999; font-size: 12px; }
-#counts span { margin-right: 10px; white-space: nowrap; }
-#counts b { font-variant-numeric: tabular-nums; }
-button { background: #2a2a2a; color: #ddd; border: 1px solid #444; border-radius: 3px;
-  padding: 2px 7px; font: inherit; font-size: 12px; cursor: pointer; }
-button:hover { border-color: #888; }
-button:disabled { opacity: 0.4; cursor: default; }
-#status { font-size: 12px; color: #8c8; min-width: 14em; }
-#status.bad { color: #f77; font-weight: 600; }
-#keys { font-size: 12px; color: #888; }
-#grid { display: grid; gap: 10px; padding: 12px;
-  grid-template-columns: repeat(auto-fill, minmax(var(--thumb), 1fr)); }
-.card { background: #1d1d1d; border: 3px solid #333; border-radius: 5px; padding: 4px;
-  outline: none; }
-.card.focus { box-shadow: 0 0 0 3px #fff; }
-.card img { display: block; width: 100%; aspect-ratio: 1; object-fit: contain;
-  image-rendering: pixelated; background: #000; cursor: pointer; }
-.meta { display: flex; justify-content: space-between; gap: 6px; font-size: 12px;
-  margin: 3px 0 2px; }
-.meta .where { font-weight: 600; overflow: hidden; text-overflow: ellipsis;
-  white-space: nowrap; }
-.meta .score, .guess { color: #aaa; font-size: 12px; }
-.label { font-size: 12px; font-weight: 600; }
-.card[data-label=""] .label { color: #777; font-weight: 400; }
-.btns { display: flex; flex-wrap: wrap; gap: 3px; margin-top: 3px; }
-.btns button.on { color: #000; font-weight: 600; }
-</style>
-</head>
-<body>
-<header>
-  <h1>label frames</h1>
-  <span id="counts"></span>
-  <span>
-    <button id="prev" title="previous page (p)">&larr; prev</button>
-    <span id="pageinfo"></span>
-    <button id="next" title="next page (n)">next &rarr;</button>
-    <button id="unl" title="next page with an unlabelled frame (u)">next unlabelled</button>
-  </span>
-  <label><input type="checkbox" id="advance" checked> move on after a key</label>
-  <label><input type="checkbox" id="full"> whole frames</label>
-  <span id="status"></span>
-  <span class="info" id="info"></span>
-  <span id="keys">keys: arrows move &middot; <span id="keylist"></span> &middot;
-    0/Backspace clear &middot; n/p page &middot; u unlabelled</span>
-</header>
-<main id="grid"></main>
-<script>
+// The labelling page of `trainer label` (label.html). Keys: arrows move the focus, 1..9 set
+// the class of the focused frame (then the focus moves on), 0 or Backspace clears it,
+// n / p the next / previous page, u the next page with an unlabelled frame.
 "use strict";
 const COLOURS = ["#3c9", "#f93", "#999", "#b8f", "#4cf", "#fd4", "#f6a", "#9e6", "#e66"];
 let S = null;             // /api/state
 let page = 0, nPages = 1;
 let frames = [];          // frames of this page
 let focus = 0;
-const $ = (sel) => document.querySelector(sel);
+const $ = (id) => document.getElementById(id);
+// beyond loopback the server takes labels only with its token: the command prints the
+// page's address as ...#token=T; kept for this tab, then dropped from the address bar
+const TOKEN = (() => {
+  const m = /token=([^&]+)/.exec(location.hash);
+  if (m) sessionStorage.setItem("hitstream-label-token", decodeURIComponent(m[1]));
+  return sessionStorage.getItem("hitstream-label-token");
+})();
 
 function colour(cls) {
   const k = S.classes.indexOf(cls);
@@ -81,7 +22,7 @@ function colour(cls) {
 }
 
 function say(msg, bad) {
-  const e = $("#status");
+  const e = $("status");
   e.textContent = msg;
   e.className = bad ? "bad" : "";
 }
@@ -95,7 +36,7 @@ async function api(path, opts) {
 }
 
 function renderCounts(counts) {
-  const box = $("#counts");
+  const box = $("counts");
   box.textContent = "";
   for (const [cls, n] of Object.entries(counts)) {
     const s = document.createElement("span");
@@ -181,7 +122,7 @@ function updateCard(c, f) {
 }
 
 function picture(f) {
-  const full = $("#full").checked && S.crop > 0;
+  const full = $("full").checked && S.crop > 0;
   return "/frame/" + S.token + "/" + f.id + (full ? "-full" : "") + ".png";
 }
 
@@ -208,12 +149,12 @@ async function load(p, where) {
   const d = await api("/api/page?page=" + p);
   page = d.page; nPages = d.n_pages; frames = d.frames;
   history.replaceState(null, "", "#page=" + page);
-  const grid = $("#grid");
+  const grid = $("grid");
   grid.textContent = "";
   frames.forEach((f, k) => grid.append(makeCard(f, k)));
-  $("#pageinfo").textContent = "page " + (page + 1) + " / " + nPages;
-  $("#prev").disabled = page === 0;
-  $("#next").disabled = page >= nPages - 1;
+  $("pageinfo").textContent = "page " + (page + 1) + " / " + nPages;
+  $("prev").disabled = page === 0;
+  $("next").disabled = page >= nPages - 1;
   let k = 0;
   if (where === "last") k = frames.length - 1;
   if (where === "unlabelled") k = Math.max(0, frames.findIndex((f) => !f.label));
@@ -243,7 +184,8 @@ async function setLabel(k, cls) {
   try {
     const r = await api("/api/label", {
       method: "POST",
-      headers: { "Content-Type": "application/json" },
+      headers: Object.assign({ "Content-Type": "application/json" },
+        TOKEN ? { Authorization: "Bearer " + TOKEN } : {}),
       body: JSON.stringify({ id: f.id, class: cls }),
     });
     f.label = r.label;
@@ -277,7 +219,7 @@ document.addEventListener("keydown", (ev) => {
   else if (/^[1-9]$/.test(key) && +key <= S.classes.length) {
     const k = focus;
     setLabel(k, S.classes[+key - 1]);
-    if ($("#advance").checked && k + 1 < frames.length) setFocus(k + 1);
+    if ($("advance").checked && k + 1 < frames.length) setFocus(k + 1);
   } else return;
   ev.preventDefault();
 });
@@ -287,15 +229,15 @@ async function init() {
     S = await api("/api/state");
   } catch (e) { say("cannot load: " + e.message, true); return; }
   renderCounts(S.counts);
-  $("#keylist").textContent = S.classes.slice(0, 9).map((c, i) => (i + 1) + " " + c).join(", ");
+  $("keylist").textContent = S.classes.slice(0, 9).map((c, i) => (i + 1) + " " + c).join(", ");
   const runs = S.runs.map((r) => r.name + " (" + r.frames + ")").join(", ");
-  $("#info").textContent = S.n_frames + " frames of " + runs + " · order: " + S.order +
+  $("info").textContent = S.n_frames + " frames of " + runs + " · order: " + S.order +
     (S.model ? " · model " + S.model : "") + " · saving to " + S.labels_file;
-  $("#prev").addEventListener("click", () => gotoPage(page - 1, "first"));
-  $("#next").addEventListener("click", () => gotoPage(page + 1, "first"));
-  $("#unl").addEventListener("click", () => nextUnlabelled());
-  $("#full").disabled = S.crop === 0;
-  $("#full").addEventListener("change", () => {
+  $("prev").addEventListener("click", () => gotoPage(page - 1, "first"));
+  $("next").addEventListener("click", () => gotoPage(page + 1, "first"));
+  $("unl").addEventListener("click", () => nextUnlabelled());
+  $("full").disabled = S.crop === 0;
+  $("full").addEventListener("change", () => {
     cards().forEach((c, k) => { c.querySelector("img").src = picture(frames[k]); });
   });
   const m = /page=(\d+)/.exec(location.hash);
@@ -304,7 +246,3 @@ async function init() {
   document.body.dataset.ready = "1";
 }
 init();
-</script>
-</body>
-</html>
-"""

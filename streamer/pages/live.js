@@ -1,88 +1,5 @@
-"""The live view's single HTML page (no external resources): polls ``live/data.json`` each
-second and draws the charts as inline SVG; frames come from ``live/frame.png?id=N``."""
-
-from __future__ import annotations
-
-PAGE = """<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>hitstream live</title>
-<style>
-  :root { --bg: #111418; --panel: #1b2027; --text: #e6e6e6; --dim: #8b949e; --ok: #3fb950;
-          --bad: #f85149; --mask: rgb(0, 204, 204); --hot: rgb(77, 255, 26); }
-  * { box-sizing: border-box; }
-  body { margin: 0; padding: 12px 18px; background: var(--bg); color: var(--text);
-         font: 14px/1.35 system-ui, sans-serif; }
-  header { display: flex; gap: 18px; align-items: baseline; flex-wrap: wrap; }
-  h1 { font-size: 20px; margin: 0 12px 0 0; }
-  h2 { font-size: 15px; margin: 0 0 6px; }
-  .dim { color: var(--dim); }
-  #state.ok { color: var(--ok); } #state.bad { color: var(--bad); }
-  #warnings { color: var(--bad); margin: 0.5em 1em; }
-  .tiles { display: flex; gap: 10px; margin: 12px 0; flex-wrap: wrap; }
-  .tile { background: var(--panel); border-radius: 6px; padding: 8px 14px; min-width: 130px; }
-  .tile .v { font-size: 26px; font-weight: 600; font-variant-numeric: tabular-nums; }
-  .tile .k { color: var(--dim); font-size: 12px; }
-  .grid { display: grid; grid-template-columns: minmax(0, 2fr) minmax(0, 1fr); gap: 10px; }
-  .panel { background: var(--panel); border-radius: 6px; padding: 8px 12px; }
-  svg { width: 100%; height: auto; display: block; }
-  svg text { fill: var(--dim); font-size: 11px; }
-  .legend span { display: inline-block; margin-right: 12px; font-size: 12px; }
-  .legend i { display: inline-block; width: 10px; height: 10px; margin-right: 4px;
-              vertical-align: middle; }
-  table { border-collapse: collapse; width: 100%; font-variant-numeric: tabular-nums; }
-  td, th { padding: 2px 6px; text-align: right; }
-  td:first-child, th:first-child { text-align: left; }
-  th { color: var(--dim); font-weight: normal; }
-  .classes { display: grid; gap: 10px; margin-top: 10px;
-             grid-template-columns: repeat(auto-fill, minmax(660px, 1fr)); }
-  .row { display: flex; gap: 8px; flex-wrap: wrap; min-height: 40px; }
-  figure { margin: 0; width: 150px; }
-  figure img { width: 150px; height: 150px; image-rendering: pixelated; background: #000;
-               display: block; }
-  figcaption { font-size: 11px; color: var(--dim); }
-  figcaption b { color: var(--text); font-weight: 600; }
-</style>
-</head>
-<body>
-<header>
-  <h1>hitstream live</h1>
-  <span>model <b id="model-name">–</b> version <b id="model-version">–</b></span>
-  <span>provider <b id="provider">–</b></span>
-  <span id="state" class="dim">connecting…</span>
-</header>
-<p id="warnings" class="bad" hidden></p>
-<section class="tiles">
-  <div class="tile"><div class="v" id="fps">–</div><div class="k">frames/s (last 5 s)</div></div>
-  <div class="tile"><div class="v" id="hit-rate">–</div><div class="k">hit rate (last 10 s)</div>
-  </div>
-  <div class="tile"><div class="v" id="classified">–</div><div class="k">frames classified</div>
-  </div>
-  <div class="tile"><div class="v" id="kept">–</div><div class="k">frames kept</div></div>
-  <div class="tile"><div class="v" id="lost">–</div><div class="k">dropped + refused</div></div>
-</section>
-<section class="grid">
-  <div class="panel">
-    <h2>Class fractions and hit rate <span class="dim" id="span"></span></h2>
-    <svg id="chart-classes" viewBox="0 0 800 200" role="img"></svg>
-    <div class="legend" id="legend"></div>
-    <h2 style="margin-top:8px">Throughput <span class="dim">(frames/s, 1 s bins)</span></h2>
-    <svg id="chart-fps" viewBox="0 0 800 110" role="img"></svg>
-  </div>
-  <div class="panel">
-    <h2>Drops by reason</h2>
-    <table><thead><tr><th>reason</th><th>frames</th><th>per s</th></tr></thead>
-      <tbody id="drops"></tbody></table>
-    <p class="dim">Frames: log scale (magma);
-      <span style="color:var(--mask)">■</span> invalid pixels (gap, beam-stop hole, NaN);
-      <span style="color:var(--hot)">■</span> hot pixels the model caps.
-      Each class shows its latest frames (the most confident of a batch), newest first.</p>
-  </div>
-</section>
-<section class="classes" id="classes"></section>
-<script>
+// The live page of the streamer (live.html): polls live/data.json each second, draws the
+// charts as inline SVG, and shows the latest frames of each class (live/frame.png?id=N).
 "use strict";
 const COLORS = ["#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#b07aa1", "#edc948", "#76b7b2",
                 "#ff9da7"];
@@ -273,7 +190,3 @@ async function tick() {
   }
 }
 tick();
-</script>
-</body>
-</html>
-"""

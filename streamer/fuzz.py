@@ -9,11 +9,15 @@ default axis order ``pulses,H,W``, frames of :data:`FRAME_SHAPE` and
 ``feed.max_message_bytes`` equal to the generator's ``max_message_bytes``: every part stays
 within that limit (ZeroMQ would drop the connection otherwise), whole messages may not.
 
-Used by ``tests/test_fuzz.py`` and ``bench/fuzz_streamer.py``.
+:func:`fuzz_pipeline` runs a :class:`streamer.pipeline.Pipeline` in a thread and sends it
+N cases over a PUSH socket on 127.0.0.1; :class:`Tally` says what the streamer must report.
+Used by ``tests/test_fuzz.py`` and ``bench/fuzz_streamer.py``; needs ``psutil`` (the dev
+extra) for :func:`fuzz_pipeline` only.
 """
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections import Counter
@@ -381,6 +385,12 @@ class Tally:
 # -- a running streamer under fuzz ---------------------------------------------------------
 
 
+def _free_endpoint() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+
+
 @dataclass
 class FuzzRun:
     """What :func:`fuzz_pipeline` saw."""
@@ -412,9 +422,8 @@ def fuzz_pipeline(
 
     from streamer.config import load_config
     from streamer.pipeline import Pipeline
-    from tests.procs import free_endpoint
 
-    endpoint = free_endpoint()
+    endpoint = _free_endpoint()
     ctx = zmq.Context()
     push = ctx.socket(zmq.PUSH)
     push.setsockopt(zmq.LINGER, 0)

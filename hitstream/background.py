@@ -1,0 +1,296 @@
+"""The run's own background: a per-pixel estimate from the run's dim frames.
+
+At a beamline an "empty" frame is not dark: beamline and aperture scatter, gas and the
+injector's carrier put 10²–10⁴ photons into every frame, steep at low q, stable in shape over a
+run and different between runs. :class:`RunBackground` estimates the expected photons per
+pixel of a frame with no particle in the beam, from the run's own frames, as the streamer
+receives them (and the trainer reads archived runs the same way):
+
+1. each frame's total (finite photons on valid pixels) goes into a history of recent totals;
+2. the frames whose totals lie in the shortest interval that holds ``core_fraction`` of that
+   history (half by default) are the run's main population: its empty frames. Most SPI
+   frames are empty and their totals cluster tightly, while hits add photons and spread over
+   a wide range above them (and dropped shots sit far below). The interval is symmetric
+   about the empty frames' mode, so it does not bias their mean (taking the dimmest half
+   would: it prefers shots whose background fluctuated low, by ~0.8 σ of the total);
+3. their pixels are averaged with exponential forgetting (``halflife_frames`` frames), so
+   the estimate follows a slow drift but not a burst of hits; NaN pixels are left out.
+
+This holds while hits are fewer than about half of the frames. The estimate is *warm* once
+``warmup_frames`` core frames contributed (about a second of feed
+at beamline rates). Before that the partial estimate is the declared fallback: frames are
+classified with it and flagged (``warm = False``) in the files. At most
+``max_frames_per_update`` frames of each call are looked at (strided), which bounds the cost
+per batch; the background changes over minutes, not frames.
+
+A :class:`BackgroundSnapshot` is what a batch is classified with: an immutable map, its
+version (increments with each published change), mean level and warm flag. ``save``/``load``
+persist the whole state (HDF5), so an estimate survives a restart; a model swap does not
+touch it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from hitstream.errors import ConfigError, InputDataError
+
+STATE_FORMAT = "hitstream-background"
+STATE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class BackgroundConfig:
+    """How the run background is estimated (the ``[background]`` section of the streamer)."""
+
+    enabled: bool = True
+    warmup_frames: int = 200  # dim frames before the estimate counts as warm
+    core_fraction: float = 0.5  # share of recent frames in the interval used (see above)
+    history: int = 1024  # recent frame totals the quantile is taken over
+    halflife_frames: float = 4000.0  # exponential forgetting, in contributing frames
+    max_frames_per_update: int = 16  # frames looked at per call (strided); bounds the cost
+    publish_every_frames: int = 500  # a new snapshot after this many contributions (warm)
+
+    def __post_init__(self) -> None:
+        if self.warmup_frames < 1 or self.history < 8 or self.max_frames_per_update < 1:
+            raise ConfigError(
+                "background.warmup_frames and max_frames_per_update must be ≥ 1, history ≥ 8"
+            )
+        if not 0 < self.core_fraction <= 1:
+            raise ConfigError(
+                f"background.core_fraction must be in (0, 1], got {self.core_fraction}"
+            )
+        if not (math.isfinite(self.halflife_frames) and self.halflife_frames > 0):
+            raise ConfigError("background.halflife_frames must be > 0")
+        if self.publish_every_frames < 1:
+            raise ConfigError("background.publish_every_frames must be ≥ 1")
+
+
+@dataclass(frozen=True)
+class BackgroundSnapshot:
+    """The background a batch is classified with (the map is read-only)."""
+
+    map: np.ndarray  # (H, W) float32, expected photons per pixel of an empty frame
+    version: int  # 0: nothing seen yet (all zeros)
+    level: float  # mean photons per valid pixel
+    warm: bool
+    frames: float  # effective number of dim frames behind it
+
+
+class RunBackground:
+    """Per-pixel background of one run, estimated from its dim frames (module docstring).
+
+    Not thread-safe: one thread updates it; :attr:`snapshot` may be read from any thread
+    (it is replaced, never changed in place).
+    """
+
+    def __init__(
+        self,
+        shape: tuple[int, int],
+        config: BackgroundConfig | None = None,
+        valid: np.ndarray | None = None,
+    ) -> None:
+        self.config = config or BackgroundConfig()
+        self.shape = (int(shape[0]), int(shape[1]))
+        self.valid = np.ones(self.shape, bool) if valid is None else np.asarray(valid, bool).copy()
+        if self.valid.shape != self.shape:
+            raise ConfigError(f"background mask {self.valid.shape} differs from {self.shape}")
+        self._valid_flat = self.valid.reshape(-1).astype(np.float32)
+        self._decay = 0.5 ** (1.0 / self.config.halflife_frames)
+        self._sum = np.zeros(self.shape, np.float64)
+        self._weight = np.zeros(self.shape, np.float64)  # per pixel: NaN pixels left out
+        self._frames = 0.0  # effective contributing frames (decayed)
+        self._totals = np.full(self.config.history, np.nan)
+        self._n_totals = 0
+        self._since_publish = 0
+        self._version = 0
+        self.frames_seen = 0
+        self.snapshot = self._make_snapshot()
+
+    # -- estimate -------------------------------------------------------------------------
+
+    @property
+    def warm(self) -> bool:
+        return self._frames >= self.config.warmup_frames
+
+    def estimate(self) -> np.ndarray:
+        """The current per-pixel mean of the dim frames (H, W) float32 (0 where unseen)."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            m = np.where(self._weight > 0, self._sum / self._weight, 0.0)
+        return (m * self.valid).astype(np.float32)
+
+    def _make_snapshot(self) -> BackgroundSnapshot:
+        m = self.estimate()
+        m.setflags(write=False)
+        level = float(m[self.valid].mean()) if self.valid.any() else 0.0
+        return BackgroundSnapshot(m, self._version, level, self.warm, self._frames)
+
+    def frame_totals(self, frames: np.ndarray) -> np.ndarray:
+        """(N,) finite photons on valid pixels of each frame (negative noise included):
+        one matrix-vector product; frames with NaN/Inf are summed again without them."""
+        x = np.asarray(frames, np.float32).reshape(len(frames), -1)
+        with np.errstate(invalid="ignore", over="ignore"):
+            t = (x @ self._valid_flat).astype(np.float64)
+        bad = ~np.isfinite(t)
+        if bad.any():
+            xb = x[bad]
+            t[bad] = np.where(np.isfinite(xb), xb, 0) @ self._valid_flat
+        return t
+
+    def update(self, frames: np.ndarray) -> BackgroundSnapshot:
+        """Look at (up to ``max_frames_per_update`` of) a batch ``(N, H, W)`` in photons and
+        return the snapshot to classify it with. During warm-up every call publishes."""
+        x = np.asarray(frames)
+        if x.ndim != 3 or x.shape[1:] != self.shape:
+            raise InputDataError(f"background: frames {x.shape[1:]}, expected {self.shape}")
+        if len(x) == 0:
+            return self.snapshot
+        step = max(1, math.ceil(len(x) / self.config.max_frames_per_update))
+        x = x[::step].astype(np.float32, copy=False)
+        self.frames_seen += len(x)
+        totals = self.frame_totals(x)
+        self._remember(totals)
+        lo, hi = core_interval(
+            self._totals[: min(self._n_totals, len(self._totals))], self.config.core_fraction
+        )
+        dim = x[(totals >= lo) & (totals <= hi)]
+        was_warm = self.warm
+        self._accumulate(dim)
+        self._since_publish += len(dim)
+        due = self._since_publish >= self.config.publish_every_frames
+        if len(dim) and (not was_warm or due or self.warm != was_warm):
+            self._version += 1
+            self._since_publish = 0
+            self.snapshot = self._make_snapshot()
+        return self.snapshot
+
+    def _accumulate(self, dim: np.ndarray) -> None:
+        """Add frames with exponential forgetting: the newest weighs 1, each older one
+        ``decay`` times the next (one weighted sum per call, not one pass per frame)."""
+        k = len(dim)
+        if k == 0:
+            return
+        w = self._decay ** np.arange(k - 1, -1, -1, dtype=np.float64)
+        flat = dim.reshape(k, -1)
+        old = self._decay**k
+        with np.errstate(invalid="ignore", over="ignore"):
+            added = w.astype(np.float32) @ flat
+        if np.isfinite(added).all():
+            self._weight *= old
+            self._weight += w.sum()
+        else:  # NaN/Inf pixels: left out, pixel by pixel
+            finite = np.isfinite(flat)
+            added = w.astype(np.float32) @ np.where(finite, flat, np.float32(0))
+            self._weight = self._weight * old + (w @ finite).reshape(self.shape)
+        self._sum *= old
+        self._sum += added.reshape(self.shape)
+        self._frames = self._frames * old + float(w.sum())
+
+    def _remember(self, totals: np.ndarray) -> None:
+        n = len(self._totals)
+        for t in totals:
+            self._totals[self._n_totals % n] = t
+            self._n_totals += 1
+
+    # -- persistence ----------------------------------------------------------------------
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the whole state atomically (temporary file, then rename)."""
+        import h5py
+
+        p = Path(path)
+        tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+        with h5py.File(tmp, "w") as f:
+            f.attrs["format"] = STATE_FORMAT
+            f.attrs["format_version"] = STATE_VERSION
+            f.attrs["frames"] = self._frames
+            f.attrs["n_totals"] = self._n_totals
+            f.attrs["version"] = self._version
+            f.attrs["frames_seen"] = self.frames_seen
+            f.create_dataset("sum", data=self._sum)
+            f.create_dataset("weight", data=self._weight)
+            f.create_dataset("totals", data=self._totals)
+            f.create_dataset("valid", data=self.valid)
+            f.create_dataset("estimate", data=self.estimate())  # for people and tools
+        os.replace(tmp, p)
+        return p
+
+    def load(self, path: str | os.PathLike[str]) -> None:
+        """Restore a state written by :meth:`save` (InputDataError if it does not fit)."""
+        import h5py
+
+        p = Path(path)
+        try:
+            with h5py.File(p, "r") as f:
+                if f.attrs.get("format") != STATE_FORMAT:
+                    raise InputDataError(f"{p}: not a hitstream background state")
+                if int(f.attrs.get("format_version", -1)) != STATE_VERSION:
+                    raise InputDataError(f"{p}: background state version differs")
+                s, w, totals = f["sum"][()], f["weight"][()], f["totals"][()]
+                frames, n_totals = float(f.attrs["frames"]), int(f.attrs["n_totals"])
+                version, seen = int(f.attrs["version"]), int(f.attrs["frames_seen"])
+        except (OSError, KeyError, ValueError) as exc:
+            raise InputDataError(f"{p}: unreadable background state ({exc})") from exc
+        if s.shape != self.shape or w.shape != self.shape:
+            raise InputDataError(f"{p}: background of {s.shape}, frames are {self.shape}")
+        self._sum, self._weight = s.astype(np.float64), w.astype(np.float64)
+        n = len(self._totals)
+        self._totals[: min(n, len(totals))] = totals[:n]
+        self._n_totals = min(n_totals, n) if len(totals) != n else n_totals
+        self._frames, self._version, self.frames_seen = frames, version + 1, seen
+        self.snapshot = self._make_snapshot()
+
+
+def core_interval(totals: np.ndarray, fraction: float) -> tuple[float, float]:
+    """The shortest interval holding ``fraction`` of the totals (the mode's neighbourhood)."""
+    t = np.sort(np.asarray(totals, np.float64))
+    n = len(t)
+    if n == 0:
+        return -math.inf, math.inf
+    k = max(1, math.ceil(fraction * n))
+    widths = t[k - 1 :] - t[: n - k + 1]
+    ties = np.flatnonzero(widths <= widths.min())
+    i = int(ties[len(ties) // 2])  # the middle of equally short ones (integer counts tie)
+    return float(t[i]), float(t[i + k - 1])
+
+
+def estimate_run_background(
+    blocks: Iterable[np.ndarray] | np.ndarray,
+    valid: np.ndarray | None = None,
+    config: BackgroundConfig | None = None,
+) -> BackgroundSnapshot:
+    """The background of an archived run from all its frames: the frames of the run's core
+    interval of totals (:func:`core_interval`), averaged without forgetting — what the
+    streamer converges to on a stable run. ``blocks``: an ``(N, H, W)`` array, or a
+    re-iterable of such blocks (read twice: totals first, then the dim frames). The trainer
+    uses it so that training and serving see the same input."""
+    parts = [blocks] if isinstance(blocks, np.ndarray) else blocks
+    cfg = config or BackgroundConfig()
+    est: RunBackground | None = None
+    totals = []
+    for b in parts:
+        b = np.asarray(b, np.float32)
+        est = est or RunBackground((b.shape[1], b.shape[2]), cfg, valid)
+        totals.append(est.frame_totals(b))
+    if est is None:
+        raise InputDataError("background of a run without frames")
+    lo, hi = core_interval(np.concatenate(totals), cfg.core_fraction)
+    s = np.zeros(est.shape, np.float64)
+    w = np.zeros(est.shape, np.float64)
+    k = 0
+    for b, bt in zip(parts, totals, strict=True):
+        dim = np.asarray(b, np.float32)[(bt >= lo) & (bt <= hi)]
+        finite = np.isfinite(dim)
+        with np.errstate(invalid="ignore"):
+            s += np.where(finite, dim, 0.0).sum(axis=0, dtype=np.float64)
+        w += finite.sum(axis=0)
+        k += len(dim)
+    est._sum, est._weight, est._frames = s, w, float(k)
+    est._version = 1 if k else 0
+    return est._make_snapshot()

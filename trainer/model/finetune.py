@@ -1,0 +1,270 @@
+"""Fine-tuning a bundle's CNN on newly labelled frames: what ``trainer finetune`` does.
+
+:func:`finetune_bundle` loads ``model.keras`` from the bundle, holds out a stratified share
+of the labelled frames (never trained on), trains a few epochs on the rest at a low, constant
+learning rate (Adam, class weights, augmentation as in training), exports a new bundle (same
+classes, thresholds and geometry; the template bank is carried over) and measures the source
+and the new bundle's ONNX graphs on the SAME held-out frames. ``finetune.json`` in the new
+bundle holds both (see :func:`trainer.model.evaluate.evaluate_outputs`), ``evaluation.json``
+and ``confusion.png`` the before/after classification metrics. Keras is imported only when
+the training starts.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hitstream.errors import BundleError, ConfigError
+
+FINETUNE_FILE = "finetune.json"
+# Epochs when none are given: a few hundred labels need many passes, thousands need few
+# (measured with bench/bench_adapt.py: 200 labels, 20 epochs at 5e-4 moved a new sample's
+# run from 0.939 to 0.964; 3 epochs hardly moved it).
+AUTO_FRAME_VISITS = 3000
+AUTO_EPOCHS = (3, 20)
+
+
+def auto_epochs(n_train: int) -> int:
+    """Epochs for ``n_train`` training frames when the user gives none."""
+    lo, hi = AUTO_EPOCHS
+    return int(min(hi, max(lo, round(AUTO_FRAME_VISITS / max(1, n_train)))))
+
+
+@dataclass
+class _Tuned:
+    """The fine-tuned network and how it was trained."""
+
+    net: Any  # keras.Model
+    config: Any  # TrainConfig
+    weights: np.ndarray  # class weights
+    loss: list[float]
+    seconds: float
+
+
+def finetune_bundle(
+    model: Path,
+    runs: list[tuple[Path, str]],
+    labels: Path,
+    out: Path,
+    *,
+    name: str | None = None,
+    epochs: int | None = None,
+    learning_rate: float = 5e-4,
+    batch_size: int = 32,
+    holdout_fraction: float = 0.3,
+    seed: int = 0,
+    augment: bool = True,
+    force: bool = False,
+    progress: bool = True,
+    photon_unit: float = 1.0,
+) -> dict[str, Any]:
+    """Fine-tune, export and measure (module docstring); returns ``finetune.json``'s content."""
+    from hitstream.bundle import load_bundle
+    from hitstream.labels import read_labels
+    from trainer.data.ingest import load_labelled
+    from trainer.data.labelled import stratified_split
+    from trainer.model.evaluate import evaluate_outputs, jsonable, run_graph
+
+    if out.exists() and not force:
+        raise ConfigError(f"{out} already exists; pass --force to replace it")
+    if (epochs is not None and epochs < 1) or learning_rate <= 0:
+        raise ConfigError("--epochs must be >= 1 and --learning-rate > 0")
+    src = _source_bundle(model)
+    classes = list(src.classes)
+    data = load_labelled(
+        runs,
+        read_labels(labels),
+        classes,
+        frame_shape=src.frame_shape,
+        photon_unit=photon_unit,
+        progress=progress,
+    )
+    train_idx, hold_idx = stratified_split(data.y, holdout_fraction, seed)
+    if len(train_idx) == 0 or len(hold_idx) == 0:
+        raise ConfigError(f"{len(data)} labelled frames: too few to fine-tune and hold out")
+    x_hold, y_hold = data.frames[hold_idx], data.y[hold_idx]
+
+    before_out = run_graph(src.model_path, x_hold, src.input_name, progress=progress)
+    before = evaluate_outputs(before_out, y_hold, classes, src.thresholds)
+    tuned = _train(
+        src,
+        data.frames[train_idx],
+        data.y[train_idx],
+        epochs=epochs or auto_epochs(len(train_idx)),
+        learning_rate=learning_rate,
+        batch_size=batch_size,
+        seed=seed,
+        augment=augment,
+        progress=progress,
+    )
+    summary = {
+        "command": "trainer finetune",
+        "source": {"path": str(model), "name": src.name, "version": src.version},
+        "runs": [str(p) for p, _ in runs],
+        "dataset": runs[0][1],
+        "photon_unit": photon_unit,
+        "labels": str(labels),
+        "frames": {"train": len(train_idx), "holdout": len(hold_idx)},
+        "class_counts": data.counts(),
+        "config": {
+            **tuned.config.as_dict(),
+            "holdout_fraction": holdout_fraction,
+            "schedule": "constant",
+        },
+        "class_weights": {c: float(w) for c, w in zip(classes, tuned.weights, strict=True)},
+        "loss": tuned.loss,
+        "seconds": round(tuned.seconds, 1),
+        "thresholds": "carried over from the source bundle",
+        "base_training": src.manifest.get("training", {}),
+    }
+    path = _export(src, tuned.net, out, name or out.name, summary, force)
+    new = load_bundle(path)
+    after_out = run_graph(new.model_path, x_hold, new.input_name, progress=progress)
+    after = evaluate_outputs(after_out, y_hold, classes, new.thresholds)
+    report = jsonable(
+        {
+            "source": {"name": src.name, "version": src.version},
+            "bundle": {"name": new.name, "version": new.version},
+            "holdout": {
+                "frames": len(hold_idx),
+                "runs": sorted(set(data.run[hold_idx].tolist())),
+                "index": data.index[hold_idx].tolist(),
+            },
+            "before": before,
+            "after": after,
+        }
+    )
+    _add_measurements(path, new.manifest, report, classes)
+    return report
+
+
+def _source_bundle(model: Path) -> Any:
+    """The verified source bundle; it must ship its Keras model."""
+    from hitstream.bundle import load_bundle
+    from trainer.model.export import KERAS_FILE
+
+    src = load_bundle(model, verify=True)
+    if KERAS_FILE not in src.manifest["files"]:
+        raise BundleError(f"{model}: the bundle has no {KERAS_FILE} to fine-tune")
+    return src
+
+
+def _train(
+    src: Any,
+    frames: np.ndarray,
+    labels: np.ndarray,
+    *,
+    epochs: int,
+    learning_rate: float,
+    batch_size: int,
+    seed: int,
+    augment: bool,
+    progress: bool,
+) -> _Tuned:
+    """Train the source bundle's Keras model further at a constant learning rate."""
+    import keras
+
+    from trainer.model.export import KERAS_FILE
+    from trainer.model.train import TrainConfig, class_weights_for, epoch_logger, train_dataset
+
+    t0 = time.perf_counter()
+    keras.utils.set_random_seed(seed)
+    net = keras.models.load_model(src.path / KERAS_FILE, compile=False)
+    cfg = TrainConfig(
+        architecture=net.name,
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        seed=seed,
+        augment=augment,
+        geometry=src.geometry,
+    )
+    weights = class_weights_for(labels, len(src.classes))
+    ds = train_dataset(frames, labels, weights, cfg)
+    net.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        weighted_metrics=[],
+        metrics=["accuracy"],
+    )
+    hist = net.fit(
+        ds,
+        epochs=epochs,
+        callbacks=[epoch_logger(epochs)] if progress else [],
+        shuffle=False,
+        verbose=0,
+    )
+    loss = [float(v) for v in hist.history.get("loss", [])]
+    return _Tuned(net, cfg, weights, loss, time.perf_counter() - t0)
+
+
+def _export(src: Any, net: Any, out: Path, name: str, summary: dict[str, Any], force: bool) -> Path:
+    """The new bundle: the source's classes, thresholds, geometry and template bank."""
+    from trainer.model.export import TEMPLATES_FILE, export_bundle
+
+    bank = src.path / TEMPLATES_FILE if TEMPLATES_FILE in src.manifest["files"] else None
+    return export_bundle(
+        net,
+        out,
+        name=name,
+        classes=list(src.classes),
+        hit_classes=src.hit_classes,
+        keep_classes=src.keep_classes,
+        thresholds=src.thresholds,
+        training_summary=summary,
+        force=force,
+        geometry=src.geometry,
+        bank=bank,
+    )
+
+
+def _add_measurements(
+    path: Path, manifest: dict[str, Any], report: dict[str, Any], classes: list[str]
+) -> None:
+    """Write the before/after measurements into the (final) bundle and seal its manifest
+    again."""
+    from hitstream.bundle import load_bundle, write_manifest
+    from trainer.model.export import CONFUSION_FILE, EVALUATION_FILE, write_confusion_png
+
+    (path / FINETUNE_FILE).write_text(json.dumps(report, indent=2) + "\n")
+    cls_metrics = {k: _classification_part(report[k]) for k in ("before", "after")}
+    (path / EVALUATION_FILE).write_text(json.dumps(cls_metrics, indent=2) + "\n")
+    write_confusion_png(path / CONFUSION_FILE, cls_metrics, classes)
+    manifest = dict(manifest)
+    manifest["metrics"] = {"holdout_before": cls_metrics["before"], "holdout": cls_metrics["after"]}
+    write_manifest(path, manifest)
+    for p in (FINETUNE_FILE, EVALUATION_FILE, CONFUSION_FILE):
+        (path / p).chmod(0o644)
+    load_bundle(path, verify=True)
+
+
+def _classification_part(m: dict[str, Any]) -> dict[str, Any]:
+    keys = ("frames", "accuracy", "per_class", "confusion", "keep")
+    return {k: m[k] for k in keys if k in m}
+
+
+def summary_lines(report: dict[str, Any], out: Path) -> list[str]:
+    """What ``trainer finetune`` prints: the new bundle, then accuracy before and after."""
+    r = report
+    lines = [
+        f"wrote {out} ({r['bundle']['name']}:{r['bundle']['version']}); "
+        f"held-out frames: {r['holdout']['frames']}"
+    ]
+    for when in ("before", "after"):
+        m = r[when]
+        keep = "".join(
+            f"; {c} kept: precision {k['precision']:.4f} recall {k['recall']:.4f}"
+            for c, k in m.get("keep", {}).items()
+        )
+        auc = m["cnn"]["roc_auc"]
+        lines.append(
+            f"{when:>6}: accuracy {m['accuracy']:.4f}, single ROC AUC "
+            f"{'n/a' if auc is None else f'{auc:.4f}'}, ECE {m['calibration']['ece']:.4f}{keep}"
+        )
+    return lines

@@ -1,0 +1,120 @@
+"""How good a bundle is on simulated runs that no build trained on (the benchmarks' measure).
+
+Settings outside every training run of ``trainer build-default``: :func:`new_run_config`
+(dim, wide particle sizes, more background, other detector distance and wavelength),
+:func:`new_sample_config` (larger particles), :func:`bright_config` (far more photons) and
+:func:`mask_config` (another detector mask); :data:`ADAPT_SETTINGS` names them, with
+build-default's shifted test setting. :func:`quality_runs` adds build-default's test runs
+and two with read noise. :func:`score_bundle` measures a bundle's ONNX graph on frames with
+known labels: accuracy (overall and by photon count) and the single-hit keep decision at the
+bundle's threshold. Numpy and onnxruntime only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hitstream.geometry import DetectorGeometry
+from hitstream.simulate import SimConfig
+from trainer.model.build_default import TEST_SEEDS, held_out_config, held_out_configs
+
+PHOTON_BINS = ((0, 300), (300, 1000), (1000, 3000), (3000, np.inf))
+
+
+def new_run_config() -> SimConfig:
+    """A setting outside every training mixture and test run of ``trainer build-default``."""
+    return SimConfig(
+        geometry=DetectorGeometry(distance_m=0.62, wavelength_m=8.5e-10),
+        radius_nm=(24.0, 48.0),
+        photons=(150.0, 2000.0),
+        background_photons=(20.0, 120.0),
+        hot_pixels_per_frame=1.0,
+        read_noise_photons=0.05,
+        center_jitter_px=1.0,
+    )
+
+
+def new_sample_config() -> SimConfig:
+    """A new sample on another detector: particles of 45–65 nm (training saw 25–45 nm), so
+    speckles and fringes are finer than any training frame; photons as in training."""
+    return SimConfig(
+        geometry=DetectorGeometry(distance_m=0.62, wavelength_m=8.5e-10),
+        radius_nm=(45.0, 65.0),
+        background_photons=(10.0, 60.0),
+        center_jitter_px=1.0,
+    )
+
+
+def bright_config() -> SimConfig:
+    """A much brighter sample: 20,000–100,000 signal photons per reference single (training:
+    300–3,000), so speckles reach far higher q than in any training frame."""
+    return SimConfig(photons=(20000.0, 100000.0), max_photons=1e6)
+
+
+def mask_config() -> SimConfig:
+    """Another detector mask: beam-stop hole of 12 px radius and a gap of 10 rows (the
+    shipped bundles' geometry: 6 px, 4 rows)."""
+    return SimConfig(geometry=DetectorGeometry(hole_radius_px=12.0, gap_rows=10))
+
+
+# name -> setting of a new run to adapt to ("shifted": build-default's dimmer test setting)
+ADAPT_SETTINGS: dict[str, Callable[[], SimConfig]] = {
+    "new": new_run_config,
+    "new-sample": new_sample_config,
+    "bright": bright_config,
+    "mask": mask_config,
+    "shifted": held_out_config,
+}
+
+
+def quality_runs() -> dict[str, tuple[int, SimConfig]]:
+    """name -> (seed, SimConfig): build-default's test runs, two with read noise, and the
+    new-run, other-mask and bright settings."""
+    out = {name: (TEST_SEEDS[name], cfg) for name, cfg in held_out_configs().items()}
+    out["read_noise_0.05"] = (777, replace(SimConfig(), read_noise_photons=0.05))
+    out["read_noise_0.10"] = (778, replace(SimConfig(), read_noise_photons=0.10))
+    out["new_run"] = (4242, new_run_config())
+    out["other_mask"] = (779, mask_config())
+    out["bright"] = (780, bright_config())
+    return out
+
+
+def score_bundle(bundle: Path, frames: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    """Accuracy and single-hit keep precision/recall of a bundle's ONNX graph."""
+    from hitstream.bundle import load_bundle
+    from trainer.model.evaluate import run_graph
+
+    b = load_bundle(bundle, verify=True)
+    out = run_graph(b.model_path, frames, b.input_name, progress=False)
+    p, photons = out["probabilities"], out["photons"]  # photons after the graph's cleaning
+    single = b.classes.index("single")
+    keep = (p.argmax(axis=1) == single) & (p[:, single] >= b.thresholds.get("single", 0.0))
+    truth = labels == single
+    right = p.argmax(axis=1) == labels
+    by_photons = {
+        f"{lo:g}-{hi:g}": float(right[(photons >= lo) & (photons < hi)].mean())
+        for lo, hi in PHOTON_BINS
+        if ((photons >= lo) & (photons < hi)).any()
+    }
+    return {
+        "accuracy": float(np.mean(right)),
+        "accuracy_by_photons": by_photons,
+        "single_precision": float((keep & truth).sum() / max(1, keep.sum())),
+        "single_recall": float((keep & truth).sum() / max(1, truth.sum())),
+        "single_precision_at_recall_95": precision_at_recall(p[:, single], truth, 0.95),
+    }
+
+
+def precision_at_recall(score: np.ndarray, truth: np.ndarray, recall: float) -> float:
+    """Best precision of keeping ``score >= t`` over the thresholds t that keep at least
+    ``recall`` of the true frames (the precision-recall curve read at that recall)."""
+    order = np.argsort(-score, kind="stable")
+    hits = np.cumsum(truth[order])
+    kept = np.arange(1, len(order) + 1)
+    ok = hits >= recall * max(1, truth.sum())
+    return float((hits / kept)[ok].max()) if ok.any() else 0.0
