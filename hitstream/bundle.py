@@ -13,6 +13,12 @@ Manifest (format_version 1) keys::
     keep_classes    classes whose frames are written to the kept data
     thresholds      {class: min probability to keep}; missing class -> argmax only
     input           {"name", "shape": [null, H, W], "dtype"}
+    background      optional, present iff the graph takes the run's background as a second
+                    input: {"input": name, "shape": [null, H, W] (the frame shape), "dtype":
+                    "float32", "unit": "photons per pixel", "description", "training_range":
+                    {"level": [lo, hi]}}. The graph gets (B or 1, H, W) float32: the expected
+                    photons per pixel of an empty frame of the run (hitstream.background),
+                    in the same units as the frames after ``engine.photon_unit``
     outputs         {name: {"shape": [...], "dtype", "description"}}
     geometry        detector geometry of the input frames (:class:`DetectorGeometry` fields)
     preprocessing   the preprocessing constants baked into the graph (documentation)
@@ -26,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -40,7 +47,9 @@ FORMAT_VERSION = 1
 # every file a bundle may hold (the manifest lists the ones present, with their sha256)
 MANIFEST = "manifest.json"
 MODEL_FILE = "model.onnx"  # ONE graph from raw frames to decisions (required)
-INPUT_NAME = "frames"  # the graph's only input: (batch, H, W) float32 photons
+INPUT_NAME = "frames"  # the graph's frame input: (batch, H, W) float32 photons
+BACKGROUND_KEY = "background"  # manifest key of the optional run-background input
+BACKGROUND_INPUT = "background"  # its usual input name: (batch or 1, H, W) float32 photons
 KERAS_FILE = "model.keras"  # the CNN's weights, for fine-tuning
 TEMPLATES_FILE = "templates.h5"  # the polar template bank the graph matches against
 EVALUATION_FILE = "evaluation.json"  # classification metrics on the test frames
@@ -100,6 +109,20 @@ class Bundle:
         return int(shape[-2]), int(shape[-1])
 
     @property
+    def background_input(self) -> str | None:
+        """Name of the graph input that takes the run's background, None when it takes none."""
+        bg = self.manifest.get(BACKGROUND_KEY)
+        return str(bg["input"]) if isinstance(bg, dict) else None
+
+    @property
+    def background_range(self) -> tuple[float, float] | None:
+        """Background levels (mean photons per valid pixel) the model was trained on."""
+        bg = self.manifest.get(BACKGROUND_KEY)
+        tr = bg.get("training_range") if isinstance(bg, dict) else None
+        level = tr.get("level") if isinstance(tr, dict) else None
+        return (float(level[0]), float(level[1])) if level is not None else None
+
+    @property
     def geometry(self) -> DetectorGeometry:
         """The detector geometry of the input frames (the default one of the frame shape when
         the manifest has none; checked by :func:`load_bundle`)."""
@@ -151,6 +174,7 @@ def load_bundle(path: str | os.PathLike[str], *, verify: bool = True) -> Bundle:
         bundle.geometry  # noqa: B018 - parsed once here so that later reads cannot fail
     except (InputDataError, KeyError, TypeError, ValueError, IndexError) as exc:
         raise BundleError(f"{mpath}: unusable 'input' or 'geometry': {exc}") from exc
+    _check_background(bundle, mpath)
     files = manifest["files"]
     if MODEL_FILE not in files:
         raise BundleError(f"{mpath}: 'files' does not list {MODEL_FILE}")
@@ -168,6 +192,41 @@ def load_bundle(path: str | os.PathLike[str], *, verify: bool = True) -> Bundle:
                     f"{str(digest)[:12]}…"
                 )
     return bundle
+
+
+def _check_background(bundle: Bundle, mpath: Path) -> None:
+    """The optional ``background`` key: an input name, the frame shape, float32, a range."""
+    bg = bundle.manifest.get(BACKGROUND_KEY)
+    if bg is None:
+        return
+    where = f"{mpath}: '{BACKGROUND_KEY}'"
+    if not isinstance(bg, dict):
+        raise BundleError(f"{where} must be an object with 'input' and 'shape'")
+    name = bg.get("input")
+    if not isinstance(name, str) or not name:
+        raise BundleError(f"{where} needs 'input', the name of the graph input")
+    if name == bundle.manifest["input"].get("name"):
+        raise BundleError(f"{where}: input {name!r} is the frames' input")
+    h, w = bundle.frame_shape
+    if bg.get("shape") != [None, h, w]:
+        raise BundleError(
+            f"{where}: shape {bg.get('shape')!r} is not [null, {h}, {w}] (the frame shape)"
+        )
+    if bg.get("dtype", "float32") != "float32":
+        raise BundleError(f"{where}: dtype {bg.get('dtype')!r}, expected 'float32'")
+    if "training_range" not in bg:
+        return
+    tr = bg["training_range"]
+    level = tr.get("level") if isinstance(tr, dict) else None
+    if not (
+        isinstance(level, list)
+        and len(level) == 2
+        and all(isinstance(v, int | float) and not isinstance(v, bool) for v in level)
+        and math.isfinite(level[0])
+        and math.isfinite(level[1])
+        and level[0] <= level[1]
+    ):
+        raise BundleError(f"{where}: training_range.level must be [lo, hi], got {level!r}")
 
 
 def write_manifest(root: Path, manifest: dict[str, Any]) -> dict[str, Any]:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
+import inspect
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from hitstream.errors import HitstreamError
 
@@ -22,6 +25,70 @@ def setup_logging(verbosity: int) -> None:
     )
 
 
+def default_of(obj: Any, name: str) -> Any:
+    """The default that the library gives ``name``: the one source of an option's default.
+
+    ``obj`` is a dataclass (the field's ``default``, or ``default_factory()``) or a function
+    or class (the parameter's default in its signature). A dotted ``name`` reads attributes
+    of that default: ``default_of(SimConfig, "geometry.distance_m")``. Raises ``TypeError``
+    when there is no such field or parameter, or it has no default.
+    """
+    first, *rest = name.split(".")
+    where = getattr(obj, "__qualname__", repr(obj))
+    if dataclasses.is_dataclass(obj) and isinstance(obj, type):
+        fields = {f.name: f for f in dataclasses.fields(obj)}
+        if first not in fields:
+            raise TypeError(f"{where} has no field {first!r}")
+        field = fields[first]
+        if field.default is not dataclasses.MISSING:
+            value = field.default
+        elif field.default_factory is not dataclasses.MISSING:
+            value = field.default_factory()
+        else:
+            raise TypeError(f"field {first!r} of {where} has no default")
+    else:
+        parameters = inspect.signature(obj).parameters
+        if first not in parameters:
+            raise TypeError(f"{where} has no parameter {first!r}")
+        value = parameters[first].default
+        if value is inspect.Parameter.empty:
+            raise TypeError(f"parameter {first!r} of {where} has no default")
+    for part in rest:
+        value = getattr(value, part)
+    return value
+
+
+def show_default(value: Any) -> str:
+    """A default as a help text shows it: ``1`` for 1.0, ``5e-4`` for 0.0005 (the shorter
+    of the plain and the exponent form), sequences comma-separated, ``str()`` otherwise."""
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, float):
+        plain = f"{value:g}"
+        mantissa, _, exponent = f"{value:e}".partition("e")
+        short = f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+        return short if len(short) < len(plain) else plain
+    if isinstance(value, tuple | list):
+        return ",".join(show_default(v) for v in value)
+    return str(value)
+
+
+def build_parser(
+    prog: str, description: str, commands: dict[str, str]
+) -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The parser of ``prog`` and its sub-parsers by command name (see :func:`run_commands`)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parsers = {}
+    for name, modname in commands.items():
+        mod = importlib.import_module(modname)
+        p = sub.add_parser(name, help=mod.HELP, description=mod.HELP)
+        mod.add_arguments(p)
+        parsers[name] = p
+    return parser, parsers
+
+
 def run_commands(
     prog: str,
     description: str,
@@ -31,27 +98,20 @@ def run_commands(
 ) -> int:
     """Build a sub-command parser from ``{name: module}`` and run the chosen one.
 
-    Each module provides ``HELP`` (one line), ``add_arguments(parser)`` and
-    ``run(args) -> int``. Modules are imported only to build the parser, so they must keep
-    heavy imports (TensorFlow) inside their functions. ``before_run(args)`` is called once
-    the arguments are parsed and logging is set up, before the command runs (e.g. to set
-    environment variables that a library reads when it is first imported).
+    Each module provides ``HELP`` (one line), ``add_arguments(parser)`` (defaults read from
+    the library it calls, with :func:`default_of`) and ``run(args) -> int``. Modules are
+    imported only to build the parser, so they must keep heavy imports (TensorFlow) inside
+    their functions. ``before_run(args)`` is called once the arguments are parsed and logging
+    is set up, before the command runs (e.g. to set environment variables that a library
+    reads when it is first imported).
     """
-    parser = argparse.ArgumentParser(prog=prog, description=description)
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    modules = {}
-    for name, modname in commands.items():
-        mod = importlib.import_module(modname)
-        modules[name] = mod
-        p = sub.add_parser(name, help=mod.HELP, description=mod.HELP)
-        mod.add_arguments(p)
+    parser, _ = build_parser(prog, description, commands)
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
     if before_run is not None:
         before_run(args)
     try:
-        return int(modules[args.command].run(args) or 0)
+        return int(importlib.import_module(commands[args.command]).run(args) or 0)
     except HitstreamError as exc:
         logging.getLogger(prog).error("%s", exc)
         return 2

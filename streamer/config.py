@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hitstream.background import BackgroundConfig
 from hitstream.errors import ConfigError
 from streamer.engine import EngineConfig
 from streamer.writer import WriterConfig
@@ -121,6 +122,8 @@ class ServeConfig:
     output: WriterConfig = field(default_factory=WriterConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     view: ViewConfig = field(default_factory=ViewConfig)
+    # the run's own background (hitstream.background), fed to bundles that take one
+    background: BackgroundConfig = field(default_factory=BackgroundConfig)
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:

@@ -9,6 +9,12 @@ optional and off by default: binding host inputs and outputs was 2-4x slower end
 an H200 (bench/gpu_profile.sh). Which provider really runs is read back from the session
 (``get_providers`` after creation), logged and exported as a metric:
 ``get_available_providers`` lists CUDA even on hosts where it cannot load.
+
+Graph inputs: ``frames`` (B, H, W) float32 and, only when the manifest declares it
+(``"background"``, :attr:`hitstream.bundle.Bundle.background_input`), the run's background
+(1, H, W) float32. Both are divided by ``engine.photon_unit`` before the graph, which
+expects photons; an input the manifest does not declare, or a declared one the graph lacks,
+refuses the bundle.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from hitstream.bundle import Bundle
-from hitstream.errors import BundleError, ConfigError
+from hitstream.errors import BundleError, ConfigError, InputDataError
 
 log = logging.getLogger(__name__)
 
@@ -133,21 +139,12 @@ class Engine:
         self.providers: list[str] = list(self.session.get_providers())
         self.provider = SHORT_NAMES.get(self.providers[0], self.providers[0])
         self.on_gpu = self.provider in ("CUDA", "TensorRT")
-        inputs = self.session.get_inputs()
-        if len(inputs) != 1:
-            raise BundleError(f"{bundle.model_path}: expected one input, found {len(inputs)}")
-        self.input_name = inputs[0].name
-        if self.input_name != bundle.input_name:
-            raise BundleError(
-                f"{bundle.model_path}: graph input {self.input_name!r} differs from the "
-                f"manifest's {bundle.input_name!r}"
-            )
-        shape = inputs[0].shape
-        if len(shape) != 3 or tuple(shape[1:]) != bundle.frame_shape:
-            raise BundleError(
-                f"{bundle.model_path}: graph input shape {shape} does not match the manifest's "
-                f"frame shape {bundle.frame_shape}"
-            )
+        self.input_name = bundle.input_name
+        self.background_name = bundle.background_input  # None: the graph takes no background
+        self._check_inputs({i.name: list(i.shape) for i in self.session.get_inputs()})
+        h, w = bundle.frame_shape
+        self._zero_background = np.zeros((1, h, w), np.float32)
+        self._last_background: tuple[np.ndarray, np.ndarray] | None = None  # (given, fed)
         self.max_batch = self.config.max_batch or (
             AUTO_BATCH_GPU if self.on_gpu else AUTO_BATCH_CPU
         )
@@ -164,6 +161,36 @@ class Engine:
         )
 
     # -- setup -------------------------------------------------------------------------
+
+    def _check_inputs(self, inputs: dict[str, list[Any]]) -> None:
+        """The graph's inputs are exactly the manifest's (frames, and the background when it
+        declares one), each (batch, H, W) of the frame shape."""
+        where = self.bundle.model_path
+        declared = [self.input_name] + ([self.background_name] if self.background_name else [])
+        extra = [n for n in inputs if n not in declared]
+        if extra:
+            hint = (
+                " (a run-background input needs the manifest's 'background' key)"
+                if len(inputs) > 1 and self.input_name in inputs
+                else ""
+            )
+            raise BundleError(
+                f"{where}: graph input(s) {', '.join(map(repr, extra))} not declared in the "
+                f"manifest (it declares {', '.join(map(repr, declared))}){hint}"
+            )
+        for name in declared:
+            if name not in inputs:
+                what = "background input" if name == self.background_name else "input"
+                raise BundleError(
+                    f"{where}: the manifest's {what} {name!r} is not an input of the graph "
+                    f"(its inputs: {', '.join(map(repr, inputs))})"
+                )
+            shape = inputs[name]
+            if len(shape) != 3 or tuple(shape[1:]) != self.bundle.frame_shape:
+                raise BundleError(
+                    f"{where}: graph input {name!r} of shape {shape} does not match the "
+                    f"manifest's frame shape {self.bundle.frame_shape}"
+                )
 
     def _provider_list(self, ort: Any) -> list[Any]:
         cfg = self.config
@@ -245,23 +272,54 @@ class Engine:
 
     # -- inference ---------------------------------------------------------------------
 
-    def infer(self, frames: np.ndarray) -> dict[str, np.ndarray]:
-        """Run the graph on (B, H, W) float32 frames; returns every named output on the host."""
+    @property
+    def takes_background(self) -> bool:
+        """True when the graph takes the run's background as its second input."""
+        return self.background_name is not None
+
+    def infer(
+        self, frames: np.ndarray, background: np.ndarray | None = None
+    ) -> dict[str, np.ndarray]:
+        """Run the graph on (B, H, W) float32 frames; returns every named output on the host.
+
+        ``background``: the run's (H, W) background in the frames' units (both are divided by
+        ``photon_unit``); fed as (1, H, W) to a graph that takes one (zeros when None),
+        ignored by one that does not."""
         if frames.dtype != np.float32 or not frames.flags.c_contiguous:
             frames = np.ascontiguousarray(frames, dtype=np.float32)
         if self.config.photon_unit != 1.0:  # a new array: the caller's frames are written out
             frames = frames * np.float32(1.0 / self.config.photon_unit)
+        feed = {self.input_name: frames}
+        if self.background_name is not None:
+            feed[self.background_name] = self._background_input(background)
         if self.on_gpu and self.config.io_binding:
-            return self._infer_bound(frames)
-        outs = self.session.run(None, {self.input_name: frames})
+            return self._infer_bound(feed)
+        outs = self.session.run(None, feed)
         return dict(zip(self.output_names, outs, strict=True))
 
-    def _infer_bound(self, frames: np.ndarray) -> dict[str, np.ndarray]:
+    def _background_input(self, background: np.ndarray | None) -> np.ndarray:
+        """(1, H, W) float32 photons; converted once per map (the last one is remembered)."""
+        if background is None:
+            return self._zero_background
+        last = self._last_background  # one read: other inference threads may replace it
+        if last is not None and last[0] is background:
+            return last[1]
+        b = np.asarray(background, np.float32)
+        if b.shape != self._zero_background.shape[1:]:
+            raise InputDataError(
+                f"background of shape {b.shape}, expected {self._zero_background.shape[1:]}"
+            )
+        fed = np.ascontiguousarray(b[None] * np.float32(1.0 / self.config.photon_unit))
+        self._last_background = (background, fed)
+        return fed
+
+    def _infer_bound(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         binding = getattr(self._local, "binding", None)
         if binding is None:
             binding = self.session.io_binding()
             self._local.binding = binding
-        binding.bind_cpu_input(self.input_name, frames)
+        for name, value in feed.items():
+            binding.bind_cpu_input(name, value)
         for name in self.output_names:
             binding.bind_output(name, "cpu")
         self.session.run_with_iobinding(binding)
@@ -271,9 +329,17 @@ class Engine:
         return dict(zip(self.output_names, outs, strict=True))
 
     def self_test(self) -> dict[str, np.ndarray]:
-        """A test inference on zeros: shapes and finiteness of every output are checked."""
+        """A test inference on zeros: shapes and finiteness of every output are checked;
+        a graph that takes a background is run without one (zeros) and with a flat one."""
         h, w = self.bundle.frame_shape
-        out = self.infer(np.zeros((2, h, w), np.float32))
+        zeros = np.zeros((2, h, w), np.float32)
+        out = self._checked(self.infer(zeros), "zeros")
+        if self.takes_background:
+            flat = np.full((h, w), 0.01 * self.config.photon_unit, np.float32)
+            self._checked(self.infer(zeros, flat), "zeros with a flat background")
+        return out
+
+    def _checked(self, out: dict[str, np.ndarray], what: str) -> dict[str, np.ndarray]:
         probs = out["probabilities"]
         if probs.shape != (2, len(self.bundle.classes)):
             raise BundleError(
@@ -281,5 +347,7 @@ class Engine:
                 f"(2, {len(self.bundle.classes)}) for classes {list(self.bundle.classes)}"
             )
         if not np.isfinite(probs).all():
-            raise BundleError(f"{self.bundle.model_path}: test inference gave non-finite output")
+            raise BundleError(
+                f"{self.bundle.model_path}: test inference on {what} gave non-finite output"
+            )
         return out

@@ -11,6 +11,11 @@ The page is three package data files, ``streamer/pages/live.html``, ``live.css``
 ``live.js`` (read once by :meth:`LiveView.routes`, served as they are); frames are drawn by
 :mod:`hitstream.render`, as on the labelling page (magma, row 0 on top, invalid pixels and
 the hot pixels the model caps in their own colours).
+
+The run's background shown is the snapshot the last written batch was classified with
+(:attr:`ResultBatch.background`): its level, warm state and version in the JSON, its map at
+``live/background.png`` (rendered once per version, on request; log scale normalised to its
+brightest pixels, as the map holds fractions of a photon per pixel).
 """
 
 from __future__ import annotations
@@ -27,11 +32,12 @@ from urllib.parse import parse_qs
 
 import numpy as np
 
+from hitstream.background import BackgroundSnapshot
 from hitstream.bundle import Bundle
 from hitstream.frame_kernel import BIN, HOT_ABS, HOT_REL
 from hitstream.geometry import DetectorGeometry
 from hitstream.pages import load_page
-from hitstream.render import render_frame
+from hitstream.render import frame_masks, render_frame, render_png
 from streamer.metrics import Metrics
 from streamer.types import ResultBatch
 
@@ -40,6 +46,7 @@ log = logging.getLogger(__name__)
 RATE_WINDOW_S = 5  # frames/s over the last 5 to 6 s (whole bins and the current one)
 HIT_WINDOW_S = 10  # hit rate over this many seconds (as the metrics gauge)
 PAGE_FILES = ("live.html", "live.css", "live.js")  # streamer/pages/, served under /live/
+BACKGROUND_TOP = 1000.0  # the background picture: its 99.9th percentile drawn as this value
 
 
 @dataclass
@@ -81,6 +88,16 @@ class Display:
     def render(self, frame: np.ndarray) -> bytes:
         """The frame as PNG (row 0 on top; colours as :mod:`hitstream.render` says)."""
         return render_frame(frame, self.geometry, hot=self.hot, coarsen=self.coarsen)
+
+    def render_background(self, background: np.ndarray) -> bytes:
+        """A background map as PNG: masked like the frames, no hot pixels, scaled so that its
+        brightest pixels (99.9th percentile) span the colour map (log scale)."""
+        m = np.asarray(background, np.float32)
+        valid, _ = frame_masks(m, self.geometry, hot=False)
+        shown = m[np.isfinite(m) & (valid if valid is not None else True)]
+        top = float(np.percentile(shown, 99.9)) if shown.size else 0.0
+        scaled = m * np.float32(BACKGROUND_TOP / top) if top > 0 else m
+        return render_png(scaled, valid)
 
 
 def display_of(bundle: Bundle) -> Display:
@@ -129,6 +146,8 @@ class LiveView:
         self._next_id = 0
         self._started = clock()
         self.warnings: list[str] = []  # shown above the page (the pipeline appends to it)
+        self._background: BackgroundSnapshot | None = None  # of the last written batch
+        self._background_png: tuple[int, bytes] | None = None  # (version, PNG)
         self._reset(())
 
     @property
@@ -157,6 +176,8 @@ class LiveView:
         now = self._clock() if now is None else now
         label = np.asarray(result.label)
         with self._lock:
+            if result.background is not None:
+                self._background = result.background  # a reference: snapshots never change
             if tuple(result.classes) != self.classes:
                 self._reset(tuple(result.classes))
             n = len(self.classes)
@@ -245,6 +266,7 @@ class LiveView:
             fresh = self._bin_sec[rows] == secs
             counts = np.where(fresh[:, None], self._counts[rows], 0)
             frames = {c: [s.describe(now) for s in reversed(self._samples[c])] for c in classes}
+            bg = self._background
         if first is not None:
             start = max(0, first - int(secs[0]))
             counts, secs = counts[start:], secs[start:]
@@ -282,6 +304,16 @@ class LiveView:
             "frames": frames,
             "uptime_s": round(now - self._started, 1),
             "warnings": list(self.warnings),
+            "background": (
+                None
+                if bg is None
+                else {
+                    "level": bg.level,
+                    "warm": bg.warm,
+                    "frames": round(bg.frames, 1),
+                    "version": bg.version,
+                }
+            ),
         }
 
     def frame_png(self, frame_id: int) -> bytes | None:
@@ -294,6 +326,20 @@ class LiveView:
         if sample.png is None:
             sample.png = display.render(sample.frame)
         return sample.png
+
+    def background_png(self) -> bytes | None:
+        """The PNG of the background in use (rendered once per version), None before one."""
+        with self._lock:
+            bg = self._background
+            display = self._display
+            cached = self._background_png
+        if bg is None:
+            return None
+        if cached is not None and cached[0] == bg.version:
+            return cached[1]
+        png = display.render_background(bg.map)
+        self._background_png = (bg.version, png)
+        return png
 
     # -- routes --------------------------------------------------------------------------
 
@@ -318,6 +364,12 @@ class LiveView:
                 return 404, "text/plain", b"frame no longer kept\n"
             return 200, "image/png", png
 
+        def background(_query: str) -> tuple[int, str, bytes]:
+            png = self.background_png()  # ?v=<version> only defeats caches
+            if png is None:
+                return 404, "text/plain", b"no background estimate yet\n"
+            return 200, "image/png", png
+
         def no_icon(_query: str) -> tuple[int, str, bytes]:
             return 204, "image/x-icon", b""
 
@@ -328,6 +380,7 @@ class LiveView:
             "/live/live.js": lambda _query: files["live.js"].answer(),
             "/live/data.json": data,
             "/live/frame.png": frame,
+            "/live/background.png": background,
             "/favicon.ico": no_icon,
         }
 

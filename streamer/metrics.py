@@ -9,6 +9,8 @@ from collections import deque
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
+from hitstream.background import BackgroundSnapshot
+
 LATENCY_BUCKETS = (
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
 )  # fmt: skip
@@ -97,6 +99,43 @@ class Metrics:
             "Wall-clock time of the last frame received",
             registry=r,
         )
+        # the run's background (hitstream.background); NaN while there is no estimate
+        self.background_level = Gauge(
+            "hitstream_background_level",
+            "Run background in use: mean photons per valid pixel of an empty frame",
+            registry=r,
+        )
+        self.background_warm = Gauge(
+            "hitstream_background_warm",
+            "1 when the run background in use is warm (enough dim frames), else 0",
+            registry=r,
+        )
+        self.background_frames = Gauge(
+            "hitstream_background_frames",
+            "Effective number of dim frames behind the run background in use",
+            registry=r,
+        )
+        self.background_age = Gauge(
+            "hitstream_background_age_seconds",
+            "Seconds since the run background in use was published",
+            registry=r,
+        )
+        # how far the recent frames are from the model's training data (hitstream.novelty)
+        self.novelty_score = Gauge(
+            "hitstream_novelty_score",
+            "0: recent frames like the model's training data ... 1: far from it",
+            registry=r,
+        )
+        self.novel = Gauge(
+            "hitstream_novel",
+            "1 while the recent frames look unlike the model's training data (label a few "
+            "hundred frames and fine-tune), else 0",
+            ["reason"],
+            registry=r,
+        )
+        self._background_published: float | None = None
+        self.background_age.set_function(self._background_age_s)
+        self.observe_background(None)
         self._lock = threading.Lock()
         self._latencies: deque[float] = deque(maxlen=200_000)  # recent, for exact percentiles
         self._window: deque[tuple[float, np.ndarray]] = deque()
@@ -147,6 +186,21 @@ class Metrics:
         if not len(values):
             return {}
         return {f"p{q_:g}_ms": float(np.percentile(values, q_) * 1e3) for q_ in q}
+
+    def observe_background(
+        self, snapshot: BackgroundSnapshot | None, published: float | None = None
+    ) -> None:
+        """Export the background now in use (None: no estimate); ``published``: when it was
+        published (``time.monotonic()``), for its age."""
+        nan = float("nan")
+        self.background_level.set(snapshot.level if snapshot is not None else nan)
+        self.background_warm.set(float(snapshot.warm) if snapshot is not None else nan)
+        self.background_frames.set(snapshot.frames if snapshot is not None else nan)
+        self._background_published = published if snapshot is not None else None
+
+    def _background_age_s(self) -> float:
+        at = self._background_published
+        return time.monotonic() - at if at is not None else float("nan")
 
     def rejected(self, reason: str, frames: int = 1) -> None:
         self.frames_rejected.labels(reason=reason).inc(frames)

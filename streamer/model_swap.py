@@ -6,6 +6,10 @@ frame shape, the class list against the running one (the output files' tables ar
 per class), and a test inference. A refused bundle is logged and counted; the running model
 keeps going. Triggers: :meth:`ModelSwapper.request` (HTTP ``POST /model``, SIGHUP) and,
 optionally, watching the configured bundle path for a new manifest.
+
+A bundle that takes the run's background and one that does not may replace each other: the
+estimate lives in the pipeline (:mod:`streamer.run_background`), goes on across a swap, and
+each engine takes what its graph needs (the test inference runs both ways).
 """
 
 from __future__ import annotations

@@ -4,6 +4,10 @@ Stages talk through bounded queues. In ``lossless`` mode a full queue blocks the
 before it, back to the feed (REQ stops asking, PUSH senders block): nothing is lost. In
 ``live`` mode the receiver never blocks: a batch that finds no room is dropped and
 counted, and gaps in train ids are counted as dropped frames.
+
+The run's background (:mod:`streamer.run_background`) is updated by the receiver with each
+decoded batch before it is staged; each batch is classified with the snapshot published
+last and records it (:attr:`ResultBatch.background`) for the files.
 """
 
 from __future__ import annotations
@@ -33,7 +37,9 @@ from streamer.live_view import LiveView
 from streamer.metrics import Metrics
 from streamer.model_swap import ModelSwapper
 from streamer.protocol import Limits, deserialize
+from streamer.run_background import InUse, StreamBackground, state_path
 from streamer.run_index import build_run_index
+from streamer.run_novelty import RunNovelty
 from streamer.types import EndOfRun, ResultBatch
 from streamer.writer import RollingWriter
 
@@ -66,6 +72,8 @@ class RunSummary:
     end_of_run: dict[str, Any] | None = None
     error: str | None = None
     warnings: list[str] = field(default_factory=list)  # e.g. frames not in photons
+    background: dict[str, Any] = field(default_factory=dict)  # level, warm, frames, version
+    novelty: dict[str, Any] = field(default_factory=dict)  # frames unlike the training data?
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -84,9 +92,9 @@ class _Model:
         self.min_prob = threshold_vector(b.classes, b.thresholds)
         self.version = b.label
 
-    def classify(self, staged: StagedBatch) -> ResultBatch:
+    def classify(self, staged: StagedBatch, background: InUse | None = None) -> ResultBatch:
         batch = staged.batch
-        out = self.engine.infer(batch.frames)
+        out = self.engine.infer(batch.frames, None if background is None else background.feed_map)
         probs = np.asarray(out["probabilities"], dtype=np.float32)
         label, keep = decide(probs, self.keep_by_class, self.min_prob)
         tdist = out.get("template_distance")
@@ -103,6 +111,7 @@ class _Model:
             keep=keep,
             model_version=self.version,
             classes=self.classes,
+            background=None if background is None else background.snapshot,
         )
 
 
@@ -128,6 +137,19 @@ class Pipeline:
             else None
         )
         self._live_failed = False
+        self._warnings: list[str] = self.live.warnings if self.live is not None else []
+        out = config.output
+        self.background = StreamBackground(
+            config.background,
+            shape=bundle.frame_shape,
+            valid=bundle.geometry.valid_pixels(),
+            photon_unit=config.engine.photon_unit,
+            path=state_path(out.dir, out.run, out.worker),
+            run=out.run,
+            metrics=self.metrics,
+            warnings=self._warnings,
+        )
+        self.novelty = RunNovelty(self.metrics, self._warnings)
         self._install(engine)
         self.swapper = ModelSwapper(
             current=lambda: self.model.engine,
@@ -164,7 +186,6 @@ class Pipeline:
         self._done = threading.Event()
         self._threads: list[threading.Thread] = []
         self._errors: list[str] = []
-        self._warnings: list[str] = self.live.warnings if self.live is not None else []
         self._units_checked = False
         self._units_tries = 0
         self._writer_failed = False
@@ -188,6 +209,16 @@ class Pipeline:
         )
         if self.live is not None:
             self.live.set_model(b)
+        self.background.set_model(b.label, b.background_range if engine.takes_background else None)
+        self.novelty.set_model(b)
+        if engine.takes_background and not self.config.background.enabled:
+            msg = (
+                f"model {b.label} takes the run's background but background.enabled is false: "
+                "classifying without the run's background (zeros)"
+            )
+            log.warning("%s", msg)
+            if msg not in self._warnings:
+                self._warnings.append(msg)
 
     def _release(self, pool_index: int) -> None:
         if pool_index >= 0:
@@ -205,6 +236,8 @@ class Pipeline:
             "frames_classified": self.metrics.value("hitstream_frames_classified_total"),
             "per_class": dict(self.metrics.totals),
             "warnings": list(self._warnings),
+            "background": self.background.status(),
+            "novelty": self.novelty.status(),
             "config": to_dict(self.config),
         }
 
@@ -235,6 +268,7 @@ class Pipeline:
                 t.join()
             self._write_q.put(_STOP)
             self._threads[-1].join()
+            self.background.close()
             self.swapper.stop()
             self.metrics.up.set(0)
         return self._summary()
@@ -332,6 +366,7 @@ class Pipeline:
         self._check_gap(int(fb.train_id[0]), int(fb.train_id[-1]), len(fb))
         if self._t0 == 0.0:
             self._t0 = time.monotonic()
+        self.background.observe(fb.frames)  # before staging: the batch gets an estimate
         ready, dropped = self.batcher.add(fb, block=lossless)
         if dropped:
             m.dropped("no_buffer", dropped)
@@ -373,7 +408,7 @@ class Pipeline:
                 return
             t = time.monotonic()
             try:
-                result = self.model.classify(staged)
+                result = self.model.classify(staged, self.background.current)
             except Exception as exc:  # a failing batch is counted, never fatal
                 log.exception("inference failed on a batch of %d frames", len(staged.batch))
                 m.rejected("inference", len(staged.batch))
@@ -426,6 +461,7 @@ class Pipeline:
                         m.frames_kept.inc(int(result.keep.sum()))
                         self._t_last = time.monotonic()
                         self._observe_live(result)
+                        self.novelty.observe(result)
                 if failed:
                     m.dropped("writer_stopped", len(result))
             finally:
@@ -510,4 +546,6 @@ class Pipeline:
                 self._errors.append(f"index: {exc}")
         s.error = "; ".join(self._errors) or None
         s.warnings = list(self._warnings)
+        s.background = self.background.status()
+        s.novelty = self.novelty.status()
         return s

@@ -3,6 +3,12 @@
 Files are taken in the order of :func:`list_run_files` (worker, then sequence number), the
 same order as the run index. ``.part`` files (still being written, or left by a killed
 writer) are read in SWMR mode and cut to the rows that are consistent across their datasets.
+
+The run background each frame was classified with: ``background_level``,
+``background_warm`` and ``background`` (an index into :attr:`RunTables.background_versions`,
+the snapshots of all files in file order; -1: none) in both tables, the maps read with
+:meth:`RunTables.background_maps`. Files written before the background have none: their rows
+read NaN, False and -1.
 """
 
 from __future__ import annotations
@@ -18,6 +24,9 @@ import numpy as np
 
 from hitstream.errors import InputDataError
 from streamer.writer import (
+    BACKGROUND_COLUMNS,
+    BACKGROUND_MAPS,
+    BACKGROUND_VERSION,
     COLUMNS,
     DATA_PATH,
     FRAME_ONLY_COLUMNS,
@@ -72,6 +81,9 @@ class FrameTable:
     probabilities: np.ndarray  # (N, C) float32
     template_distance: np.ndarray  # float32
     model: np.ndarray  # int16
+    background_level: np.ndarray  # float32, photons per valid pixel (NaN: none)
+    background_warm: np.ndarray  # bool
+    background: np.ndarray  # int32, index into RunTables.background_versions (-1: none)
     kept: np.ndarray  # bool
     kept_index: np.ndarray  # int64
     file: np.ndarray  # int32
@@ -92,6 +104,26 @@ class RunTables:
     kept: FrameTable
     file_frames: np.ndarray  # (n_files + 1,) offsets of each file's rows in ``frames``
     file_kept: np.ndarray  # (n_files + 1,) offsets of each file's rows in ``kept``
+    # run-background snapshots of all files, file by file (a snapshot used in two files is
+    # there twice): their versions, and the offsets of each file's maps
+    background_versions: np.ndarray  # (K,) int64
+    file_backgrounds: np.ndarray  # (n_files + 1,) int64
+
+    def background_maps(self, index: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
+        """(len(index), H, W) float32 maps by index of ``background_versions`` (all: None),
+        e.g. ``tables.background_maps(tables.frames.background[rows])`` (no -1 there)."""
+        k = len(self.background_versions)
+        idx = np.arange(k) if index is None else np.asarray(index, np.int64).reshape(-1)
+        if len(idx) and (idx.min() < 0 or idx.max() >= k):
+            raise InputDataError(f"background map index out of range 0..{k - 1}")
+        out = np.empty((len(idx), *self.frame_shape), np.float32)
+        which = np.searchsorted(self.file_backgrounds, idx, side="right") - 1
+        for fi in np.unique(which):
+            rows = idx[which == fi] - self.file_backgrounds[fi]
+            uniq, inverse = np.unique(rows, return_inverse=True)
+            with open_cxi(self.files[fi]) as h5:
+                out[which == fi] = h5[BACKGROUND_MAPS][uniq][inverse]
+        return out
 
     # Shortcuts to the all-frames table.
     @property
@@ -132,14 +164,36 @@ class _FileTables:
     n_kept: int
     frames: dict[str, np.ndarray]
     kept: dict[str, np.ndarray]
+    background_versions: np.ndarray  # (K,) int64
+
+
+def _present(group: h5py.Group, columns: dict[str, np.dtype]) -> list[str]:
+    """The columns a table holds (older files lack the background columns)."""
+    return [c for c in columns if c not in BACKGROUND_COLUMNS or c in group]
 
 
 def _consistent_counts(h5: h5py.File) -> tuple[int, int]:
     """Rows of the all-frames table and of the kept data that are complete and consistent."""
     kept_group, frames_group = h5[KEPT_GROUP], h5[FRAMES_GROUP]
-    n_kept = min([h5[DATA_PATH].shape[0], *(kept_group[c].shape[0] for c in COLUMNS)])
-    n_frames = min(frames_group[c].shape[0] for c in COLUMNS | FRAME_ONLY_COLUMNS)
+    n_kept = min(
+        [h5[DATA_PATH].shape[0], *(kept_group[c].shape[0] for c in _present(kept_group, COLUMNS))]
+    )
+    n_frames = min(
+        frames_group[c].shape[0] for c in _present(frames_group, COLUMNS | FRAME_ONLY_COLUMNS)
+    )
     return n_frames, n_kept
+
+
+def _read_table(group: h5py.Group, columns: dict[str, np.dtype], n: int) -> dict[str, np.ndarray]:
+    """``n`` rows of every column; a background column the file lacks is filled."""
+    out = {}
+    for c, dtype in columns.items():
+        if c in group:
+            out[c] = group[c][:n]
+        else:  # written before the run background: none recorded
+            fill = {"background_level": np.nan, "background_warm": False, "background": -1}[c]
+            out[c] = np.full(n, fill, dtype)
+    return out
 
 
 def _read_file(path: Path) -> _FileTables:
@@ -149,19 +203,29 @@ def _read_file(path: Path) -> _FileTables:
             models = [m.decode() for m in h5[MODELS_PATH][()]]
             frame_shape = tuple(int(s) for s in h5[DATA_PATH].shape[1:])
             n_frames, n_kept = _consistent_counts(h5)
-            frames = {c: h5[FRAMES_GROUP][c][:n_frames] for c in COLUMNS | FRAME_ONLY_COLUMNS}
-            kept = {c: h5[KEPT_GROUP][c][:n_kept] for c in COLUMNS}
+            frames = _read_table(h5[FRAMES_GROUP], COLUMNS | FRAME_ONLY_COLUMNS, n_frames)
+            kept = _read_table(h5[KEPT_GROUP], COLUMNS, n_kept)
+            versions = np.zeros(0, np.int64)
+            if BACKGROUND_MAPS in h5:
+                n_maps = min(h5[BACKGROUND_MAPS].shape[0], h5[BACKGROUND_VERSION].shape[0])
+                versions = h5[BACKGROUND_VERSION][:n_maps].astype(np.int64)
     except (KeyError, OSError) as exc:
         raise InputDataError(f"{path}: not a hitstream CXI file ({exc})") from exc
-    # A .part file may show a row whose kept frame or model is not flushed yet: cut there.
-    bad = np.flatnonzero((frames["kept_index"] >= n_kept) | (frames["model"] >= len(models)))
+    # A .part file may show a row whose kept frame, model or map is not flushed yet: cut there.
+    n_maps = len(versions)
+    bad = np.flatnonzero(
+        (frames["kept_index"] >= n_kept)
+        | (frames["model"] >= len(models))
+        | (frames["background"] >= n_maps)
+    )
     if len(bad):
         frames = {c: a[: bad[0]] for c, a in frames.items()}
-    bad = np.flatnonzero(kept["model"] >= len(models))
+    bad = np.flatnonzero((kept["model"] >= len(models)) | (kept["background"] >= n_maps))
     if len(bad):
         n_kept = int(bad[0])
         kept = {c: a[:n_kept] for c, a in kept.items()}
-    return _FileTables(classes, models, (frame_shape[0], frame_shape[1]), n_kept, frames, kept)
+    shape = (frame_shape[0], frame_shape[1])
+    return _FileTables(classes, models, shape, n_kept, frames, kept, versions)
 
 
 def _empty_table(c: int) -> dict[str, np.ndarray]:
@@ -194,7 +258,7 @@ def read_run(
     models: dict[str, int] = {}
     frames_parts: list[dict[str, np.ndarray]] = []
     kept_parts: list[dict[str, np.ndarray]] = []
-    file_frames, file_kept = [0], [0]
+    file_frames, file_kept, file_backgrounds = [0], [0], [0]
     first: _FileTables | None = None
     for i, (path, t) in enumerate(loaded):
         if first is None:
@@ -208,6 +272,8 @@ def read_run(
         for table, parts in ((t.frames, frames_parts), (t.kept, kept_parts)):
             table = dict(table)
             table["model"] = remap[table["model"]] if len(remap) else table["model"]
+            bg = table["background"]
+            table["background"] = np.where(bg >= 0, bg + file_backgrounds[-1], -1).astype(np.int32)
             table["file"] = np.full(len(table["train_id"]), i, dtype=np.int32)
             parts.append(table)
         ki = frames_parts[-1]["kept_index"]
@@ -217,6 +283,7 @@ def read_run(
         kept_parts[-1]["kept_index"] = np.arange(file_kept[-1], file_kept[-1] + n)
         file_frames.append(file_frames[-1] + len(frames_parts[-1]["train_id"]))
         file_kept.append(file_kept[-1] + n)
+        file_backgrounds.append(file_backgrounds[-1] + len(t.background_versions))
     assert first is not None
     empty = _empty_table(len(first.classes)) | {"file": np.zeros(0, np.int32)}
 
@@ -234,6 +301,10 @@ def read_run(
         kept=concat(kept_parts),
         file_frames=np.asarray(file_frames, dtype=np.int64),
         file_kept=np.asarray(file_kept, dtype=np.int64),
+        background_versions=np.concatenate(
+            [np.zeros(0, np.int64)] + [t.background_versions for _, t in loaded]
+        ),
+        file_backgrounds=np.asarray(file_backgrounds, dtype=np.int64),
     )
 
 

@@ -12,7 +12,12 @@ with ``worker``) next to the files, with the same paths as a single file (see
   ``/entry_1/models``), ``/entry_1/frames/kept_index`` (row of the run's kept data or -1),
   ``file`` in both tables (index into ``/entry_1/files``), and
   ``/entry_1/files`` (relative names), ``/entry_1/file_frames`` and ``/entry_1/file_kept``
-  (offsets of each file's rows, length n_files + 1).
+  (offsets of each file's rows, length n_files + 1);
+* the run background: ``background`` (index into the index's
+  ``/entry_1/background/maps``, the files' maps one after the other, a virtual dataset;
+  -1: none), ``background_level`` and ``background_warm`` in both tables, real (files
+  written before the background read NaN, -1 and False), ``/entry_1/background/version``
+  and ``/entry_1/file_backgrounds`` (offsets of each file's maps).
 
 Files are ordered by worker, then sequence number. Only finished files are indexed:
 rebuild the index when more are finished. The file is written to a temporary name and
@@ -33,6 +38,9 @@ import hitstream
 from hitstream.errors import InputDataError
 from streamer.readback import read_run
 from streamer.writer import (
+    BACKGROUND_COLUMNS,
+    BACKGROUND_GROUP,
+    BACKGROUND_MAPS,
     COLUMNS,
     CXI_VERSION,
     DATA_LINK,
@@ -46,7 +54,7 @@ from streamer.writer import (
     check_name,
 )
 
-REAL_COLUMNS = ("model", "kept_index", "file")
+REAL_COLUMNS = ("model", "kept_index", "file", *BACKGROUND_COLUMNS)
 
 
 def index_name(run: str, worker: str | None = None) -> str:
@@ -140,6 +148,16 @@ def build_run_index(out_dir: Path, run: str, *, worker: str | None = None) -> Pa
             if SOURCE_GROUP in first:
                 first.copy(first[SOURCE_GROUP], f[SOURCE_GROUP.rsplit("/", 1)[0]], "source_1")
             _virtual(det, "data", kept_sources, DATA_PATH, (h, w), np.dtype(np.float32))
+            bg = f.create_group(BACKGROUND_GROUP)
+            if BACKGROUND_GROUP in first:
+                for key, value in first[BACKGROUND_GROUP].attrs.items():
+                    bg.attrs[key] = value
+            n_maps = np.diff(tables.file_backgrounds).tolist()
+            map_sources = list(zip(names, n_maps, strict=True))
+            _virtual(bg, "maps", map_sources, BACKGROUND_MAPS, (h, w), np.dtype(np.float32))
+            bg["maps"].attrs["units"] = "photons per pixel"
+            bg.create_dataset("version", data=tables.background_versions)
+            entry.create_dataset("file_backgrounds", data=tables.file_backgrounds)
             f.create_group(DATA_LINK.rsplit("/", 1)[0])[DATA_LINK.rsplit("/", 1)[1]] = (
                 h5py.SoftLink(DATA_PATH)
             )

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from hitstream.background import BackgroundSnapshot
+
 
 @dataclass
 class FrameBatch:
@@ -50,6 +52,8 @@ class ResultBatch:
     model_version: str
     classes: tuple[str, ...]
     extras: dict[str, np.ndarray] = field(default_factory=dict)
+    # the run background the batch was classified with (None: no estimate, e.g. disabled)
+    background: BackgroundSnapshot | None = None
 
     def __len__(self) -> int:
         return len(self.batch)

@@ -39,9 +39,20 @@ Layout of one file (CXI 1.6; ``N`` kept frames, ``M`` frames seen, ``C`` classes
     /entry_1/data_1/data                           soft link to detector_1/data
     /entry_1/result_1/{train_id (u8), pulse_id (u4), timestamp (f8, s), label (i2),
                        probabilities (N, C) f4, template_distance (f4),
-                       model (i2, index into /entry_1/models)}     one row per kept frame
+                       model (i2, index into /entry_1/models),
+                       background_level (f4, mean photons per valid pixel of the run
+                       background the frame was classified with; NaN: none),
+                       background_warm (bool, that background was warm),
+                       background (i4, index into /entry_1/background/maps; -1: none)}
+                                                   one row per kept frame
     /entry_1/frames/{same columns, kept (bool), kept_index (i8, row of the kept data or -1)}
                                                    one row per frame seen, in arrival order
+    /entry_1/background/maps                       (K, H, W) float32, chunks (1, H, W),
+                                                   compressed: each run-background snapshot
+                                                   used in this file (expected photons per
+                                                   pixel of an empty frame), appended the
+                                                   first time a batch of the file uses it
+    /entry_1/background/version                    (K,) i8, the snapshots' versions
     result_1 and frames carry attrs classes and description; 1-D columns are chunked by
     4096 rows and compressed like the data.
 
@@ -67,6 +78,7 @@ import h5py
 import numpy as np
 
 import hitstream
+from hitstream.background import BackgroundSnapshot
 from hitstream.compression import compression_options
 from hitstream.errors import ConfigError, DiskFullError, OutputError
 from hitstream.geometry import DetectorGeometry
@@ -80,6 +92,9 @@ SOURCE_GROUP = "/entry_1/instrument_1/source_1"
 KEPT_GROUP = "/entry_1/result_1"
 FRAMES_GROUP = "/entry_1/frames"
 MODELS_PATH = "/entry_1/models"
+BACKGROUND_GROUP = "/entry_1/background"
+BACKGROUND_MAPS = "/entry_1/background/maps"
+BACKGROUND_VERSION = "/entry_1/background/version"
 FILE_SUFFIX = ".cxi"
 PART_SUFFIX = ".part"
 
@@ -92,6 +107,13 @@ COLUMNS: dict[str, np.dtype] = {
     "probabilities": np.dtype(np.float32),
     "template_distance": np.dtype(np.float32),
     "model": np.dtype(np.int16),
+    "background_level": np.dtype(np.float32),
+    "background_warm": np.dtype(np.bool_),
+    "background": np.dtype(np.int32),
+}
+#: Columns files written before the run background lack (readers fill them: NaN, False, -1).
+BACKGROUND_COLUMNS: dict[str, np.dtype] = {
+    k: COLUMNS[k] for k in ("background_level", "background_warm", "background")
 }
 #: Columns only the all-frames table has.
 FRAME_ONLY_COLUMNS: dict[str, np.dtype] = {
@@ -249,8 +271,11 @@ class _OpenFile:
     kept: dict[str, h5py.Dataset]
     frames: dict[str, h5py.Dataset]
     models_ds: h5py.Dataset
+    bg_maps: h5py.Dataset
+    bg_version: h5py.Dataset
     end_time: h5py.Dataset
     models: dict[str, int] = field(default_factory=dict)
+    backgrounds: dict[int, int] = field(default_factory=dict)  # version -> row of bg_maps
     n_kept: int = 0  # kept frames written to ``data``
     n_frames: int = 0  # frames seen (rows of the all-frames table, pending included)
     last_flush: float = 0.0
@@ -279,11 +304,18 @@ class _OpenFile:
         self.pending_rows = 0
 
     def datasets(self) -> list[h5py.Dataset]:
-        """In flush order: model list, kept data, kept table, all-frames table.
-
-        Whatever a flushed row refers to (a model, a kept row) is flushed before it.
+        """In flush order: model list, background maps, kept data, kept table, all-frames
+        table. Whatever a flushed row refers to (a model, a map, a kept row) is flushed before
+        it.
         """
-        return [self.models_ds, self.data, *self.kept.values(), *self.frames.values()]
+        return [
+            self.models_ds,
+            self.bg_version,
+            self.bg_maps,
+            self.data,
+            *self.kept.values(),
+            *self.frames.values(),
+        ]
 
 
 class RollingWriter:
@@ -573,6 +605,24 @@ class RollingWriter:
         models_ds = entry.create_dataset(
             "models", shape=(0,), maxshape=(None,), chunks=(16,), dtype=_MODEL_DTYPE
         )
+        bg = h5.create_group(BACKGROUND_GROUP)
+        bg.attrs["description"] = (
+            "the run's background (expected photons per pixel of an empty frame, estimated "
+            "from the run's dim frames) of each snapshot that frames of this file were "
+            "classified with; rows of the tables refer to it by their 'background' column"
+        )
+        bg_maps = bg.create_dataset(
+            "maps",
+            shape=(0, h, w),
+            maxshape=(None, h, w),
+            chunks=(1, h, w),
+            dtype=np.float32,
+            **self._compression,
+        )
+        bg_maps.attrs["units"] = "photons per pixel"
+        bg_version = bg.create_dataset(
+            "version", shape=(0,), maxshape=(None,), chunks=(16,), dtype=np.int64
+        )
         det = h5.create_group(DETECTOR_GROUP)
         data = det.create_dataset(
             "data",
@@ -637,6 +687,8 @@ class RollingWriter:
             kept=kept,
             frames=frames,
             models_ds=models_ds,
+            bg_maps=bg_maps,
+            bg_version=bg_version,
             end_time=end_time,
         )
 
@@ -655,6 +707,25 @@ class RollingWriter:
             f.models[version] = idx
         return idx
 
+    def _background_index(self, f: _OpenFile, snap: BackgroundSnapshot | None) -> int:
+        """Row of ``snap`` in the file's maps (appended on first use); -1 for None."""
+        if snap is None:
+            return -1
+        idx = f.backgrounds.get(snap.version)
+        if idx is None:
+            h, w = self.frame_shape
+            if np.shape(snap.map) != (h, w):
+                raise OutputError(
+                    f"{f.part}: background map of shape {np.shape(snap.map)}, expected {(h, w)}"
+                )
+            idx = len(f.backgrounds)
+            f.bg_maps.resize(idx + 1, axis=0)
+            f.bg_maps[idx] = np.asarray(snap.map, np.float32)
+            f.bg_version.resize((idx + 1,))
+            f.bg_version[idx] = snap.version
+            f.backgrounds[snap.version] = idx
+        return idx
+
     def _append(
         self, f: _OpenFile, result: ResultBatch, keep: np.ndarray, start: int, end: int
     ) -> int:
@@ -666,6 +737,7 @@ class RollingWriter:
         kept_rows = np.flatnonzero(k)
         nk = len(kept_rows)
         model = np.full(n, self._model_index(f, result.model_version), dtype=np.int16)
+        snap = result.background
         # Copies: the caller may reuse its arrays once write() returns.
         cols = {
             "train_id": b.train_id[sl],
@@ -675,6 +747,9 @@ class RollingWriter:
             "probabilities": result.probabilities[sl],
             "template_distance": result.template_distance[sl],
             "model": model,
+            "background_level": np.full(n, np.nan if snap is None else snap.level),
+            "background_warm": np.full(n, snap is not None and snap.warm),
+            "background": np.full(n, self._background_index(f, snap)),
         }
         cols = {name: np.array(a, dtype=COLUMNS[name]) for name, a in cols.items()}
         k0 = f.n_kept

@@ -23,8 +23,10 @@ from trainer.model.build_default import (
 
 def test_test_runs_differ_from_training() -> None:
     tests = held_out_configs()
-    assert set(tests) == {"test", "test_default", "test_detector"}
+    assert set(tests) == {"test", "test_default", "test_detector", "test_beamline"}
     train = train_config()
+    assert train.beamline.active and train.frames_per_run > 0  # many beamlines in training
+    assert tests["test_beamline"].beamline.active
     assert tests["test_default"] == SimConfig() != train  # the simulator's defaults
     lo, hi = SimConfig().radius_nm
     assert train.radius_nm[0] < lo < hi < train.radius_nm[1]  # unequal pairs in training
@@ -45,14 +47,17 @@ def test_quick_build_writes_a_bundle_with_all_test_runs(tmp_path: Path, arch: st
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     b = load_bundle(out, verify=True)
-    assert set(b.manifest["metrics"]) == {"validation", "test", "test_default", "test_detector"}
+    tests = {"test", "test_default", "test_detector", "test_beamline"}
+    assert set(b.manifest["metrics"]) == {"validation", *tests}
     summary = b.manifest["training"]
     assert summary["config"]["architecture"] == arch
-    assert set(summary["runs"]) == {"train", "validation", "test", "test_default", "test_detector"}
+    assert set(summary["runs"]) == {"train", "validation", *tests}
+    assert b.manifest["background"]["input"] == "background"  # the run's background as input
+    assert b.manifest["background"]["training_range"]["level"][1] >= 0.1
     outputs = set(b.manifest["outputs"])
     assert ("template_distance" in outputs) == (arch == "fine")
     assert b.name == ("default" if arch == "fine" else "fast")
-    assert len(b.manifest["preprocessing"]["channels"]) == (5 if arch == "fine" else 2)
+    assert len(b.manifest["preprocessing"]["channels"]) == (8 if arch == "fine" else 5)
     refused = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert refused.returncode != 0 and "already exists" in refused.stderr
     assert json.loads((out / "manifest.json").read_text())["model"]["macs_per_frame"] > 0

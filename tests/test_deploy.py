@@ -124,6 +124,8 @@ def test_the_registry_exports_what_the_deploy_files_rely_on() -> None:
         "hitstream_bytes_written", "hitstream_files_rotated_total",
         "hitstream_output_free_bytes", "hitstream_model_info", "hitstream_engine_info",
         "hitstream_model_swaps_total", "hitstream_up", "hitstream_last_frame_timestamp_seconds",
+        "hitstream_background_level", "hitstream_background_warm", "hitstream_background_frames",
+        "hitstream_background_age_seconds",
     }  # fmt: skip
     assert needed <= NAMES, needed - NAMES
     assert {"reason", "class_name", "queue", "result", "version", "provider", "le"} <= LABELS
@@ -242,7 +244,9 @@ def test_alert_rules_are_complete_and_use_real_metrics() -> None:
         "hitstream_frame_latency_seconds_bucket",
         "hitstream_up",
         "up",
+        "hitstream_background_warm",  # the run background never gets warm
     } <= used
+    assert "HitstreamBackgroundNotWarm" in names
     assert any("histogram_quantile(0.99" in a["expr"] for a in alerts)
     _promtool_check("rules", PROM / "alerts.yml")
 
@@ -290,6 +294,8 @@ def test_dashboard_panels_query_real_metrics() -> None:
         "hitstream_files_rotated_total",
         "hitstream_model_info",
         "hitstream_engine_info",
+        "hitstream_background_level",
+        "hitstream_background_warm",
     } <= used
     text = " ".join(exprs)
     assert "histogram_quantile(0.5," in text and "histogram_quantile(0.99," in text

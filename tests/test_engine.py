@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from hitstream.bundle import load_bundle
-from hitstream.errors import BundleError, ConfigError
+from hitstream.errors import BundleError, ConfigError, InputDataError
 from streamer.engine import Engine, EngineConfig
 from tests.tiny_bundle import CLASSES, expected_probabilities, make_tiny_bundle
 
@@ -93,3 +93,73 @@ def test_input_shape_mismatch_is_refused(tmp_path: Path) -> None:
     (root / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match="does not match"):
         Engine(load_bundle(root))
+
+
+# -- the run's background as a second input ------------------------------------------------
+
+
+def test_background_bundle_gets_the_background_in_photons(tmp_path: Path) -> None:
+    root = make_tiny_bundle(tmp_path / "bg", background=True)
+    bundle = load_bundle(root)
+    assert bundle.background_input == "background" and bundle.background_range == (0.0, 1.0)
+    assert load_bundle(make_tiny_bundle(tmp_path / "plain")).background_input is None
+    rng = np.random.default_rng(1)
+    bg = np.full((260, 257), 0.04, np.float32)
+    frames = rng.poisson(bg + rng.uniform(0, 0.02, (4, 1, 1)), (4, 260, 257)).astype(np.float32)
+    engine = Engine(bundle, EngineConfig(provider="cpu", max_batch=8))
+    assert engine.takes_background and engine.self_test()["probabilities"].shape == (2, 4)
+    out = engine.infer(frames, bg)
+    # float32 sums over 67k pixels in the graph: a little looser than the plain graph
+    np.testing.assert_allclose(out["probabilities"], expected_probabilities(frames, bg), atol=2e-4)
+    # no background: zeros, i.e. every photon counts (what the plain graph computes)
+    np.testing.assert_allclose(
+        engine.infer(frames)["probabilities"], expected_probabilities(frames), atol=2e-4
+    )
+    # in ADU: frames and background are both divided by the photon unit
+    adu = Engine(bundle, EngineConfig(provider="cpu", photon_unit=3.0))
+    bg_adu = bg * 3.0
+    for _ in range(2):  # the second time with the map converted the first time
+        got = adu.infer(frames * 3.0, bg_adu)["probabilities"]
+        np.testing.assert_allclose(got, expected_probabilities(frames, bg), atol=2e-4)
+    assert (bg_adu == bg * 3.0).all()  # the caller's map is left alone
+    with pytest.raises(InputDataError, match="background of shape"):
+        engine.infer(frames, np.zeros((10, 10), np.float32))
+    # a bundle without the input ignores a background
+    plain = Engine(load_bundle(tmp_path / "plain"), EngineConfig(provider="cpu"))
+    assert not plain.takes_background
+    np.testing.assert_allclose(
+        plain.infer(frames, bg)["probabilities"], expected_probabilities(frames), atol=1e-5
+    )
+
+
+def test_graph_and_manifest_must_agree_on_the_background_input(tmp_path: Path) -> None:
+    undeclared = make_tiny_bundle(tmp_path / "u", background=True, declare_background=False)
+    with pytest.raises(BundleError, match=r"graph input\(s\) 'background' not declared"):
+        Engine(load_bundle(undeclared))
+    missing = make_tiny_bundle(tmp_path / "m", background=False, declare_background=True)
+    with pytest.raises(BundleError, match="background input 'background' is not an input"):
+        Engine(load_bundle(missing))
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"input": "background", "shape": [None, 64, 64]}, r"is not \[null, 260, 257\]"),
+        ({"input": "background", "shape": [1, 260, 257]}, "frame shape"),
+        ({"shape": [None, 260, 257]}, "needs 'input'"),
+        ({"input": "frames", "shape": [None, 260, 257]}, "frames' input"),
+        ({"input": "background", "shape": [None, 260, 257], "dtype": "float16"}, "dtype"),
+        (
+            {"input": "background", "shape": [None, 260, 257], "training_range": {"level": [2]}},
+            "training_range",
+        ),
+        ("background", "must be an object"),
+    ],
+)
+def test_background_manifest_key_is_checked(tmp_path: Path, entry: object, message: str) -> None:
+    root = make_tiny_bundle(tmp_path / "bg", background=True)
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["background"] = entry
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=message):
+        load_bundle(root)

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from hitstream.background import BackgroundSnapshot
 from hitstream.bundle import load_bundle
 from hitstream.errors import ConfigError
 from hitstream.geometry import DetectorGeometry
@@ -246,6 +247,42 @@ def test_routes_answer_page_data_and_frames(tiny: Path) -> None:
     assert routes["/live/frame.png"]("id=one")[0] == 400
 
 
+def test_the_background_of_the_last_batch_is_shown(tiny: Path) -> None:
+    view = make_view(tiny)
+    routes = view.routes()
+    assert view.snapshot()["background"] is None
+    assert routes["/live/background.png"]("")[0] == 404
+    m = np.full(SHAPE, 0.05, np.float32)
+    m[100:120, 100:120] = 0.5
+    snap = BackgroundSnapshot(m, 3, float(m.mean()), False, 40.0)
+    with_bg = result([0, 2])
+    with_bg.background = snap
+    view.observe(with_bg, now=0.0)
+    view.observe(result([2]), now=0.5)  # a batch without one: the last one stays shown
+    shown = view.snapshot(now=1.0)["background"]
+    assert shown == {
+        "level": pytest.approx(snap.level),
+        "warm": False,
+        "frames": 40.0,
+        "version": 3,
+    }
+    json.dumps(shown)
+    code, ctype, png = routes["/live/background.png"]("v=3")
+    assert (code, ctype) == (200, "image/png") and view.background_png() is png  # rendered once
+    img = decode(png)
+    valid = DetectorGeometry(shape=SHAPE).valid_pixels()
+    assert is_colour(img, MASK_RGB)[~valid].all() and not is_colour(img, MASK_RGB)[valid].any()
+    levels = np.asarray(Image.open(io.BytesIO(png)))  # palette indices: normalised, log scale
+    assert valid[110, 110] and valid[50, 50]
+    assert levels[110, 110] == levels[valid].max() > levels[50, 50] > 0
+    newer = result([0])
+    newer.background = BackgroundSnapshot(m * 2, 4, float(2 * m.mean()), True, 80.0)
+    view.observe(newer, now=2.0)
+    assert view.snapshot(now=2.5)["background"]["warm"] is True
+    again = view.background_png()
+    assert again is not png and view.background_png() is again  # once per new version
+
+
 # -- in the pipeline -----------------------------------------------------------------------
 
 
@@ -291,6 +328,8 @@ def test_pipeline_feeds_the_view(tiny: Path, run_file: Path, tmp_path: Path) -> 
     assert sum(snap["series"]["total"]) == 96 == snap["totals"]["classified"]
     assert pipeline.live.frames_taken >= 1
     assert snap["model"]["name"] == "tiny"
+    assert snap["background"]["version"] >= 1  # the run's own, also for a plain bundle
+    assert pipeline.live.background_png() is not None
 
 
 def test_view_settings_are_checked_and_it_can_be_off(tiny: Path, tmp_path: Path) -> None:
@@ -321,7 +360,9 @@ READY_JS = """
 const imgs = [...document.querySelectorAll("img.frame")];
 const value = (id) => parseFloat(document.getElementById(id).textContent);
 const line = document.querySelector("#chart-fps polyline");
+const bg = document.getElementById("background-map");
 return imgs.some((i) => i.complete && i.naturalWidth > 0)
+    && !bg.hidden && bg.complete && bg.naturalWidth > 0
     && value("fps") > 0 && value("hit-rate") > 0
     && line !== null && line.getAttribute("points").split(" ").length >= 3;
 """
@@ -363,6 +404,9 @@ def test_live_page_in_chromium(
         assert find(By.ID, "provider").text == "CPU"
         assert find(By.ID, "state").text == "running"
         assert driver.find_elements(By.CSS_SELECTOR, "#chart-classes rect")
+        assert find(By.ID, "background-state").text in ("warm", "warming up")
+        assert float(find(By.ID, "background-level").text) > 0
+        assert int(find(By.ID, "background-version").text) >= 1
         captions = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "figcaption")]
         assert any(c.startswith("train ") and "p = " in c for c in captions)
         path = screenshot(driver, "live_view")

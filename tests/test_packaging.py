@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -56,13 +57,19 @@ def test_one_version_spdx_license_and_what_the_wheel_ships(tmp_path: Path) -> No
     assert "version" not in meta and "version" in meta["dynamic"]  # one version: the code's
     assert streamer.__version__ == trainer.__version__ == hitstream.__version__
     assert meta["license"] == "BSD-3-Clause" and (ROOT / "LICENSE").is_file()
+    src = tmp_path / "src"  # a copy: building writes build/ and *.egg-info beside the sources
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(ROOT / name, src / name)
+    for pkg in ("hitstream", "streamer", "trainer"):
+        shutil.copytree(ROOT / pkg, src / pkg, ignore=shutil.ignore_patterns("__pycache__"))
     out = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-         "-w", str(tmp_path), str(ROOT)],
+         "-w", str(tmp_path / "dist"), str(src)],
         capture_output=True, text=True,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
-    (wheel,) = tmp_path.glob("hitstream-*.whl")
+    (wheel,) = (tmp_path / "dist").glob("hitstream-*.whl")
     assert wheel.name.startswith(f"hitstream-{hitstream.__version__}-")
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names if not n.startswith("hitstream-")}

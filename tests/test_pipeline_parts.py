@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from hitstream.background import BackgroundConfig
 from hitstream.errors import ConfigError
 from streamer.batcher import Batcher
-from streamer.config import ServeConfig, load_config, parse_override
+from streamer.config import ServeConfig, load_config, parse_override, to_dict
 from streamer.decision import decide, keep_mask_for, threshold_vector
 from streamer.engine import BufferPool
 from streamer.types import FrameBatch
@@ -106,3 +107,20 @@ def test_batcher_zero_copy_for_large_messages() -> None:
     assert pool.available() == 2
     ready, _ = b.add(_fb(8, 2))  # small message: staged in a pool buffer as before
     assert ready == [] and b.pending == 2 and pool.available() == 1
+
+
+def test_background_section_defaults_come_from_the_estimator(tmp_path: Path) -> None:
+    cfg = load_config(None)
+    assert cfg.background == BackgroundConfig() and cfg.background.save_every_s == 30.0
+    cfg_file = tmp_path / "s.toml"
+    cfg_file.write_text("[background]\nenabled = false\nwarmup_frames = 50\nsave_every_s = 0\n")
+    cfg = load_config(cfg_file, {"background.halflife_frames": 100})
+    assert not cfg.background.enabled and cfg.background.warmup_frames == 50
+    assert cfg.background.save_every_s == 0.0 and cfg.background.halflife_frames == 100.0
+    assert to_dict(cfg)["background"]["warmup_frames"] == 50
+    with pytest.raises(ConfigError, match=r"background\.save_every_s"):
+        load_config(None, {"background.save_every_s": -1})
+    with pytest.raises(ConfigError, match=r"background\.core_fraction"):
+        load_config(None, {"background.core_fraction": 1.5})
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_config(None, {"background.warmup": 5})

@@ -98,9 +98,12 @@ def test_replay_to_pipeline_writes_every_frame_once_with_offline_labels(
 
     assert summary.error is None and summary.frames_classified == 200
     assert summary.end_of_run == {"run": "run", "frames": 200, "trains": 200 // K + 1}
+    # the run's background was estimated (the tiny bundle does not take it) and recorded
+    assert summary.background["enabled"] and summary.background["version"] >= 1
     assert 0 < summary.latency["p50_ms"] <= summary.latency["p99_ms"]
     # metrics, scraped over HTTP
     assert "hitstream_frames_classified_total 200.0" in body
+    assert "hitstream_background_level " in body and "hitstream_background_warm " in body
     assert 'hitstream_engine_info{provider="CPU"' in body
     assert 'hitstream_model_info{name="tiny"' in body
     # the files: finished names only, every frame exactly once, labels as computed offline
@@ -115,6 +118,9 @@ def test_replay_to_pipeline_writes_every_frame_once_with_offline_labels(
     assert set(label.tolist()) >= {0, 2}  # 'single' and 'empty' frames both occur
     np.testing.assert_array_equal(tables.label, label[index])
     np.testing.assert_array_equal(tables.frames.kept, keep[index])
+    assert (tables.frames.background >= 0).all() and np.isfinite(
+        tables.frames.background_level
+    ).all()
     # kept pixels are the sent pixels, bit for bit
     kept_rows = np.flatnonzero(tables.frames.kept)
     got = read_kept_frames(out, "r1", tables.frames.kept_index[kept_rows[:5]])
@@ -212,6 +218,8 @@ def test_serve_cli_sigterm_finishes_batches_and_closes_files(
         assert serve.wait(timeout=60) == 0
     summary = json.loads(summary_json.read_text())
     assert 20 <= summary["frames_classified"] < 200
+    assert set(summary["background"]) == {"enabled", "level", "warm", "frames", "version"}
+    assert (out / "sig_w0_background.h5").is_file()  # saved at the end for a restart
     assert not list(out.glob("*.part"))
     tables = read_run(out, "sig")
     assert len(tables.train_id) == summary["frames_classified"] == summary["frames_received"]

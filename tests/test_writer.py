@@ -16,6 +16,7 @@ import hdf5plugin
 import numpy as np
 import pytest
 
+from hitstream.background import BackgroundSnapshot
 from hitstream.compression import COMPRESSIONS
 from hitstream.errors import ConfigError, DiskFullError, InputDataError, OutputError
 from hitstream.geometry import FRAME_SHAPE, DetectorGeometry
@@ -330,6 +331,76 @@ def test_run_index_matches_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         assert set(f[FRAMES_GROUP]["train_id"][:]) == {0, 1, 2, 3}
     with pytest.raises(InputDataError, match="no files"):
         build_run_index(moved, "nothing")
+
+
+def snapshot(version: int, level: float, warm: bool) -> BackgroundSnapshot:
+    """A run-background snapshot (a map with a gradient, so that rows can be told apart)."""
+    m = (np.linspace(0.5, 1.5, SHAPE[0] * SHAPE[1]).reshape(SHAPE) * level).astype(np.float32)
+    m.setflags(write=False)
+    return BackgroundSnapshot(m, version, float(m.mean()), warm, 10.0 * version)
+
+
+def test_background_columns_and_maps_round_trip(tmp_path: Path) -> None:
+    rng = np.random.default_rng(12)
+    s1, s2, s3 = snapshot(1, 0.1, False), snapshot(2, 0.2, True), snapshot(5, 0.3, True)
+    used = [s1, s1, s2, None, s3, s3, s3, s2]  # what each batch was classified with
+    results = []
+    for t, snap in enumerate(used):
+        r = make_result(rng, t)
+        r.background = snap
+        results.append(r)
+    w = write_run(WriterConfig(tmp_path, run="b", max_frames=9), results)
+    assert len(w.files_closed) >= 3
+    t = read_run(tmp_path, "b")
+    rows = np.repeat(np.arange(len(used)), 16)
+    f = t.frames
+    level = np.array([np.nan if s is None else s.level for s in used], np.float32)
+    np.testing.assert_array_equal(f.background_level, level[rows])
+    warm = np.array([s is not None and s.warm for s in used])
+    np.testing.assert_array_equal(f.background_warm, warm[rows])
+    none = np.array([s is None for s in used])[rows]
+    assert (f.background[none] == -1).all() and (f.background[~none] >= 0).all()
+    version = np.array([-1 if s is None else s.version for s in used])[rows]
+    np.testing.assert_array_equal(t.background_versions[f.background[~none]], version[~none])
+    maps = t.background_maps(f.background[~none])
+    by_version = {s.version: s.map for s in (s1, s2, s3)}
+    for m, v in zip(maps, version[~none], strict=True):
+        np.testing.assert_array_equal(m, by_version[v])
+    # each file holds each snapshot it uses once, in the order of first use
+    for i, path in enumerate(t.files):
+        with h5py.File(path) as h5:
+            versions = h5["entry_1/background/version"][()].tolist()
+            assert len(set(versions)) == len(versions)
+            assert h5["entry_1/background/maps"].shape == (len(versions), *SHAPE)
+            lo, hi = t.file_frames[i], t.file_frames[i + 1]
+            seen = [v for v in dict.fromkeys(version[lo:hi].tolist()) if v >= 0]
+            assert versions == seen
+    np.testing.assert_array_equal(t.kept.background, f.background[f.kept])
+    np.testing.assert_array_equal(t.kept.background_level, f.background_level[f.kept])
+
+    # the run index presents them as one run
+    with h5py.File(build_run_index(tmp_path, "b")) as idx:
+        for name in ("background", "background_level", "background_warm"):
+            np.testing.assert_array_equal(idx[FRAMES_GROUP][name][:], getattr(f, name))
+            np.testing.assert_array_equal(idx[KEPT_GROUP][name][:], getattr(t.kept, name))
+        np.testing.assert_array_equal(idx["entry_1/background/maps"][:], t.background_maps())
+        np.testing.assert_array_equal(idx["entry_1/background/version"][:], t.background_versions)
+
+    # files written before the run background still read: NaN, False, -1 and no maps
+    for path in w.files_closed:
+        with h5py.File(path, "a") as h5:
+            del h5["entry_1/background"]
+            for group in (FRAMES_GROUP, KEPT_GROUP):
+                for name in ("background", "background_level", "background_warm"):
+                    del h5[group][name]
+    old = read_run(tmp_path, "b")
+    np.testing.assert_array_equal(old.frames.label, f.label)
+    assert np.isnan(old.frames.background_level).all() and not old.frames.background_warm.any()
+    assert (old.frames.background == -1).all() and (old.kept.background == -1).all()
+    assert len(old.background_versions) == 0 and old.background_maps().shape == (0, *SHAPE)
+    with h5py.File(build_run_index(tmp_path, "b")) as idx:
+        assert (idx[FRAMES_GROUP]["background"][:] == -1).all()
+        assert idx["entry_1/background/maps"].shape == (0, *SHAPE)
 
 
 CHILD = r"""

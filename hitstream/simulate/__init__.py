@@ -10,6 +10,7 @@ fluence, background, noise), :mod:`~hitstream.simulate.files` (runs on disk),
 scipy is imported on first use, so importing the package needs numpy and h5py only.
 """
 
+from hitstream.simulate.beamline import BeamlineConfig
 from hitstream.simulate.config import (
     OTHER_KINDS,
     SIM_CLASSES,
@@ -42,6 +43,7 @@ from hitstream.simulate.replay_runs import (
 )
 from hitstream.simulate.scene import (
     concat_runs,
+    expected_empty_frame,
     expected_intensity,
     iter_chunks,
     simulate_frames,
@@ -53,6 +55,7 @@ __all__ = [
     "OTHER_KINDS",
     "SIM_CLASSES",
     "TRUTH_COLUMNS",
+    "BeamlineConfig",
     "RunWriter",
     "SimConfig",
     "SimulatedRun",
@@ -60,6 +63,7 @@ __all__ = [
     "concat_runs",
     "default_labels_path",
     "detector_q",
+    "expected_empty_frame",
     "expected_intensity",
     "icosahedron_thickness",
     "iter_chunks",

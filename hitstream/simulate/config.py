@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
+from typing import Any
 
 import numpy as np
 
 from hitstream.errors import ConfigError
 from hitstream.geometry import DetectorGeometry
+from hitstream.simulate.beamline import BeamlineConfig
 
 SIM_CLASSES: tuple[str, ...] = ("single", "multiple", "empty", "other")
 OTHER_KINDS: tuple[str, ...] = ("droplet", "aggregate", "rod")
@@ -21,6 +23,8 @@ TRUTH_COLUMNS: tuple[str, ...] = (
     "photons",
     "background",
     "subclass",
+    "beamline_run",
+    "bg_level",
 )
 _POSITIVE_RANGES = (
     *("radius_nm", "photons", "droplet_radius_nm", "aggregate_sphere_radius_nm"),
@@ -54,11 +58,24 @@ class SimConfig:
     hot_pixel_photons: tuple[float, float] = (10.0, 300.0)
     center_jitter_px: float = 0.5  # std of the beam centre, per axis
     read_noise_photons: float = 0.0  # Gaussian std on valid pixels (makes negatives)
+    # the run's background and detector (beamline.py); a run is frames_per_run consecutive
+    # frames (0: the whole seed), each run with its own draw
+    beamline: BeamlineConfig = field(default_factory=BeamlineConfig)
+    frames_per_run: int = 0
 
     def __post_init__(self) -> None:
         for f in fields(self):  # lists (e.g. from JSON) become tuples: the config stays hashable
             if isinstance(getattr(self, f.name), list):
                 object.__setattr__(self, f.name, tuple(getattr(self, f.name)))
+        beamline: Any = self.beamline
+        if isinstance(beamline, dict):  # from JSON (as_json)
+            object.__setattr__(self, "beamline", BeamlineConfig(**beamline))
+        geometry: Any = self.geometry
+        if isinstance(geometry, dict):
+            gd = dict(geometry, shape=tuple(geometry["shape"]))
+            object.__setattr__(self, "geometry", DetectorGeometry(**gd))
+        if self.frames_per_run < 0:
+            raise ConfigError(f"frames_per_run must be >= 0, got {self.frames_per_run}")
         fr = self.fractions
         if len(fr) != len(SIM_CLASSES) or min(fr) < 0 or sum(fr) <= 0:
             raise ConfigError(f"fractions must be {len(SIM_CLASSES)} values >= 0, got {fr}")
@@ -81,6 +98,10 @@ class SimConfig:
         g = self.geometry
         if min(g.distance_m, g.wavelength_m, g.pixel_size_m) <= 0 or min(g.shape) < 8:
             raise ConfigError(f"invalid detector geometry {g}")
+
+    def run_of(self, index: int) -> int:
+        """The run (block of ``frames_per_run`` frames) frame ``index`` belongs to."""
+        return index // self.frames_per_run if self.frames_per_run > 0 else 0
 
     def as_json(self) -> str:
         """JSON for file attributes (provenance)."""

@@ -117,6 +117,8 @@ class RunWriter:
                     f"{p['photons'][k]:.1f}",
                     f"{p['background'][k]:.1f}",
                     OTHER_KINDS[sub] if sub >= 0 else "",
+                    int(p["beamline_run"][k]) if "beamline_run" in p else 0,
+                    f"{p['bg_level'][k]:.5f}" if "bg_level" in p else "",
                 ]
             self._csv.writerow(row)
         self.written += n

@@ -37,6 +37,13 @@ from typing import Any
 import numpy as np
 
 from hitstream.errors import ConfigError
+from hitstream.simulate.beamline import (
+    RunBeamline,
+    beamline_for,
+    detector_response,
+    saturate,
+    shot_level,
+)
 from hitstream.simulate.config import OTHER_KINDS, SIM_CLASSES, SimConfig, SimulatedRun
 from hitstream.simulate.optics import (
     _amplitude,
@@ -143,8 +150,34 @@ def _reference_signal(cfg: SimConfig) -> float:
     return float(np.sum(f**2 * det.weight))
 
 
+def run_beamline_of(seed: int, index: int, cfg: SimConfig) -> RunBeamline | None:
+    """The beamline of the run frame ``index`` of seed ``seed`` belongs to (None: plain)."""
+    if not cfg.beamline.active:
+        return None
+    det = _detector(cfg.geometry)
+    return beamline_for(seed, cfg.run_of(index), cfg.beamline, cfg.geometry, det.weight)
+
+
+def expected_empty_frame(seed: int, index: int, cfg: SimConfig) -> np.ndarray:
+    """(H, W) mean of the empty frames of the run frame ``index`` of seed ``seed`` belongs to,
+    as the detector records them: the stray background of every frame (its mean over the
+    log-uniform draw) plus the run's beamline background, hot pixels, gains and saturation.
+    What the run's background estimate (:mod:`hitstream.background`) converges to."""
+    det = _detector(cfg.geometry)
+    lo, hi = cfg.background_photons
+    mean_bg = (hi - lo) / math.log(hi / lo) if hi > lo else lo
+    f = cfg.background_lowq_fraction
+    stray = mean_bg * (f * det.bg_lowq + (1 - f) * det.bg_flat)
+    beam = run_beamline_of(seed, index, cfg)
+    if beam is None:
+        return stray.astype(np.float32)
+    m = (beam.background + stray) * beam.gain
+    m.flat[beam.hot_index] += beam.hot_level * beam.gain.flat[beam.hot_index]
+    return np.minimum(m, beam.saturation).astype(np.float32)
+
+
 def _frame(
-    rng: np.random.Generator, cfg: SimConfig, noise: bool
+    rng: np.random.Generator, cfg: SimConfig, noise: bool, beam: RunBeamline | None = None
 ) -> tuple[np.ndarray, int, dict[str, Any]]:
     det = _detector(cfg.geometry)
     label, objects, truth = _draw_scene(rng, cfg)
@@ -161,9 +194,15 @@ def _frame(
         raw = float(signal.sum()) * fluence / _reference_signal(cfg)
         photons = min(raw, cfg.max_photons)
         expected += signal * (photons / max(float(signal.sum()), 1e-300))
+    background = bg
+    if beam is not None and beam.level > 0:  # the run's beamline background, this shot's level
+        shot = shot_level(rng, beam)
+        expected = expected + shot * beam.background
+        background += shot * beam.level * len(det.valid_index)
     truth.update(
         photons=photons,
-        background=bg,
+        background=background,
+        bg_level=background / len(det.valid_index),
         center_dy_px=float(jitter[0]),
         center_dx_px=float(jitter[1]),
         hot_pixels=0,
@@ -176,10 +215,13 @@ def _frame(
         idx = rng.choice(det.valid_index, size=n_hot)
         frame.flat[idx] += rng.uniform(*cfg.hot_pixel_photons, size=n_hot).astype(np.float32)
         truth["hot_pixels"] = n_hot
+    valid = det.weight > 0
+    if beam is not None:
+        frame = detector_response(rng, frame, beam, cfg.beamline, valid)
     if cfg.read_noise_photons > 0:
-        frame += (
-            rng.normal(0.0, cfg.read_noise_photons, frame.shape) * det.weight.astype(bool)
-        ).astype(np.float32)
+        frame += (rng.normal(0.0, cfg.read_noise_photons, frame.shape) * valid).astype(np.float32)
+    if beam is not None:
+        saturate(frame, beam)
     return frame, label, truth
 
 
@@ -193,6 +235,8 @@ _PARAM_DTYPES = {
     "center_dy_px": np.float32,
     "center_dx_px": np.float32,
     "hot_pixels": np.int16,
+    "beamline_run": np.int32,
+    "bg_level": np.float32,
 }
 
 
@@ -223,7 +267,9 @@ def simulate_frames(
     labels = np.empty(n, np.int8)
     params = {k: np.zeros(n, t) for k, t in _PARAM_DTYPES.items()}
     for k in range(n):
-        frames[k], labels[k], truth = _frame(_rng(seed, start + k), config, noise)
+        beam = run_beamline_of(seed, start + k, config)
+        frames[k], labels[k], truth = _frame(_rng(seed, start + k), config, noise, beam)
+        truth["beamline_run"] = config.run_of(start + k)
         for key, value in truth.items():
             params[key][k] = value
     return SimulatedRun(frames, labels, SIM_CLASSES, params, start, seed, config)

@@ -1,5 +1,6 @@
 // The live page of the streamer (live.html): polls live/data.json each second, draws the
-// charts as inline SVG, and shows the latest frames of each class (live/frame.png?id=N).
+// charts as inline SVG, and shows the latest frames of each class (live/frame.png?id=N) and
+// the run's background (live/background.png?v=VERSION).
 "use strict";
 const COLORS = ["#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#b07aa1", "#edc948", "#76b7b2",
                 "#ff9da7"];
@@ -153,6 +154,28 @@ function frames(d) {
   }
 }
 
+// the run's background in use: level, warm state, and its map (fetched once per version)
+function background(d) {
+  const b = d.background, img = $("background-map"), state = $("background-state");
+  if (!b) {
+    state.textContent = "(no estimate)";
+    state.className = "dim";
+    img.hidden = true;
+    return;
+  }
+  state.textContent = b.warm ? "warm" : "warming up";
+  state.className = b.warm ? "ok" : "warn";
+  $("background-level").textContent = b.level.toPrecision(3);
+  $("background-version").textContent = String(b.version);
+  $("background-frames").textContent = num(b.frames);
+  const src = "live/background.png?v=" + b.version;
+  if (img.getAttribute("src") !== src) {
+    img.src = src;
+    $("background-link").href = src;
+  }
+  img.hidden = false;
+}
+
 function render(d, dt) {
   $("model-name").textContent = d.model.name || "–";
   $("model-version").textContent = d.model.version || "–";
@@ -170,6 +193,7 @@ function render(d, dt) {
   classChart(d);
   fpsChart(d);
   drops(d, dt);
+  background(d);
   frames(d);
 }
 

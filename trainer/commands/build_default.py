@@ -9,31 +9,36 @@ import argparse
 import time
 from pathlib import Path
 
-from trainer.model.build_default import DEFAULT_ARCHITECTURE
+from hitstream.cli import default_of
+from trainer.model.build_default import BUILD_ARCHITECTURES, DEFAULT_ARCHITECTURE
 
 HELP = "build the shipped default model bundle (simulate, train compact, evaluate, export)"
-ARCHITECTURES = ("fine", "compact", "fast")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--out", type=Path, default=Path("models/default"), help="bundle directory [models/default]"
-    )
+    from trainer.model.build_default import build_default
+
+    def d(name: str) -> object:
+        return default_of(build_default, name)
+
+    p.add_argument("--out", type=Path, default=d("out"), help=f"bundle directory [{d('out')}]")
     p.add_argument("--force", action="store_true", help="replace an existing bundle")
     p.add_argument(
         "--quick",
         action="store_true",
         help="tiny runs and 2 epochs: a smoke test, not a useful model",
     )
-    p.add_argument("--workers", type=int, default=2, help="simulation processes [2]")
+    p.add_argument(
+        "--workers", type=int, default=d("workers"), help=f"simulation processes [{d('workers')}]"
+    )
     p.add_argument(
         "--architecture",
-        choices=ARCHITECTURES,
-        default=DEFAULT_ARCHITECTURE,
+        choices=BUILD_ARCHITECTURES,
+        default=d("architecture"),
         help="fine: the default bundle (with template outputs); compact: the same without "
         "the detail channels; fast: the fast CPU bundle",
     )
-    p.add_argument("--name", help="bundle name [default, or the architecture's name]")
+    p.add_argument("--name", help=f"bundle name [{d('name')}, or the architecture's name]")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,7 +46,9 @@ def run(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     name = args.name or (
-        "default" if args.architecture == DEFAULT_ARCHITECTURE else args.architecture
+        default_of(build_default, "name")
+        if args.architecture == DEFAULT_ARCHITECTURE
+        else args.architecture
     )
     metrics = build_default(
         args.out,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from hitstream.cli import default_of, show_default
 from trainer.commands.args import add_labelled_runs
 from trainer.model.finetune import AUTO_EPOCHS, AUTO_FRAME_VISITS
 
@@ -15,8 +16,16 @@ HELP = "fine-tune a bundle's CNN on new labelled frames; before/after metrics on
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from trainer.model.finetune import finetune_bundle
+
+    def d(name: str) -> object:
+        return default_of(finetune_bundle, name)
+
+    def shown(name: str) -> str:
+        return show_default(d(name))
+
     p.add_argument("--model", type=Path, required=True, help="source bundle (with model.keras)")
-    add_labelled_runs(p)
+    add_labelled_runs(p, finetune_bundle)
     p.add_argument("--out", type=Path, required=True, help="new bundle directory")
     p.add_argument("--name", help="bundle name [the --out directory's name]")
     p.add_argument(
@@ -24,12 +33,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=int,
         help=f"[auto: {AUTO_FRAME_VISITS} frame visits, within {AUTO_EPOCHS[0]}–{AUTO_EPOCHS[1]}]",
     )
-    p.add_argument("--learning-rate", type=float, default=5e-4, help="constant [5e-4]")
-    p.add_argument("--batch-size", type=int, default=32, help="[32]")
     p.add_argument(
-        "--holdout-fraction", type=float, default=0.3, help="held-out share per class [0.3]"
+        "--learning-rate",
+        type=float,
+        default=d("learning_rate"),
+        help=f"constant [{shown('learning_rate')}]",
     )
-    p.add_argument("--seed", type=int, default=0, help="split and training seed [0]")
+    p.add_argument(
+        "--batch-size", type=int, default=d("batch_size"), help=f"[{shown('batch_size')}]"
+    )
+    p.add_argument(
+        "--holdout-fraction",
+        type=float,
+        default=d("holdout_fraction"),
+        help=f"held-out share per class [{shown('holdout_fraction')}]",
+    )
+    p.add_argument(
+        "--seed", type=int, default=d("seed"), help=f"split and training seed [{shown('seed')}]"
+    )
     p.add_argument("--no-augment", action="store_true", help="no training augmentation")
     p.add_argument("--force", action="store_true", help="replace an existing bundle")
 

@@ -13,17 +13,26 @@ import argparse
 from pathlib import Path
 from urllib.parse import quote
 
-from hitstream.labels import DEFAULT_CLASS_ORDER
+from hitstream.cli import default_of, show_default
 from trainer.commands.args import add_photon_unit
-from trainer.labelling.session import DEFAULT_CROP, DEFAULT_PAGE_SIZE, ORDERS
+from trainer.labelling.session import ORDERS
 
 HELP = "label frames by eye in a web page (thumbnails, click or keys; saved on every change)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from trainer.labelling.server import LabelServer
+    from trainer.labelling.session import open_session
+
+    def d(name: str) -> object:
+        return default_of(open_session, name)
+
+    def server(name: str) -> object:
+        return default_of(LabelServer, name)
+
     p.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="HDF5/CXI run file(s)")
     p.add_argument("--dataset", required=True, help="path of the (N, H, W) frames dataset")
-    add_photon_unit(p)
+    add_photon_unit(p, open_session)
     p.add_argument(
         "--labels",
         type=Path,
@@ -37,25 +46,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         choices=ORDERS,
         help="frame order [template with a bank, else uncertainty with a model, else index]",
     )
+    classes = show_default(d("classes"))
     p.add_argument(
         "--classes",
-        default=",".join(DEFAULT_CLASS_ORDER),
-        help=f"classes, comma-separated; keys 1..9 in this order [{','.join(DEFAULT_CLASS_ORDER)}]",
+        default=classes,
+        help=f"classes, comma-separated; keys 1..9 in this order [{classes}]",
     )
     p.add_argument(
         "--page-size",
         type=int,
-        default=DEFAULT_PAGE_SIZE,
-        help=f"frames per page [{DEFAULT_PAGE_SIZE}]",
+        default=d("page_size"),
+        help=f"frames per page [{d('page_size')}]",
     )
     p.add_argument(
         "--crop",
         type=int,
-        default=DEFAULT_CROP,
-        help=f"pictures show the central CROP x CROP pixels; 0: whole frames [{DEFAULT_CROP}]",
+        default=d("crop"),
+        help=f"pictures show the central CROP x CROP pixels; 0: whole frames [{d('crop')}]",
     )
-    p.add_argument("--host", default="127.0.0.1", help="address to serve on [127.0.0.1]")
-    p.add_argument("--port", type=int, default=0, help="port [0: any free port]")
+    p.add_argument("--host", default=server("host"), help=f"address to serve on [{server('host')}]")
+    p.add_argument(
+        "--port", type=int, default=server("port"), help=f"port [{server('port')}: any free port]"
+    )
     p.add_argument(
         "--token-file",
         type=Path,
@@ -80,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         model=args.model,
         bank=args.bank,
         order=args.order,
-        classes=[c for c in args.classes.split(",") if c.strip()],
+        classes=tuple(c for c in args.classes.split(",") if c.strip()),
         page_size=args.page_size,
         crop=args.crop,
         progress=True,

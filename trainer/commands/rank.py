@@ -5,19 +5,32 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from hitstream.cli import default_of
 from trainer.commands.args import add_photon_unit
 
 HELP = "rank every frame of a run by its template distance (CSV + picture grids)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from trainer.templates.rank import rank_to_files
+
+    def d(name: str) -> object:
+        return default_of(rank_to_files, name)
+
     p.add_argument("run", type=Path, help="HDF5/CXI file with the frames (RUN.h5)")
     p.add_argument("--dataset", required=True, help="path of the (N, H, W) frames dataset")
-    add_photon_unit(p)
+    add_photon_unit(p, rank_to_files)
     p.add_argument("--bank", type=Path, required=True, help="template bank (trainer templates)")
     p.add_argument("--out", type=Path, help="output directory [./<RUN stem>_rank]")
-    p.add_argument("--top", type=int, default=64, help="frames per picture grid [64]")
-    p.add_argument("--chunk", type=int, default=256, help="frames read and scored at once [256]")
+    p.add_argument(
+        "--top", type=int, default=d("top"), help=f"frames per picture grid [{d('top')}]"
+    )
+    p.add_argument(
+        "--chunk",
+        type=int,
+        default=d("chunk"),
+        help=f"frames read and scored at once [{d('chunk')}]",
+    )
     p.add_argument(
         "--labels-out",
         type=Path,

@@ -7,20 +7,49 @@ import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from hitstream.cli import default_of, show_default
 from hitstream.compression import COMPRESSIONS
 from hitstream.errors import ConfigError
 
 if TYPE_CHECKING:
-    from hitstream.simulate import SimConfig
+    from hitstream.simulate import BeamlineConfig, SimConfig
 
 HELP = "simulate single-particle-imaging frames (CXIDB-58-like) into HDF5 + labels CSV"
+# option -> (DetectorGeometry field, the option's unit: metres, or 1 for pixels); the
+# defaults are those of SimConfig's geometry
+GEOMETRY_OPTIONS = {
+    "distance_mm": ("distance_m", 1e-3),
+    "wavelength_A": ("wavelength_m", 1e-10),
+    "pixel_mm": ("pixel_size_m", 1e-3),
+    "hole_px": ("hole_radius_px", 1.0),
+}
+
+
+def geometry_default(option: str) -> float:
+    """The default of a geometry option in its unit (SimConfig's geometry, e.g. 586 mm)."""
+    from hitstream.simulate import SimConfig
+
+    key, scale = GEOMETRY_OPTIONS[option]
+    return float(default_of(SimConfig, f"geometry.{key}")) / scale
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from hitstream.simulate import simulate_to_file
+
+    def d(name: str) -> object:
+        return default_of(simulate_to_file, name)
+
+    def shown(option: str) -> str:
+        return f" [{show_default(geometry_default(option))}]"
+
     p.add_argument("output", type=Path, help="HDF5 file to write (OUT.h5)")
     p.add_argument("--frames", type=int, required=True, metavar="N", help="number of frames N")
-    p.add_argument("--seed", type=int, default=0, help="run seed; frame i depends on (seed, i)")
-    p.add_argument("--dataset", default="data", help="dataset path inside the file [data]")
+    p.add_argument(
+        "--seed", type=int, default=d("seed"), help="run seed; frame i depends on (seed, i)"
+    )
+    p.add_argument(
+        "--dataset", default=d("dataset"), help=f"dataset path inside the file [{d('dataset')}]"
+    )
     p.add_argument("--labels", type=Path, help="labels CSV [OUT stem + .labels.csv]")
     p.add_argument("--run-name", help="value of the CSV 'run' column [OUT file name]")
     p.add_argument(
@@ -39,22 +68,92 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hot-pixels", type=float, help="mean hot pixels per frame")
     p.add_argument("--jitter-px", type=float, help="beam-centre jitter (std, pixels)")
     p.add_argument("--read-noise", type=float, help="Gaussian read noise (std, photons)")
-    p.add_argument("--distance-mm", type=float, help="detector distance (mm) [586]")
-    p.add_argument("--wavelength-A", type=float, help="wavelength (angstrom) [7.75]")
-    p.add_argument("--pixel-mm", type=float, help="pixel size (mm) [0.3]")
+    p.add_argument(
+        "--distance-mm", type=float, help="detector distance (mm)" + shown("distance_mm")
+    )
+    p.add_argument(
+        "--wavelength-A", type=float, help="wavelength (angstrom)" + shown("wavelength_A")
+    )
+    p.add_argument("--pixel-mm", type=float, help="pixel size (mm)" + shown("pixel_mm"))
     p.add_argument("--hole-px", type=float, help="radius of the central hole (pixels)")
     p.add_argument("--gap-rows", type=int, help="rows of the gap between detector halves")
     p.add_argument(
         "--compression",
         choices=COMPRESSIONS,
-        default="gzip",
-        help="HDF5 filter [gzip: readable everywhere]; bitshuffle-lz4, lz4 and zstd (fast to "
-        "read, for replay) need 'import hdf5plugin'",
+        default=d("compression"),
+        help=f"HDF5 filter [{d('compression')}: readable everywhere]; bitshuffle-lz4, lz4 and "
+        "zstd (fast to read, for replay) need 'import hdf5plugin'",
     )
-    p.add_argument("--chunk", type=int, default=256, help="frames generated per write [256]")
+    p.add_argument(
+        "--chunk", type=int, default=d("chunk"), help=f"frames generated per write [{d('chunk')}]"
+    )
     p.add_argument("--no-truth", action="store_true", help="CSV with run,index,class only")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--png", type=Path, help="also write a montage of example frames per class")
+    from hitstream.simulate import BeamlineConfig, SimConfig
+
+    g = p.add_argument_group(
+        "beamline",
+        "each run's background and detector (hitstream.simulate.beamline; the README names "
+        "every effect's physical source and range)",
+    )
+    g.add_argument(
+        "--beamline",
+        choices=BEAMLINE_PRESETS,
+        default=BEAMLINE_PRESETS[0],
+        help="none: a plain detector with a little stray light; realistic: the range of real "
+        "SPI beamlines (what the shipped bundles train on) [%(default)s]",
+    )
+    g.add_argument(
+        "--bg-level",
+        metavar="LO,HI",
+        help="mean background photons per valid pixel of a run, log-uniform "
+        f"[realistic: {show_default(BeamlineConfig.realistic().level)}]",
+    )
+    g.add_argument(
+        "--frames-per-run",
+        type=int,
+        help="frames per run (each with its own beamline draw; 0: the whole file is one run) "
+        f"[{default_of(SimConfig, 'frames_per_run')}]",
+    )
+    fields = ", ".join(f.name for f in dataclasses.fields(BeamlineConfig))
+    g.add_argument(
+        "--bg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"any other beamline setting (repeatable), e.g. streak_share=0.5 or "
+        f"shot_jitter=0,0.3; keys: {fields}",
+    )
+
+
+BEAMLINE_PRESETS = ("none", "realistic")
+
+
+def _beamline(args: argparse.Namespace) -> BeamlineConfig:
+    """The beamline of ``--beamline``, with ``--bg-level`` and ``--bg KEY=VALUE`` on top."""
+    from hitstream.simulate import BeamlineConfig
+
+    base = BeamlineConfig.realistic() if args.beamline == "realistic" else BeamlineConfig()
+    kw: dict = {}
+    if args.bg_level:
+        kw["level"] = _pair(args.bg_level, "bg-level")
+    known = {f.name: f for f in dataclasses.fields(BeamlineConfig)}
+    for item in args.bg:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or key not in known:
+            raise ConfigError(f"--bg {item!r}: use KEY=VALUE with KEY one of {', '.join(known)}")
+        parts = [v.strip() for v in value.split(",")]
+        try:
+            numbers = [int(v) if v.lstrip("-").isdigit() else float(v) for v in parts]
+        except ValueError:
+            raise ConfigError(f"--bg {item!r}: the value must be numbers") from None
+        kw[key] = tuple(numbers) if len(numbers) > 1 else numbers[0]
+    try:
+        return dataclasses.replace(base, **kw)
+    except TypeError as exc:
+        raise ConfigError(f"--bg: {exc}") from None
 
 
 def _pair(text: str, name: str) -> tuple[float, float]:
@@ -89,12 +188,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
 
     base = SimConfig()
     geo = {}
-    for opt, key, scale in (
-        ("distance_mm", "distance_m", 1e-3),
-        ("wavelength_A", "wavelength_m", 1e-10),
-        ("pixel_mm", "pixel_size_m", 1e-3),
-        ("hole_px", "hole_radius_px", 1.0),
-    ):
+    for opt, (key, scale) in GEOMETRY_OPTIONS.items():
         if getattr(args, opt) is not None:
             geo[key] = getattr(args, opt) * scale
     if args.gap_rows is not None:
@@ -116,6 +210,9 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
     ):
         if getattr(args, opt) is not None:
             kw[key] = getattr(args, opt)
+    kw["beamline"] = _beamline(args)
+    if args.frames_per_run is not None:
+        kw["frames_per_run"] = args.frames_per_run
     return SimConfig(**kw)
 
 

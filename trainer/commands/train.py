@@ -5,16 +5,27 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from hitstream.cli import default_of, show_default
+from hitstream.labels import DEFAULT_CLASS_ORDER
 from trainer.commands.args import add_photon_unit
+from trainer.model.inputs import ARCHITECTURES
+from trainer.model.train_bundle import TrainOptions
 
 HELP = "train a CNN on labelled HDF5 runs (frames + labels CSV) and export a model bundle"
-ARCHITECTURES = ("compact", "fast", "fine", "seed")  # trainer.model.cnn's, without importing keras
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    def d(name: str) -> str:
+        """The default of TrainOptions' field ``name`` as the help text shows it."""
+        return show_default(default_of(TrainOptions, name))
+
     p.add_argument("runs", nargs="+", type=Path, help="HDF5 files with frames (N, H, W)")
-    p.add_argument("--dataset", default="data", help="frames dataset inside each file [data]")
-    add_photon_unit(p)
+    p.add_argument(
+        "--dataset",
+        default=default_of(TrainOptions, "dataset"),
+        help=f"frames dataset inside each file [{d('dataset')}]",
+    )
+    add_photon_unit(p, TrainOptions)
     p.add_argument(
         "--labels",
         action="append",
@@ -23,20 +34,54 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="labels CSV run,index,class, JSON or HDF5 (repeatable) [<stem>.labels.csv beside "
         "each run]",
     )
-    p.add_argument("--classes", help="class order, comma separated [single,multiple,empty,other]")
-    p.add_argument("--val-fraction", type=float, default=0.2, help="validation share [0.2]")
-    p.add_argument("--arch", choices=ARCHITECTURES, default="fine", help="[fine]")
-    p.add_argument("--epochs", type=int, default=30, help="at most this many epochs [30]")
-    p.add_argument("--batch-size", type=int, default=64, help="[64]")
-    p.add_argument("--learning-rate", type=float, default=2e-3, help="[2e-3]")
-    p.add_argument("--seed", type=int, default=0, help="[0]")
+    p.add_argument(
+        "--classes",
+        help="class order, comma separated [" + show_default(DEFAULT_CLASS_ORDER) + "]",
+    )
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=default_of(TrainOptions, "val_fraction"),
+        help=f"validation share [{d('val_fraction')}]",
+    )
+    p.add_argument(
+        "--arch",
+        choices=ARCHITECTURES,
+        default=default_of(TrainOptions, "architecture"),
+        help=f"[{d('architecture')}]",
+    )
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=default_of(TrainOptions, "epochs"),
+        help=f"at most this many epochs [{d('epochs')}]",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=default_of(TrainOptions, "batch_size"),
+        help=f"[{d('batch_size')}]",
+    )
+    p.add_argument(
+        "--learning-rate",
+        type=float,
+        default=default_of(TrainOptions, "learning_rate"),
+        help=f"[{d('learning_rate')}]",
+    )
+    p.add_argument(
+        "--seed", type=int, default=default_of(TrainOptions, "seed"), help=f"[{d('seed')}]"
+    )
     p.add_argument("--no-augment", action="store_true", help="no training augmentation")
-    p.add_argument("--keep", default="single", help="classes to keep, comma separated [single]")
+    p.add_argument(
+        "--keep",
+        default=d("keep"),
+        help=f"classes to keep, comma separated [{d('keep')}]",
+    )
     p.add_argument(
         "--target-precision",
         type=float,
-        default=0.97,
-        help="threshold of the first kept class reaches this precision [0.97]",
+        default=default_of(TrainOptions, "target_precision"),
+        help=f"threshold of the first kept class reaches this precision [{d('target_precision')}]",
     )
     p.add_argument(
         "--bank",
@@ -49,12 +94,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from trainer.model.train_bundle import TrainOptions, train_bundle
+    from trainer.model.train_bundle import train_bundle
 
     options = TrainOptions(
         dataset=args.dataset,
         labels=args.labels,
-        classes=[c.strip() for c in args.classes.split(",")] if args.classes else None,
+        classes=tuple(c.strip() for c in args.classes.split(",")) if args.classes else None,
         val_fraction=args.val_fraction,
         architecture=args.arch,
         epochs=args.epochs,
@@ -62,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         learning_rate=args.learning_rate,
         seed=args.seed,
         augment=not args.no_augment,
-        keep=[c.strip() for c in args.keep.split(",") if c.strip()],
+        keep=tuple(c.strip() for c in args.keep.split(",") if c.strip()),
         target_precision=args.target_precision,
         photon_unit=args.photon_unit,
         bank=args.bank,

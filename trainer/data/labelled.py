@@ -16,6 +16,7 @@ import numpy as np
 
 from hitstream.errors import ConfigError, InputDataError
 from hitstream.geometry import DetectorGeometry
+from trainer.data.backgrounds import RunBackgrounds, labelled_backgrounds
 
 
 @dataclass
@@ -27,6 +28,7 @@ class LabelledFrames:
     classes: tuple[str, ...]
     sources: list[tuple[str, int]]  # (run name, index in the run)
     geometry: DetectorGeometry
+    backgrounds: RunBackgrounds | None = None  # the runs' background estimates, when asked
 
 
 def class_order(names: Sequence[str]) -> tuple[str, ...]:
@@ -43,13 +45,15 @@ def load_labelled_frames(
     labels_paths: Sequence[Path] | None = None,
     classes: Sequence[str] | None = None,
     photon_unit: float = 1.0,
+    backgrounds: bool = False,
 ) -> LabelledFrames:
     """Read the labelled frames of HDF5 runs (in photons: see ``photon_unit`` of
     :func:`trainer.data.ingest.open_run`).
 
     Labels files (CSV ``run,index,class``, JSON or HDF5; later files win for the same frame)
     name runs by path, file name or stem; by default each run has ``<stem>.labels.csv``
-    beside it. Only labelled frames are read.
+    beside it. Only labelled frames are read; with ``backgrounds`` each run is also read
+    (a sample of it) for its background estimate (:mod:`trainer.data.backgrounds`).
     """
     from hitstream.labels import merge_labels, read_labels
     from hitstream.simulate import default_labels_path
@@ -78,7 +82,8 @@ def load_labelled_frames(
         geometry = g
     assert geometry is not None
     sources = list(zip(data.run.tolist(), data.index.tolist(), strict=True))
-    return LabelledFrames(data.frames, data.y, order, sources, geometry)
+    bgs = labelled_backgrounds(data, photon_unit) if backgrounds else None
+    return LabelledFrames(data.frames, data.y, order, sources, geometry, bgs)
 
 
 def stratified_split(

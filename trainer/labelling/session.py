@@ -101,10 +101,51 @@ def _bar(total: int, desc: str, progress: bool):  # type: ignore[no-untyped-def]
     return tqdm(total=total, unit="frame", desc=desc, file=sys.stderr, disable=not progress)
 
 
-def template_distances(group: RunGroup, bank: Any, *, progress: bool = True) -> np.ndarray:
+def _novelty(
+    bundle: Any,
+    probabilities: np.ndarray | None,
+    backgrounds: Sequence[np.ndarray] | None,
+    group: RunGroup,
+) -> dict[str, Any] | None:
+    """How far the runs are from the model's training data (:mod:`hitstream.novelty`); a
+    warning is logged when they look unlike it."""
+    from hitstream.novelty import NoveltyMonitor
+
+    if probabilities is None:
+        return None
+    monitor = NoveltyMonitor(
+        bundle.manifest.get("novelty"), bundle.classes, window=max(1, len(probabilities))
+    )
+    level = None
+    if backgrounds:
+        valid = bundle.geometry.valid_pixels()
+        level = max(float(m[valid].mean()) for m in backgrounds if m.shape == valid.shape)
+    monitor.observe(probabilities, level)
+    report = monitor.report()
+    if report.warning():
+        log.warning("%s: %s", ", ".join(s.name for s in group), report.warning())
+    return report.as_dict()
+
+
+def run_backgrounds(group: RunGroup) -> list[np.ndarray]:
+    """Each run's background estimate (:mod:`trainer.data.backgrounds`), as the streamer
+    would make it: what the model and the template distance take off."""
+    from trainer.data.backgrounds import run_background
+
+    return [run_background(src).map for src in group]
+
+
+def template_distances(
+    group: RunGroup,
+    bank: Any,
+    *,
+    progress: bool = True,
+    backgrounds: Sequence[np.ndarray] | None = None,
+) -> np.ndarray:
     """Template distance of every frame of ``group`` (runs concatenated), scored with
-    :func:`trainer.templates.rank.score_frames`; like ``trainer rank``, the bank's own
-    frames are left out (NaN)."""
+    :func:`trainer.templates.rank.score_frames` (above each run's background when
+    ``backgrounds`` are given); like ``trainer rank``, the bank's own frames are left out
+    (NaN)."""
     from trainer.templates.rank import prefetch, score_frames
 
     if tuple(bank.geometry.shape) != group.frame_shape:
@@ -116,14 +157,15 @@ def template_distances(group: RunGroup, bank: Any, *, progress: bool = True) -> 
     out = np.full(group.n_frames, np.nan, np.float32)
     offsets = np.cumsum([0, *(s.n_frames for s in group)])[:-1]
     with _bar(group.n_frames, "template distance", progress) as bar:
-        for src, offset in zip(group, offsets.tolist(), strict=True):
+        for k, (src, offset) in enumerate(zip(group, offsets.tolist(), strict=True)):
             mine = [k for k, r in enumerate(bank.source_run) if r and match_run(r, [src.path]) == 0]
             exclude = np.asarray(bank.source_index[mine], np.int64)
             if len(np.setdiff1d(np.arange(src.n_frames), exclude)) == 0:
                 bar.update(src.n_frames)
                 continue
             with prefetch(iter_frames(src, 256)) as blocks:
-                r = score_frames(matcher, _counting(blocks, bar), exclude)
+                bg = backgrounds[k] if backgrounds is not None else None
+                r = score_frames(matcher, _counting(blocks, bar), exclude, bg)
             out[offset + r.index] = r.distance
     return out
 
@@ -135,9 +177,16 @@ def _counting(blocks: Any, bar: Any) -> Any:
         bar.update(len(frames))
 
 
-def model_probabilities(group: RunGroup, bundle: Any, *, progress: bool = True) -> np.ndarray:
+def model_probabilities(
+    group: RunGroup,
+    bundle: Any,
+    *,
+    progress: bool = True,
+    backgrounds: Sequence[np.ndarray] | None = None,
+) -> np.ndarray:
     """``(N, C)`` class probabilities of every frame of ``group`` from the bundle's ONNX
-    graph (onnxruntime, CPU)."""
+    graph (onnxruntime, CPU); a bundle that takes the run's background gets each run's
+    estimate from ``backgrounds``."""
     from streamer.engine import Engine, EngineConfig
 
     if bundle.frame_shape != group.frame_shape:
@@ -148,9 +197,11 @@ def model_probabilities(group: RunGroup, bundle: Any, *, progress: bool = True) 
     engine = Engine(bundle, EngineConfig(provider="cpu"))
     parts = []
     with _bar(group.n_frames, f"model {bundle.label}", progress) as bar:
-        for src in group:
+        for k, src in enumerate(group):
+            bg = backgrounds[k] if backgrounds is not None else None
             for _, frames in iter_frames(src, engine.max_batch):
-                parts.append(np.asarray(engine.infer(frames)["probabilities"], np.float32))
+                p = engine.infer(frames, background=bg)["probabilities"]
+                parts.append(np.asarray(p, np.float32))
                 bar.update(len(frames))
     if not parts:
         return np.zeros((0, len(bundle.classes)), np.float32)
@@ -242,8 +293,10 @@ class LabelSession:
         coarsen: int = 1,
         page_size: int = DEFAULT_PAGE_SIZE,
         crop: int = DEFAULT_CROP,
+        novelty: dict[str, Any] | None = None,
     ) -> None:
         self.classes = check_classes(classes)
+        self.novelty = novelty  # how far the runs are from the model's training data
         if crop < 0:
             raise ConfigError(f"crop must be >= 0 (0: whole frames), got {crop}")
         self.crop = crop
@@ -384,6 +437,7 @@ class LabelSession:
                     for d, n in zip(self.display_runs, self.sizes.tolist(), strict=True)
                 ],
                 "model": self.model_name or None,
+                "novelty": self.novelty,
                 "labels_file": str(self.labels_path),
                 "token": self.token,
                 "crop": self.crop,
@@ -515,8 +569,18 @@ def open_session(
             raise InputDataError(f"{', '.join(map(str, paths))}: no frames in {dataset!r}")
         for src in group:
             check_run_units(src)
-        distance = template_distances(group, the_bank, progress=progress) if the_bank else None
-        probs = model_probabilities(group, bundle, progress=progress) if bundle else None
+        bgs = run_backgrounds(group) if (the_bank or bundle) else None
+        distance = (
+            template_distances(group, the_bank, progress=progress, backgrounds=bgs)
+            if the_bank
+            else None
+        )
+        probs = (
+            model_probabilities(group, bundle, progress=progress, backgrounds=bgs)
+            if bundle
+            else None
+        )
+        novelty = _novelty(bundle, probs, bgs, group) if bundle is not None else None
         geometry = _geometry(
             group,
             bundle.geometry if bundle else None,
@@ -530,6 +594,7 @@ def open_session(
             order=order,
             distance=distance,
             probabilities=probs,
+            novelty=novelty,
             model_classes=bundle.classes if bundle else (),
             model_name=bundle.label if bundle else "",
             geometry=geometry,

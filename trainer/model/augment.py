@@ -19,6 +19,11 @@ within-block structure must be thinned too):
   ``s − 1`` (right mean, somewhat over-dispersed); extra background photons (flat / low-q
   mix) for a share of frames; extra hot pixels.
 
+With the run's background map (models that take it, :mod:`hitstream.frame_kernel` step 6)
+the map goes through the same geometric transform and mask as its frame and is scaled with
+the photon level; the extra background photons are not in it (stray light the estimate
+missed), nor are hot pixels or read noise.
+
 TensorFlow is imported inside the functions, so :class:`AugmentConfig` (part of
 :class:`trainer.model.train.TrainConfig`) is importable without it.
 """
@@ -97,8 +102,10 @@ def augment_geometry(
     seed,
     geometry: DetectorGeometry | None = None,
     config: AugmentConfig | None = None,
+    background=None,
 ):
-    """Turned / mirrored / zoomed / shifted raw frames (B, H, W); ``seed``: (2,) ints."""
+    """Turned / mirrored / zoomed / shifted raw frames (B, H, W); ``seed``: (2,) ints. With
+    ``background`` (B, H, W) maps: ``(frames, maps)``, each map moved like its frame."""
     import tensorflow as tf
 
     from trainer.model import preprocess_graph as graph
@@ -116,25 +123,35 @@ def augment_geometry(
     zoom = tf.exp(tf.random.stateless_uniform([n], seeds[2], lo, hi))
     d = config.shift_px
     shift = tf.random.stateless_uniform([n, 2], seeds[3], -d, d)
-    x = tf.gather(x, tf.constant(gap_fill_rows(geometry)), axis=1)
+    rows = tf.constant(gap_fill_rows(geometry))
+    x = tf.gather(x, rows, axis=1)
     transforms = affine_transforms(
         angle, tf.where(flip, -1.0, 1.0), zoom, shift, geometry.center_px
     )
-    return transform_frames(x, transforms, geometry.shape) * graph.mask_constant(geometry)
+    mask = graph.mask_constant(geometry)
+    if background is None:
+        return transform_frames(x, transforms, geometry.shape) * mask
+    m = tf.convert_to_tensor(background, tf.float32)
+    m = tf.gather(tf.where(tf.math.is_finite(m), tf.maximum(m, 0.0), 0.0), rows, axis=1)
+    both = transform_frames(tf.stack([x, m], -1), transforms, geometry.shape)
+    return both[..., 0] * mask, both[..., 1] * mask
 
 
 def transform_frames(frames, transforms, shape: tuple[int, int]):
-    """Nearest-neighbour resampling of (B, H, W) frames by (B, 8) projective transforms."""
+    """Nearest-neighbour resampling of (B, H, W) frames, or (B, H, W, C) stacks, by (B, 8)
+    projective transforms."""
     import tensorflow as tf
 
-    return tf.raw_ops.ImageProjectiveTransformV3(
-        images=tf.expand_dims(frames, -1),
+    stacked = len(frames.shape) == 4
+    out = tf.raw_ops.ImageProjectiveTransformV3(
+        images=frames if stacked else tf.expand_dims(frames, -1),
         transforms=transforms,
         output_shape=tf.constant(list(shape), tf.int32),
         fill_value=0.0,
         interpolation="NEAREST",
         fill_mode="CONSTANT",
-    )[..., 0]
+    )
+    return out if stacked else out[..., 0]
 
 
 def resample_photons(binned, scale, seed):
@@ -188,9 +205,11 @@ def augment_photons(
     geometry: DetectorGeometry | None = None,
     config: AugmentConfig | None = None,
     pixels: bool = False,
+    with_scale: bool = False,
 ):
     """Photon-level, background and hot-pixel augmentation of binned counts (B, h, w), or
-    of raw non-negative counts (B, H, W) with ``pixels``."""
+    of raw non-negative counts (B, H, W) with ``pixels``. ``with_scale``: also return the
+    photon level (B,) each frame was scaled to (to scale its background map alike)."""
     import tensorflow as tf
 
     geometry = geometry or DetectorGeometry()
@@ -200,9 +219,11 @@ def augment_photons(
     shape = tuple(geometry.shape) if pixels else ref.binned_shape(geometry)
     seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 9)
     lo, hi = config.scale_range
+    scale = tf.ones([n])
     if (lo, hi) != (1.0, 1.0):
         log_s = tf.random.stateless_uniform([n], seeds[0], math.log(lo), math.log(hi))
-        b = resample_photons(b, tf.exp(log_s), seeds[1])
+        scale = tf.exp(log_s)
+        b = resample_photons(b, scale, seeds[1])
     k = MAX_EXTRA_PHOTONS
     if config.background_share > 0:
         flat, lowq = _background_weights(geometry, pixels)
@@ -229,18 +250,19 @@ def augment_photons(
         values = tf.random.stateless_uniform([n, m], seeds[8][::-1], plo, phi)
         values *= tf.cast(tf.range(m)[None, :] < count[:, None], tf.float32)
         b += _scatter(bins, values, shape)
-    return b
+    return (b, scale) if with_scale else b
 
 
-def augment_mask(frames, seed, geometry: DetectorGeometry, config: AugmentConfig):
+def augment_mask(frames, seed, geometry: DetectorGeometry, config: AugmentConfig, background=None):
     """Raw frames (B, H, W) with, on a share of them, a larger central hole and gap set to 0,
     as another detector's beam stop and gap would leave them. Applied after read noise; for
     the models that see the block details also after the photon augmentation (for the
-    others that runs on the bins afterwards and may put background photons there)."""
+    others that runs on the bins afterwards and may put background photons there). With
+    ``background`` maps: ``(frames, maps)``, each map masked like its frame."""
     import tensorflow as tf
 
     if config.mask_share <= 0:
-        return frames
+        return frames if background is None else (frames, background)
     seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 3)
     n = tf.shape(frames)[0]
     h, w = geometry.shape
@@ -254,8 +276,8 @@ def augment_mask(frames, seed, geometry: DetectorGeometry, config: AugmentConfig
     g = tf.random.stateless_uniform([n], seeds[2], g_lo, g_hi)
     r = tf.where(on, r, 0.0)[:, None, None]
     g = tf.where(on, g, 0.0)[:, None, None]
-    keep = (yy**2 + xx**2 >= r**2) & (tf.abs(yy) >= g)
-    return frames * tf.cast(keep, frames.dtype)
+    keep = tf.cast((yy**2 + xx**2 >= r**2) & (tf.abs(yy) >= g), frames.dtype)
+    return frames * keep if background is None else (frames * keep, background * keep)
 
 
 def add_read_noise(frames, seed, config: AugmentConfig):
@@ -283,8 +305,10 @@ def augmented_inputs(
     config: AugmentConfig | None = None,
     coarsen: int = 1,
     details: bool = False,
+    background=None,
 ):
-    """Raw frames → augmented network inputs, the training twin of ``graph.preprocess``."""
+    """Raw frames (and the run's background maps, for models that take them) → augmented
+    network inputs: the training twin of ``graph.preprocess``."""
     import tensorflow as tf
 
     from trainer.model import preprocess_graph as graph
@@ -293,11 +317,30 @@ def augmented_inputs(
     seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 3)
     geometry = geometry or DetectorGeometry()
     mask_seed = tf.random.experimental.stateless_split(seeds[2], 2)[1]
-    x = augment_geometry(frames, seeds[0], geometry, config)
+    m = None
+    if background is None:
+        x = augment_geometry(frames, seeds[0], geometry, config)
+    else:
+        x, m = augment_geometry(frames, seeds[0], geometry, config, background)
     if details:  # photons on raw pixels, then read noise and mask, then the preprocessing
-        x = augment_photons(x, seeds[1], geometry, config, pixels=True)
-        x = augment_mask(add_read_noise(x, seeds[2], config), mask_seed, geometry, config)
-        return graph.preprocess(x, geometry, details=True)[0]
-    x = augment_mask(add_read_noise(x, seeds[2], config), mask_seed, geometry, config)
-    b = augment_photons(graph.bin_clean(x, geometry), seeds[1], geometry, config)
-    return graph.channels(graph.cap_hot(graph.coarsen_bins(b, coarsen)))
+        x, scale = augment_photons(x, seeds[1], geometry, config, pixels=True, with_scale=True)
+        x = add_read_noise(x, seeds[2], config)
+        if m is None:
+            x = augment_mask(x, mask_seed, geometry, config)
+        else:
+            x, m = augment_mask(x, mask_seed, geometry, config, m * scale[:, None, None])
+        return graph.preprocess(x, geometry, details=True, background=m)[0]
+    x = add_read_noise(x, seeds[2], config)
+    if m is None:
+        x = augment_mask(x, mask_seed, geometry, config)
+    else:
+        x, m = augment_mask(x, mask_seed, geometry, config, m)
+    b, scale = augment_photons(graph.bin_clean(x, geometry), seeds[1], geometry, config,
+                               with_scale=True)  # fmt: skip
+    binned = graph.cap_hot(graph.coarsen_bins(b, coarsen))
+    if m is None:
+        return graph.channels(binned)
+    lam, beta = graph.background_bins(m * scale[:, None, None], geometry, coarsen)
+    bg, _ = graph.background_channels_first(binned, lam, beta)
+    x = tf.concat([graph.channels_first(binned), bg], axis=1)
+    return tf.transpose(x, [0, 2, 3, 1])

@@ -2,16 +2,22 @@
 
 Simulates a training and a validation run (fixed seeds, default simulator settings but a
 wider spread of particle sizes, :func:`train_config`; the training augmentation varies
-orientation, photon level, zoom, background, hot pixels and read noise) and three test runs
-with other seeds that the training never saw (:func:`held_out_configs`): the simulator's default
-settings; a shifted particle/beam setting (lower photon level, wider particle size
-range, more background and hot pixels); other detector parameters (distance and wavelength
-not used in training, more beam-centre jitter). Trains the CNN, chooses the single-hit
+orientation, photon level, zoom, background, hot pixels and read noise). Both are made of
+many short runs (:data:`RUN_FRAMES` frames each), each with its own beamline: background
+level, shape, streaks, detector gains, offsets, saturation and hot pixels drawn from the
+real range (:meth:`hitstream.simulate.BeamlineConfig.realistic`), and the model sees each
+run's background estimate as its second input: the run's expected empty frame with the noise
+of an estimate from :data:`ESTIMATE_FRAMES` frames. Four test runs with other seeds that the
+training never saw (:func:`held_out_configs`): the simulator's default settings; a shifted
+particle/beam setting (lower photon level, wider particle size range, more background and
+hot pixels); other detector parameters (distance and wavelength not used in training, more
+beam-centre jitter); and beamlines like the training's; their backgrounds are estimated from
+their own frames with the streamer's estimator. Trains the CNN, chooses the single-hit
 threshold on validation, builds a polar template bank from the single hits of one more
 simulated run (:data:`BANK_SEED`) and exports the bundle: ONE graph with the CNN's
-probabilities and the template distance. The default architecture is ``fine`` (binned
-levels plus the 2×2 block details); ``architecture="fast"`` builds the fast CPU bundle (no
-template outputs) the same way. :func:`build_default` returns the manifest's metrics;
+probabilities and the template distance. The default architecture is ``fine`` (binned levels
+plus the 2×2 block details); ``architecture="fast"`` builds the fast CPU bundle (no template
+outputs) the same way. :func:`build_default` returns the manifest's metrics;
 :func:`summary_lines` says them in a few lines.
 
 Training on a broad mixture of simulator settings instead was tried and measured worse on
@@ -35,8 +41,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from hitstream.background import estimate_run_background
 from hitstream.errors import ConfigError
-from hitstream.simulate import SIM_CLASSES, SimConfig, simulate_parallel
+from hitstream.novelty import reference_from
+from hitstream.simulate import (
+    SIM_CLASSES,
+    BeamlineConfig,
+    SimConfig,
+    expected_empty_frame,
+    simulate_parallel,
+)
+from trainer.data.backgrounds import RunBackgrounds
 
 if TYPE_CHECKING:
     from trainer.model.augment import AugmentConfig
@@ -44,10 +59,21 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TRAIN_SEED, VAL_SEED, TEST_SEED = 20261127, 20261128, 20261129
-TEST_SEEDS = {"test": TEST_SEED, "test_default": 20261131, "test_detector": 20261132}
+TEST_SEEDS = {
+    "test": TEST_SEED,
+    "test_default": 20261131,
+    "test_detector": 20261132,
+    "test_beamline": 20261133,
+}
 TRAIN_SEED_NN = 7
 DEFAULT_ARCHITECTURE = "fine"  # models/default; "fast" builds models/fast
+BUILD_ARCHITECTURES: tuple[str, ...] = ("fine", "compact", "fast")  # what build_default builds
+DEFAULT_OUT = Path("models/default")
 BANK_SEED = 20261130
+RUN_FRAMES = 50  # frames per simulated run in training: 200 beamlines in 10,000 frames
+TEST_RUN_FRAMES = 100  # frames per run of the beamline test run (estimated like live)
+ESTIMATE_FRAMES = (100.0, 4000.0)  # a training map is estimated from this many frames
+TRAINING_LEVEL = (0.0005, 0.15)  # photons per pixel: the real range (to 0.1) with a margin
 
 
 @dataclass(frozen=True)
@@ -68,11 +94,45 @@ FULL = BuildPlan()
 QUICK = BuildPlan(n_train=320, n_val=160, n_test=160, epochs=2, bank_singles=10)
 
 
+def training_beamline() -> BeamlineConfig:
+    """The beamlines of the training runs: the real range, levels up to 0.15 photon/pixel."""
+    from dataclasses import replace
+
+    return replace(BeamlineConfig.realistic(), level=TRAINING_LEVEL)
+
+
 def train_config() -> SimConfig:
     """The training and validation runs: default settings, but particle radii drawn from
     25–45 nm (default 30–40) so that multiple hits include pairs of unequal particles, whose
-    fringes are faint (a 45 nm particle scatters 4.5× more than a 35 nm one)."""
-    return SimConfig(radius_nm=(25.0, 45.0))
+    fringes are faint (a 45 nm particle scatters 4.5× more than a 35 nm one), and every
+    :data:`RUN_FRAMES` frames another beamline (:func:`training_beamline`)."""
+    return SimConfig(
+        radius_nm=(25.0, 45.0), beamline=training_beamline(), frames_per_run=RUN_FRAMES
+    )
+
+
+def estimated_maps(seed: int, n: int, cfg: SimConfig) -> RunBackgrounds:
+    """Each run's background as the streamer would estimate it: the run's expected empty
+    frame (:func:`hitstream.simulate.expected_empty_frame`) with the Poisson noise of an
+    average over N empty frames, N log-uniform in :data:`ESTIMATE_FRAMES` (seeded)."""
+    per = cfg.frames_per_run or max(n, 1)
+    runs = -(-n // per)
+    rng = np.random.default_rng([seed, 0xE5])
+    lo, hi = np.log(ESTIMATE_FRAMES)
+    maps = np.empty((runs, *cfg.geometry.shape), np.float32)
+    for r in range(runs):
+        m = expected_empty_frame(seed, r * per, cfg).astype(np.float64)
+        k = float(np.exp(rng.uniform(lo, hi)))
+        maps[r] = rng.poisson(np.clip(m, 0, None) * k) / k
+    return RunBackgrounds(maps, np.arange(n) // per)
+
+
+def own_estimates(frames: np.ndarray, cfg: SimConfig, valid: np.ndarray) -> RunBackgrounds:
+    """Each run's background from its own frames, with the streamer's estimator."""
+    n = len(frames)
+    per = cfg.frames_per_run or max(n, 1)
+    maps = [estimate_run_background(frames[a : a + per], valid).map for a in range(0, n, per)]
+    return RunBackgrounds(np.stack(maps).astype(np.float32), np.arange(n) // per)
 
 
 def augment_config_for(architecture: str) -> AugmentConfig:
@@ -104,6 +164,9 @@ def held_out_configs() -> dict[str, SimConfig]:
         "test_detector": SimConfig(
             geometry=DetectorGeometry(distance_m=0.55, wavelength_m=7.0e-10),
             center_jitter_px=1.5,
+        ),
+        "test_beamline": SimConfig(
+            beamline=BeamlineConfig.realistic(), frames_per_run=TEST_RUN_FRAMES
         ),
     }
 
@@ -160,26 +223,44 @@ def history_png(history: dict[str, list[float]]) -> bytes:
     return buf.getvalue()
 
 
-def onnx_probabilities(model_path: Path, frames: np.ndarray, batch: int = 256) -> np.ndarray:
-    """Probabilities of the exported graph (onnxruntime, CPU)."""
+def onnx_probabilities(
+    model_path: Path,
+    frames: np.ndarray,
+    batch: int = 256,
+    backgrounds: RunBackgrounds | None = None,
+) -> np.ndarray:
+    """Probabilities of the exported graph (onnxruntime, CPU); a graph with a background
+    input gets the frames' maps (zeros when none are given)."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-    out = [
-        session.run(["probabilities"], {"frames": frames[i : i + batch]})[0]
-        for i in range(0, len(frames), batch)
-    ]
+    names = [i.name for i in session.get_inputs()]
+
+    def feed(i: int) -> dict[str, np.ndarray]:
+        x = frames[i : i + batch]
+        out = {names[0]: x}
+        if len(names) > 1:
+            rows = np.arange(i, i + len(x))
+            out[names[1]] = (
+                backgrounds.of(rows)
+                if backgrounds is not None
+                else np.zeros((1, *x.shape[1:]), np.float32)
+            )
+        return out
+
+    out = [session.run(["probabilities"], feed(i))[0] for i in range(0, len(frames), batch)]
     return np.concatenate(out)
 
 
 @dataclass
 class _Run:
-    """One simulated run of the build."""
+    """One simulated run of the build, with its runs' background maps."""
 
     seed: int
     config: SimConfig
     frames: np.ndarray
     labels: np.ndarray
+    backgrounds: RunBackgrounds
 
 
 def _simulate_runs(plan: BuildPlan, workers: int) -> dict[str, _Run]:
@@ -191,10 +272,12 @@ def _simulate_runs(plan: BuildPlan, workers: int) -> dict[str, _Run]:
     for split in ("train", "validation"):
         desc = "train run" if split == "train" else "validation run"
         x, y = simulate_parallel(sizes[split], seeds[split], train_cfg, workers, desc)
-        runs[split] = _Run(seeds[split], train_cfg, x, y)
+        maps = estimated_maps(seeds[split], len(x), train_cfg)
+        runs[split] = _Run(seeds[split], train_cfg, x, y, maps)
     for split, cfg in held_out_configs().items():
         x, y = simulate_parallel(plan.n_test, TEST_SEEDS[split], cfg, workers, f"{split} run")
-        runs[split] = _Run(TEST_SEEDS[split], cfg, x, y)
+        maps = own_estimates(x, cfg, cfg.geometry.valid_pixels())
+        runs[split] = _Run(TEST_SEEDS[split], cfg, x, y, maps)
     return runs
 
 
@@ -220,7 +303,7 @@ def _runs_summary(runs: dict[str, _Run], classes: list[str]) -> dict[str, Any]:
 
 
 def build_default(
-    out: Path,
+    out: Path = DEFAULT_OUT,
     force: bool = False,
     plan: BuildPlan = FULL,
     workers: int = 2,
@@ -257,14 +340,28 @@ def build_default(
         patience=plan.patience,
         augment_config=augment_config_for(architecture),
     )
-    result = train_model(tr.frames, tr.labels, classes, va.frames, va.labels, config)
+    result = train_model(
+        tr.frames,
+        tr.labels,
+        classes,
+        va.frames,
+        va.labels,
+        config,
+        backgrounds=tr.backgrounds,
+        val_backgrounds=va.backgrounds,
+    )
     single = classes.index("single")
     thresholds = {
         "single": choose_threshold(
             result.val_probabilities, va.labels, single, plan.target_precision
         )
     }
-    p_tests = {k: predict_probabilities(result.model, r.frames) for k, r in tests.items()}
+    p_tests = {
+        k: predict_probabilities(
+            result.model, r.frames, r.config.geometry, backgrounds=r.backgrounds
+        )
+        for k, r in tests.items()
+    }
     metrics = {
         "validation": classification_metrics(
             result.val_probabilities, va.labels, classes, thresholds
@@ -286,11 +383,18 @@ def build_default(
         "simulate_seconds": round(t_sim, 1),
         "threshold_rule": f"lowest p(single) with validation keep precision >= "
         f"{plan.target_precision} (not below 0.5)",
+        "background": {
+            "runs_of": RUN_FRAMES,
+            "levels": list(TRAINING_LEVEL),
+            "beamline": asdict(training_beamline()),
+            "estimate": f"the run's expected empty frame with the noise of an average of "
+            f"{ESTIMATE_FRAMES[0]:.0f}-{ESTIMATE_FRAMES[1]:.0f} frames (log-uniform)",
+        },
     }
     path = _export_with_bank(
         result, out, name, classes, thresholds, summary, metrics, force, plan, workers
     )
-    diff = _check_onnx_matches(path, tests["test"].frames, p_tests["test"])
+    diff = _check_onnx_matches(path, tests["test"], p_tests["test"])
     log.info(
         "built %s in %.0f s (simulation %.0f s, training %.0f s); ONNX vs Keras max "
         "difference %.1e",
@@ -344,14 +448,16 @@ def _export_with_bank(
             force=force,
             extra_files={"training.png": history_png(result.history)},
             bank=bank_path,
+            background_range=(0.0, TRAINING_LEVEL[1]),
+            novelty=reference_from(result.val_probabilities, (0.0, TRAINING_LEVEL[1])),
         )
     finally:
         shutil.rmtree(bank_dir, ignore_errors=True)
 
 
-def _check_onnx_matches(path: Path, frames: np.ndarray, p_keras: np.ndarray) -> float:
+def _check_onnx_matches(path: Path, run: _Run, p_keras: np.ndarray) -> float:
     """Largest difference of the exported graph's probabilities to Keras's (must be tiny)."""
-    p_onnx = onnx_probabilities(path / "model.onnx", frames)
+    p_onnx = onnx_probabilities(path / "model.onnx", run.frames, backgrounds=run.backgrounds)
     diff = float(np.abs(p_onnx - p_keras).max())
     if diff > 1e-3:
         raise ConfigError(f"{path}: ONNX and Keras probabilities differ by {diff:.2e}")

@@ -1,5 +1,7 @@
-"""CNN architectures (Keras 3). Input: preprocessed images ``(B, 130, 128, 2 or 5)`` from
-:mod:`trainer.model.preprocess_graph`; output: class logits ``(B, C)`` (softmax is added at export).
+"""CNN architectures (Keras 3). Input: preprocessed images ``(B, 130, 128, C)`` from
+:mod:`trainer.model.preprocess_graph` (C: 2, 5 with the block details, + 3 with the run's
+background; :mod:`trainer.model.inputs`); output: class logits ``(B, C)`` (softmax is added
+at export). A model's name is its architecture.
 
 - ``seed``: the network of the published workflow (SEED.md), adapted to our input and to C
   classes: Conv(32)-ReLU-Dropout-MaxPool → Conv(32)-ReLU-MaxPool → Conv(64)-ReLU-MaxPool →
@@ -28,16 +30,12 @@ from collections.abc import Callable
 import keras
 from keras import layers
 
-ARCHITECTURES = ("compact", "fast", "fine", "seed")
-INPUT_COARSEN = {"compact": 1, "fast": 2, "fine": 1, "seed": 1}  # preprocess.coarsen_bins
-INPUT_DETAILS = frozenset({"fine"})  # fed the detail channels (preprocess step 5)
-
-
-def input_channels(architecture: str) -> int:
-    """Channels of the architecture's input image: 2, or 5 with the detail channels."""
-    from hitstream.frame_kernel import CHANNELS, DETAIL_CHANNELS
-
-    return len(CHANNELS) + (len(DETAIL_CHANNELS) if architecture in INPUT_DETAILS else 0)
+from trainer.model.inputs import (  # noqa: F401 - the architectures' inputs, re-exported
+    ARCHITECTURES,
+    INPUT_COARSEN,
+    INPUT_DETAILS,
+    input_channels,
+)
 
 
 def build_seed(input_shape: tuple[int, int, int], n_classes: int, dropout: float = 0.5):

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from hitstream.errors import ConfigError
+from trainer.data.backgrounds import RunBackgrounds
 
 CURVE_POINTS = 200  # points kept per curve in the JSON
 METRICS_FILE = "metrics.json"
@@ -42,9 +43,11 @@ def run_graph(
     batch: int = 128,
     threads: int = 0,
     progress: bool = True,
+    backgrounds: RunBackgrounds | None = None,
 ) -> dict[str, np.ndarray]:
     """Every output of an ONNX graph for ``frames``, run with onnxruntime on the CPU in
-    batches (tqdm bar on stderr)."""
+    batches (tqdm bar on stderr). A graph with a second input (the run's background) gets
+    each frame's run map from ``backgrounds`` (zeros when none are given)."""
     import onnxruntime as ort
     from tqdm import tqdm
 
@@ -52,14 +55,27 @@ def run_graph(
     so.intra_op_num_threads = threads
     session = ort.InferenceSession(os.fspath(model_path), so, providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
+    extra = [i.name for i in session.get_inputs() if i.name != input_name]
     parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
     with tqdm(total=len(frames), unit="frame", desc="evaluate", disable=not progress) as bar:
         for a in range(0, len(frames), batch):
             x = np.ascontiguousarray(frames[a : a + batch], np.float32)
-            for n, v in zip(names, session.run(None, {input_name: x}), strict=True):
+            feed = {input_name: x}
+            if extra:
+                feed[extra[0]] = (
+                    backgrounds.of(np.arange(a, a + len(x)))
+                    if backgrounds is not None
+                    else np.zeros((1, *x.shape[1:]), np.float32)
+                )
+            for n, v in zip(names, session.run(None, feed), strict=True):
                 parts[n].append(v)
             bar.update(len(x))
     return {n: np.concatenate(v) if v else np.zeros(0, np.float32) for n, v in parts.items()}
+
+
+def takes_background(bundle: Any) -> bool:
+    """Whether a bundle's graph takes the run's background (manifest key ``background``)."""
+    return isinstance(bundle.manifest.get("background"), dict)
 
 
 def _ranked(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -297,6 +313,7 @@ def evaluate_bundle(
     """Run the bundle's graph over the labelled frames and compute (and write) metrics."""
     from hitstream.bundle import load_bundle
     from hitstream.labels import read_labels
+    from trainer.data.backgrounds import labelled_backgrounds
     from trainer.data.ingest import load_labelled
 
     bundle = load_bundle(model, verify=True)
@@ -308,10 +325,14 @@ def evaluate_bundle(
         photon_unit=photon_unit,
         progress=progress,
     )
+    bgs = labelled_backgrounds(data, photon_unit) if takes_background(bundle) else None
     t0 = time.perf_counter()
-    outputs = run_graph(bundle.model_path, data.frames, bundle.input_name, batch, threads, progress)
+    outputs = run_graph(
+        bundle.model_path, data.frames, bundle.input_name, batch, threads, progress, bgs
+    )
     seconds = time.perf_counter() - t0
     metrics = evaluate_outputs(outputs, data.y, bundle.classes, bundle.thresholds, positive, bins)
+    metrics["novelty"] = novelty_of(bundle, outputs["probabilities"], data, bgs)
     metrics = jsonable(
         {
             "bundle": {"path": str(model), "name": bundle.name, "version": bundle.version},
@@ -358,4 +379,27 @@ def summary_lines(m: dict[str, Any]) -> list[str]:
                 f"recall {f(b['best_f1']['recall'])})"
             )
     lines.append(f"  calibration: ECE {f(m['calibration']['ece'])}")
+    nov = m.get("novelty") or {}
+    if nov.get("novel"):
+        lines.append("  WARNING: " + "; ".join(nov["reasons"]) + ": " + str(nov["advice"]))
+    else:
+        lines.append(f"  like the training data (novelty score {f(nov.get('score'))})")
     return lines
+
+
+def novelty_of(
+    bundle: Any, probabilities: np.ndarray, data: Any, backgrounds: RunBackgrounds | None
+) -> dict[str, Any]:
+    """How far the frames are from the bundle's training data (:mod:`hitstream.novelty`),
+    one report over all runs (the highest run background level counts)."""
+    from hitstream.novelty import NoveltyMonitor
+
+    monitor = NoveltyMonitor(
+        bundle.manifest.get("novelty"), bundle.classes, window=max(1, len(probabilities))
+    )
+    level = None
+    if backgrounds is not None and len(backgrounds.maps):
+        valid = bundle.geometry.valid_pixels()
+        level = max(float(m[valid].mean()) for m in backgrounds.maps)
+    monitor.observe(probabilities, level)
+    return monitor.report().as_dict()

@@ -30,18 +30,24 @@ from typing import Any
 import numpy as np
 
 from hitstream import frame_kernel as ref
-from hitstream.bundle import MODEL_FILE, load_bundle, sha256_file, write_manifest
+from hitstream.bundle import (
+    CONFUSION_FILE,
+    EVALUATION_FILE,
+    INPUT_NAME,
+    KERAS_FILE,
+    MODEL_FILE,
+    TEMPLATES_FILE,
+    load_bundle,
+    sha256_file,
+    write_manifest,
+)
 from hitstream.errors import BundleError
 from hitstream.geometry import DetectorGeometry
+from trainer.model.inputs import BACKGROUND_INPUT
 
 log = logging.getLogger(__name__)
 
 OPSET = 17
-INPUT_NAME = "frames"
-KERAS_FILE = "model.keras"
-EVALUATION_FILE = "evaluation.json"
-CONFUSION_FILE = "confusion.png"
-TEMPLATES_FILE = "templates.h5"
 DEFAULT_HIT_CLASSES = ("single", "multiple", "other")
 DEFAULT_KEEP_CLASSES = ("single",)
 
@@ -60,8 +66,11 @@ def software_versions() -> dict[str, str]:
     return out
 
 
-def preprocessing_summary(coarsen: int = 1, details: bool = False) -> dict[str, Any]:
+def preprocessing_summary(
+    coarsen: int = 1, details: bool = False, background: bool = False
+) -> dict[str, Any]:
     """The preprocessing constants baked into the graph (documentation)."""
+    channels = list(ref.CHANNELS) + (list(ref.DETAIL_CHANNELS) if details else [])
     return {
         "steps": "2x2 sum binning; minus noise_floor, clip [0, pixel_max]; NaN->0; binned mask; "
         + (f"{coarsen}x{coarsen} sum of the bins; " if coarsen > 1 else "")
@@ -73,6 +82,14 @@ def preprocessing_summary(coarsen: int = 1, details: bool = False) -> dict[str, 
             "times b/(max(S,1)*sqrt(b+1)), S the raw block sum, non-finite -> 0"
             if details
             else ""
+        )
+        + (
+            "; background channels from the run's map m: lam = 2x2 sums of m (masked, "
+            "hot-capped), beta = lam - noise_floor*(1-exp(-lam)), d = b - beta: "
+            "sign(d)sqrt|d|/level_scale, sqrt(relu(d)/(mean(relu(d))+shape_eps)), "
+            "sqrt(lam)/level_scale"
+            if background
+            else ""
         ),
         "bin": ref.BIN,
         "coarsen": coarsen,
@@ -82,8 +99,25 @@ def preprocessing_summary(coarsen: int = 1, details: bool = False) -> dict[str, 
         "hot_rel": ref.HOT_REL,
         "level_scale": ref.LEVEL_SCALE,
         "shape_eps": ref.SHAPE_EPS,
-        "channels": list(ref.CHANNELS) + (list(ref.DETAIL_CHANNELS) if details else []),
+        "channels": channels + (list(ref.BACKGROUND_CHANNELS) if background else []),
     }
+
+
+def background_manifest(
+    geometry: DetectorGeometry, training_range: tuple[float, float] | None
+) -> dict[str, Any]:
+    """The manifest's ``background`` key: the graph's second input (the run's background)."""
+    out: dict[str, Any] = {
+        "input": BACKGROUND_INPUT,
+        "shape": [None, *geometry.shape],
+        "dtype": "float32",
+        "unit": "photons per pixel",
+        "description": "the run's background: expected photons per pixel of an empty frame "
+        "(hitstream.background), one map for the batch (1, H, W) or one per frame",
+    }
+    if training_range is not None:
+        out["training_range"] = {"level": [float(training_range[0]), float(training_range[1])]}
+    return out
 
 
 def convert_to_onnx(fn: Any, path: Path, opset: int = OPSET) -> None:
@@ -97,23 +131,24 @@ def convert_to_onnx(fn: Any, path: Path, opset: int = OPSET) -> None:
     )
 
 
-def check_onnx(path: Path, frame_shape: tuple[int, int], n_classes: int) -> dict[str, Any]:
-    """onnx.checker plus one onnxruntime run on two empty frames; returns names and shapes."""
+def check_onnx(
+    path: Path, frame_shape: tuple[int, int], n_classes: int, background: bool = False
+) -> dict[str, Any]:
+    """onnx.checker plus one onnxruntime run on two empty frames (with one zero background
+    map when the graph takes it, broadcast); returns names and shapes."""
     import onnx
     import onnxruntime as ort
 
     onnx.checker.check_model(os.fspath(path))
     session = ort.InferenceSession(os.fspath(path), providers=["CPUExecutionProvider"])
     inputs = session.get_inputs()
-    if [i.name for i in inputs] != [INPUT_NAME]:
-        raise BundleError(f"{path}: graph inputs {[i.name for i in inputs]}, want [{INPUT_NAME!r}]")
-    out = dict(
-        zip(
-            [o.name for o in session.get_outputs()],
-            session.run(None, {INPUT_NAME: np.zeros((2, *frame_shape), np.float32)}),
-            strict=True,
-        )
-    )
+    want = [INPUT_NAME, BACKGROUND_INPUT] if background else [INPUT_NAME]
+    if [i.name for i in inputs] != want:
+        raise BundleError(f"{path}: graph inputs {[i.name for i in inputs]}, want {want}")
+    feed = {INPUT_NAME: np.zeros((2, *frame_shape), np.float32)}
+    if background:
+        feed[BACKGROUND_INPUT] = np.zeros((1, *frame_shape), np.float32)
+    out = dict(zip([o.name for o in session.get_outputs()], session.run(None, feed), strict=True))
     prob = out.get("probabilities")
     if (
         prob is None
@@ -232,6 +267,8 @@ def export_bundle(
     output_descriptions: Mapping[str, Mapping[str, Any]] | None = None,
     keras_model: Any = None,
     bank: str | os.PathLike[str] | None = None,
+    background_range: tuple[float, float] | None = None,
+    novelty: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write a bundle for a Keras model (logits on preprocessed images) or for a ready
     ``tf.function`` (raw frames → dict with ``probabilities``) and return its path.
@@ -255,6 +292,7 @@ def export_bundle(
 
     from trainer.model import inference_graph
     from trainer.model.cnn import count_macs
+    from trainer.model.inputs import model_layout
 
     geometry = geometry or DetectorGeometry()
     out = Path(out_dir)
@@ -286,10 +324,12 @@ def export_bundle(
             if is_keras
             else model_or_fn
         )
-        convert_to_onnx(fn, tmp / MODEL_FILE, opset)
-        io = check_onnx(tmp / MODEL_FILE, tuple(geometry.shape), len(classes))
-        model_info: dict[str, Any] = {"opset": opset}
         cnn = model_or_fn if is_keras else keras_model
+        layout = model_layout(cnn, geometry) if cnn is not None else None
+        takes_bg = layout is not None and layout.background
+        convert_to_onnx(fn, tmp / MODEL_FILE, opset)
+        io = check_onnx(tmp / MODEL_FILE, tuple(geometry.shape), len(classes), takes_bg)
+        model_info: dict[str, Any] = {"opset": opset}
         if cnn is not None:
             model_info.update(
                 architecture=cnn.name,
@@ -314,7 +354,8 @@ def export_bundle(
         created = datetime.now(UTC)
         if version is None:
             version = f"{created:%Y%m%d}-{sha256_file(tmp / MODEL_FILE)[:8]}"
-        described = {**inference_graph.OUTPUTS, **descriptions}
+        described = {**inference_graph.OUTPUTS, **inference_graph.BACKGROUND_OUTPUTS}
+        described.update(descriptions)
         undescribed = sorted(set(io["outputs"]) - set(described))
         if undescribed:
             raise BundleError(f"graph outputs {undescribed} have no description for the manifest")
@@ -336,8 +377,7 @@ def export_bundle(
             "outputs": outputs,
             "model": model_info,
             "preprocessing": preprocessing_summary(
-                inference_graph.model_coarsen(cnn, geometry) if cnn is not None else 1,
-                inference_graph.model_details(cnn) if cnn is not None else False,
+                layout.coarsen if layout else 1, layout.details if layout else False, takes_bg
             ),
             "geometry": geometry.as_attrs(),
             "training": dict(training_summary or {}),
@@ -346,6 +386,12 @@ def export_bundle(
         }
         if templates_info is not None:
             manifest["templates"] = templates_info
+        if takes_bg:
+            manifest["background"] = background_manifest(geometry, background_range)
+        if novelty:  # hitstream.novelty's reference
+            manifest["novelty"] = dict(novelty)
+            if takes_bg and background_range and "background_level" not in novelty:
+                manifest["novelty"]["background_level"] = [float(v) for v in background_range]
         write_manifest(tmp, manifest)
         load_bundle(tmp, verify=True)
         _make_readable(tmp)

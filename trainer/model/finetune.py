@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from hitstream.errors import BundleError, ConfigError
+from trainer.data.backgrounds import RunBackgrounds
 
 FINETUNE_FILE = "finetune.json"
 # Epochs when none are given: a few hundred labels need many passes, thousands need few
@@ -67,9 +68,10 @@ def finetune_bundle(
     """Fine-tune, export and measure (module docstring); returns ``finetune.json``'s content."""
     from hitstream.bundle import load_bundle
     from hitstream.labels import read_labels
+    from trainer.data.backgrounds import labelled_backgrounds
     from trainer.data.ingest import load_labelled
     from trainer.data.labelled import stratified_split
-    from trainer.model.evaluate import evaluate_outputs, jsonable, run_graph
+    from trainer.model.evaluate import evaluate_outputs, jsonable, run_graph, takes_background
 
     if out.exists() and not force:
         raise ConfigError(f"{out} already exists; pass --force to replace it")
@@ -89,13 +91,17 @@ def finetune_bundle(
     if len(train_idx) == 0 or len(hold_idx) == 0:
         raise ConfigError(f"{len(data)} labelled frames: too few to fine-tune and hold out")
     x_hold, y_hold = data.frames[hold_idx], data.y[hold_idx]
+    bgs = labelled_backgrounds(data, photon_unit) if takes_background(src) else None
+    bg_hold = bgs.take(hold_idx) if bgs is not None else None
 
-    before_out = run_graph(src.model_path, x_hold, src.input_name, progress=progress)
+    before_out = run_graph(src.model_path, x_hold, src.input_name, progress=progress,
+                           backgrounds=bg_hold)  # fmt: skip
     before = evaluate_outputs(before_out, y_hold, classes, src.thresholds)
     tuned = _train(
         src,
         data.frames[train_idx],
         data.y[train_idx],
+        backgrounds=bgs.take(train_idx) if bgs is not None else None,
         epochs=epochs or auto_epochs(len(train_idx)),
         learning_rate=learning_rate,
         batch_size=batch_size,
@@ -125,7 +131,8 @@ def finetune_bundle(
     }
     path = _export(src, tuned.net, out, name or out.name, summary, force)
     new = load_bundle(path)
-    after_out = run_graph(new.model_path, x_hold, new.input_name, progress=progress)
+    after_out = run_graph(new.model_path, x_hold, new.input_name, progress=progress,
+                          backgrounds=bg_hold)  # fmt: skip
     after = evaluate_outputs(after_out, y_hold, classes, new.thresholds)
     report = jsonable(
         {
@@ -146,8 +153,7 @@ def finetune_bundle(
 
 def _source_bundle(model: Path) -> Any:
     """The verified source bundle; it must ship its Keras model."""
-    from hitstream.bundle import load_bundle
-    from trainer.model.export import KERAS_FILE
+    from hitstream.bundle import KERAS_FILE, load_bundle
 
     src = load_bundle(model, verify=True)
     if KERAS_FILE not in src.manifest["files"]:
@@ -166,17 +172,21 @@ def _train(
     seed: int,
     augment: bool,
     progress: bool,
+    backgrounds: RunBackgrounds | None = None,
 ) -> _Tuned:
-    """Train the source bundle's Keras model further at a constant learning rate."""
+    """Train the source bundle's Keras model further at a constant learning rate (with the
+    frames' run backgrounds when the model takes them)."""
     import keras
 
-    from trainer.model.export import KERAS_FILE
+    from hitstream.bundle import KERAS_FILE
+    from trainer.model.inputs import model_layout
     from trainer.model.train import TrainConfig, class_weights_for, epoch_logger, train_dataset
 
     t0 = time.perf_counter()
     keras.utils.set_random_seed(seed)
     net = keras.models.load_model(src.path / KERAS_FILE, compile=False)
     cfg = TrainConfig(
+        background=model_layout(net, src.geometry).background,
         architecture=net.name,
         epochs=epochs,
         batch_size=batch_size,
@@ -186,7 +196,7 @@ def _train(
         geometry=src.geometry,
     )
     weights = class_weights_for(labels, len(src.classes))
-    ds = train_dataset(frames, labels, weights, cfg)
+    ds = train_dataset(frames, labels, weights, cfg, backgrounds)
     net.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -206,9 +216,11 @@ def _train(
 
 def _export(src: Any, net: Any, out: Path, name: str, summary: dict[str, Any], force: bool) -> Path:
     """The new bundle: the source's classes, thresholds, geometry and template bank."""
-    from trainer.model.export import TEMPLATES_FILE, export_bundle
+    from hitstream.bundle import TEMPLATES_FILE
+    from trainer.model.export import export_bundle
 
     bank = src.path / TEMPLATES_FILE if TEMPLATES_FILE in src.manifest["files"] else None
+    trained = (src.manifest.get("background") or {}).get("training_range", {}).get("level")
     return export_bundle(
         net,
         out,
@@ -221,6 +233,7 @@ def _export(src: Any, net: Any, out: Path, name: str, summary: dict[str, Any], f
         force=force,
         geometry=src.geometry,
         bank=bank,
+        background_range=tuple(trained) if trained else None,
     )
 
 
@@ -229,8 +242,8 @@ def _add_measurements(
 ) -> None:
     """Write the before/after measurements into the (final) bundle and seal its manifest
     again."""
-    from hitstream.bundle import load_bundle, write_manifest
-    from trainer.model.export import CONFUSION_FILE, EVALUATION_FILE, write_confusion_png
+    from hitstream.bundle import CONFUSION_FILE, EVALUATION_FILE, load_bundle, write_manifest
+    from trainer.model.export import write_confusion_png
 
     (path / FINETUNE_FILE).write_text(json.dumps(report, indent=2) + "\n")
     cls_metrics = {k: _classification_part(report[k]) for k in ("before", "after")}

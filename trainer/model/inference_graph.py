@@ -12,31 +12,12 @@ from typing import Any
 
 import tensorflow as tf
 
-from hitstream import frame_kernel as ref
 from hitstream.errors import ConfigError
 from hitstream.geometry import DetectorGeometry
+from trainer.model.inputs import BACKGROUND_INPUT, model_layout
 from trainer.model.preprocess_graph import bin_frames, network_inputs
 from trainer.templates.bank import TemplateBank
 from trainer.templates.graph import make_template_matcher
-
-
-def model_coarsen(model, geometry: DetectorGeometry | None = None) -> int:
-    """How much coarser than the binned image the model's input is (1 or 2)."""
-    hb, wb = ref.binned_shape(geometry)
-    h = int(model.input_shape[1])
-    k = hb // h
-    if k < 1 or (hb // k, wb // k) != tuple(model.input_shape[1:3]):
-        raise ConfigError(f"model input {model.input_shape[1:3]} fits no coarsening of {hb, wb}")
-    return k
-
-
-def model_details(model) -> bool:
-    """Whether the model takes the detail channels (5 input channels, not 2)."""
-    c = int(model.input_shape[-1])
-    if c not in (len(ref.CHANNELS), len(ref.CHANNELS) + len(ref.DETAIL_CHANNELS)):
-        raise ConfigError(f"model input has {c} channels; expected 2 or 5")
-    return c != len(ref.CHANNELS)
-
 
 OUTPUTS: dict[str, dict] = {
     "probabilities": {
@@ -54,21 +35,34 @@ OUTPUTS: dict[str, dict] = {
         ),
     },
 }
+BACKGROUND_OUTPUTS: dict[str, dict] = {
+    "excess_photons": {
+        "shape": [None],
+        "dtype": "float32",
+        "description": (
+            "photons per frame above the run's background (the cleaned bins minus what an "
+            "empty bin of that background holds after cleaning; negative when the frame is "
+            "darker than the background)"
+        ),
+    },
+}
 
 
 def inference_function(model, geometry: DetectorGeometry | None = None, bank=None):
     """A ``tf.function`` from raw frames ``(B, H, W)`` float32 (input ``frames``) to the
     named outputs of :data:`OUTPUTS`: the graph that is exported to ONNX.
 
-    With a polar :class:`trainer.templates.bank.TemplateBank` it also returns the template
-    matcher's outputs (:data:`trainer.templates.graph.OUTPUTS`), computed from the same
-    binned frames as the CNN's input (one binning per frame)."""
+    A model that takes the run's background (:func:`trainer.model.inputs.model_layout`) has a
+    second input ``background`` ``(B or 1, H, W)`` (expected photons per pixel of an empty
+    frame) and the :data:`BACKGROUND_OUTPUTS` too. With a polar
+    :class:`trainer.templates.bank.TemplateBank` it also returns the template matcher's
+    outputs (:data:`trainer.templates.graph.OUTPUTS`), computed from the same binned frames
+    as the CNN's input (one binning per frame; above the background when there is one)."""
     geometry = geometry or DetectorGeometry()
     h, w = geometry.shape
-    k = model_coarsen(model, geometry)
-    details = model_details(model)
+    layout = model_layout(model, geometry)
     match = None
-    if bank is not None and k != 1:
+    if bank is not None and layout.coarsen != 1:
         raise ConfigError("a template bank needs a model on the 2x2-binned image (coarsen 1)")
     if bank is not None:
         if bank.geometry != geometry:
@@ -78,14 +72,29 @@ def inference_function(model, geometry: DetectorGeometry | None = None, bank=Non
             )
         match = make_template_matcher(bank)
 
-    @tf.function(input_signature=[tf.TensorSpec([None, h, w], tf.float32, name="frames")])
-    def infer(frames):
-        images, photons, binned = network_inputs(frames, geometry, k, details)
-        logits = model(images, training=False)
-        out = {"probabilities": tf.nn.softmax(logits, axis=-1), "photons": photons}
+    def outputs(frames, background):
+        parts = network_inputs(frames, geometry, layout.coarsen, layout.details, background)
+        logits = model(parts["images"], training=False)
+        out = {"probabilities": tf.nn.softmax(logits, axis=-1), "photons": parts["photons"]}
+        if background is not None:
+            out["excess_photons"] = parts["excess_photons"]
         if match is not None:
-            out.update(match.from_binned(binned))
+            out.update(match.from_binned(parts["signal"], counts=parts["binned"]))
         return out
+
+    frames_spec = tf.TensorSpec([None, h, w], tf.float32, name="frames")
+    if layout.background:
+        bg_spec = tf.TensorSpec([None, h, w], tf.float32, name=BACKGROUND_INPUT)
+
+        @tf.function(input_signature=[frames_spec, bg_spec])
+        def infer_bg(frames, background):
+            return outputs(frames, background)
+
+        return infer_bg
+
+    @tf.function(input_signature=[frames_spec])
+    def infer(frames):
+        return outputs(frames, None)
 
     return infer
 

@@ -82,7 +82,7 @@ def _details_first(blocks: tf.Tensor, binned: tf.Tensor) -> tf.Tensor:
     """(B, h, w, 4) blocks, (B, h, w) cleaned (capped) bins → (B, 3, h, w) detail z-scores.
 
     Built per channel on (B, h, w) slices and stacked channels-first, so that, concatenated
-    with :func:`_channels_first` and transposed once, no layout copy is left in ONNX."""
+    with :func:`channels_first` and transposed once, no layout copy is left in ONNX."""
     gate = binned / (tf.maximum(blocks[..., 0], 1.0) * tf.sqrt(binned + 1.0))
     z = tf.stack([blocks[..., k] * gate for k in (1, 2, 3)], axis=1)
     return tf.cond(
@@ -112,7 +112,7 @@ def bin_frames(frames: tf.Tensor, geometry: DetectorGeometry | None = None) -> t
     return cap_hot(bin_clean(frames, geometry))
 
 
-def _channels_first(binned: tf.Tensor) -> tf.Tensor:
+def channels_first(binned: tf.Tensor) -> tf.Tensor:
     """(B, h, w) cleaned binned counts → (B, 2, h, w): ``sqrt(b)`` times per-frame scales."""
     s = tf.expand_dims(tf.sqrt(binned), 1)
     mean = tf.reduce_mean(binned, axis=[1, 2])
@@ -127,7 +127,7 @@ def channels(binned: tf.Tensor) -> tf.Tensor:
     Both channels are ``sqrt(b)`` times a per-frame scale, built as ONE broadcast multiply
     into (B, 2, h, w) and transposed to channels-last; tf2onnx cancels that transpose
     against the one it puts before the first convolution (NCHW), so no copy remains."""
-    return tf.transpose(_channels_first(binned), [0, 2, 3, 1])
+    return tf.transpose(channels_first(binned), [0, 2, 3, 1])
 
 
 def coarsen_bins(binned: tf.Tensor, k: int) -> tf.Tensor:
@@ -138,15 +138,37 @@ def coarsen_bins(binned: tf.Tensor, k: int) -> tf.Tensor:
     return tf.squeeze(pooled, -1) * float(k * k)
 
 
-def finish(binned: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """Cleaned binned counts → (network input, photons)."""
-    return channels(binned), tf.reduce_sum(binned, axis=[1, 2])
+def background_bins(
+    background: tf.Tensor, geometry: DetectorGeometry | None = None, coarsen: int = 1
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """The run's map (B', H, W) → (λ, β) (B', h, w): expected photons per bin and what an
+    empty bin holds after cleaning (:func:`hitstream.frame_kernel.background_bins`)."""
+    m = tf.expand_dims(tf.convert_to_tensor(background, dtype=tf.float32), -1)
+    lam = tf.squeeze(tf.nn.avg_pool2d(m, ref.BIN, ref.BIN, padding="VALID"), -1)
+    lam = tf.clip_by_value(lam, 0.0, ref.PIXEL_MAX / ref.BIN**2)
+    lam = lam * (binned_mask_constant(geometry) * float(ref.BIN**2))
+    lam = tf.cond(
+        tf.math.is_nan(tf.reduce_sum(lam)),
+        lambda: tf.where(tf.math.is_nan(lam), 0.0, lam),
+        lambda: lam,
+    )
+    beta = lam - ref.NOISE_FLOOR * (1.0 - tf.exp(-lam))
+    return cap_hot(coarsen_bins(lam, coarsen)), cap_hot(coarsen_bins(beta, coarsen))
 
 
-def finish_details(binned: tf.Tensor, blocks: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """Cleaned binned counts and blocks → (5-channel network input, photons)."""
-    x = tf.concat([_channels_first(binned), _details_first(blocks, binned)], axis=1)
-    return tf.transpose(x, [0, 2, 3, 1]), tf.reduce_sum(binned, axis=[1, 2])
+def background_channels_first(
+    binned: tf.Tensor, lam: tf.Tensor, beta: tf.Tensor
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """(B, h, w) cleaned bins, (B', h, w) λ and β → ((B, 3, h, w) background channels
+    channels-first, excess photons (B,)); see :mod:`hitstream.frame_kernel` step 6."""
+    d = binned - beta
+    pos = tf.nn.relu(d)
+    mean = tf.reduce_mean(pos, axis=[1, 2], keepdims=True)
+    scale = 1.0 / ref.LEVEL_SCALE
+    excess = tf.sign(d) * tf.sqrt(tf.abs(d)) * scale
+    shape = tf.sqrt(pos) * tf.math.rsqrt(mean + ref.SHAPE_EPS)
+    level = tf.broadcast_to(tf.sqrt(lam) * scale, tf.shape(binned))
+    return tf.stack([excess, shape, level], axis=1), tf.reduce_sum(d, axis=[1, 2])
 
 
 def preprocess(
@@ -154,23 +176,50 @@ def preprocess(
     geometry: DetectorGeometry | None = None,
     coarsen: int = 1,
     details: bool = False,
+    background: tf.Tensor | None = None,
 ) -> tuple[tf.Tensor, tf.Tensor]:
-    """Raw frames (B, H, W) → (network input (B, h, w, 2 or 5), photons (B,))."""
-    images, photons, _ = network_inputs(frames, geometry, coarsen, details)
-    return images, photons
+    """Raw frames (B, H, W) → (network input (B, h, w, 2 or 5, + 3 with a background),
+    photons (B,)); ``background``: the run's map (B or 1, H, W)."""
+    out = network_inputs(frames, geometry, coarsen, details, background)
+    return out["images"], out["photons"]
 
 
-def network_inputs(frames, geometry, coarsen: int, details: bool):
-    """(network input, photons, cleaned 2×2 bins or None when coarsened): the one place
-    that chains the steps, for training and for the exported graph."""
+def network_inputs(
+    frames: tf.Tensor,
+    geometry: DetectorGeometry | None,
+    coarsen: int,
+    details: bool,
+    background: tf.Tensor | None = None,
+) -> dict[str, tf.Tensor | None]:
+    """The one place that chains the steps, for training and for the exported graph.
+
+    Keys: ``images`` (network input, channels last), ``photons``, ``binned`` (cleaned 2×2
+    bins; None when coarsened), ``signal`` (what the template matcher compares: the bins
+    above the background, else the bins; None when coarsened) and, with a background,
+    ``excess_photons``. Channels are built first (B, C, h, w) and transposed once, which
+    tf2onnx cancels against the transpose before the first convolution."""
+    if details and coarsen != 1:
+        raise ConfigError("detail channels need the 2x2-binned image (coarsen 1)")
     if details:
-        if coarsen != 1:
-            raise ConfigError("detail channels need the 2x2-binned image (coarsen 1)")
         clean, blocks = bin_clean_details(frames, geometry)
         binned = cap_hot(clean)
-        return (*finish_details(binned, blocks), binned)
-    clean = bin_clean(frames, geometry)
-    if coarsen != 1:
-        return (*finish(cap_hot(coarsen_bins(clean, coarsen))), None)
-    binned = cap_hot(clean)
-    return (*finish(binned), binned)
+    else:
+        binned = cap_hot(coarsen_bins(bin_clean(frames, geometry), coarsen))
+    parts = [channels_first(binned)]
+    if details:
+        parts.append(_details_first(blocks, binned))
+    fine = coarsen == 1
+    out: dict[str, tf.Tensor | None] = {
+        "photons": tf.reduce_sum(binned, axis=[1, 2]),
+        "binned": binned if fine else None,
+        "signal": binned if fine else None,
+    }
+    if background is not None:
+        lam, beta = background_bins(background, geometry, coarsen)
+        bg, excess = background_channels_first(binned, lam, beta)
+        parts.append(bg)
+        out["excess_photons"] = excess
+        out["signal"] = tf.nn.relu(binned - beta) if fine else None
+    x = tf.concat(parts, axis=1) if len(parts) > 1 else parts[0]
+    out["images"] = tf.transpose(x, [0, 2, 3, 1])
+    return out

@@ -7,7 +7,10 @@ Settings outside every training run of ``trainer build-default``: :func:`new_run
 build-default's shifted test setting. :func:`quality_runs` adds build-default's test runs
 and two with read noise. :func:`score_bundle` measures a bundle's ONNX graph on frames with
 known labels: accuracy (overall and by photon count) and the single-hit keep decision at the
-bundle's threshold. Numpy and onnxruntime only.
+bundle's threshold. :func:`background_ladder` is the background quality table (mean levels
+0–0.1 photon/pixel, low-q excess, streaks, detector effects, and dim hits on strong
+background); :func:`score_baseline` scores the field's lit-pixel hit finder on the same
+frames. Numpy and onnxruntime only.
 """
 
 from __future__ import annotations
@@ -19,9 +22,15 @@ from typing import Any
 
 import numpy as np
 
+from hitstream.background import estimate_run_background
 from hitstream.geometry import DetectorGeometry
-from hitstream.simulate import SimConfig
+from hitstream.simulate import BeamlineConfig, SimConfig
+from trainer.data.backgrounds import RunBackgrounds
 from trainer.model.build_default import TEST_SEEDS, held_out_config, held_out_configs
+
+LADDER_LEVELS = (0.0, 0.005, 0.02, 0.05, 0.1)  # mean background photons per valid pixel
+LADDER_RUN_FRAMES = 250  # frames per run: each level has several beamlines
+SNR_LIMIT = 5.0  # a hit stands out of its background's noise: photons / sqrt(background) ≥ 5
 
 PHOTON_BINS = ((0, 300), (300, 1000), (1000, 3000), (3000, np.inf))
 
@@ -84,13 +93,87 @@ def quality_runs() -> dict[str, tuple[int, SimConfig]]:
     return out
 
 
-def score_bundle(bundle: Path, frames: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
-    """Accuracy and single-hit keep precision/recall of a bundle's ONNX graph."""
+def ladder_config(level: float, photons: tuple[float, float] | None = None) -> SimConfig:
+    """A run at one background level: realistic shapes (low-q excess, anisotropy, streaks on
+    a third of the runs) and detector effects, a new beamline every
+    :data:`LADDER_RUN_FRAMES` frames; ``photons``: dimmer hits than the default."""
+    beam = replace(
+        BeamlineConfig.realistic(),
+        level=(level, level) if level > 0 else (0.0, 0.0),
+        no_background_share=0.0,
+    )
+    cfg = SimConfig(beamline=beam, frames_per_run=LADDER_RUN_FRAMES)
+    return replace(cfg, photons=photons) if photons else cfg
+
+
+def background_ladder() -> dict[str, tuple[int, SimConfig]]:
+    """name -> (seed, SimConfig): the background quality table, seeds no build used."""
+    out = {f"bg {lv:g}": (9100 + k, ladder_config(lv)) for k, lv in enumerate(LADDER_LEVELS)}
+    dim = (100.0, 600.0)
+    out["dim hits, bg 0.02"] = (9110, ladder_config(0.02, dim))
+    out["dim hits, bg 0.05"] = (9111, ladder_config(0.05, dim))
+    return out
+
+
+def run_estimates(frames: np.ndarray, cfg: SimConfig) -> RunBackgrounds:
+    """Each run's background from its own frames, with the streamer's estimator."""
+    n = len(frames)
+    per = cfg.frames_per_run or max(n, 1)
+    valid = cfg.geometry.valid_pixels()
+    maps = [estimate_run_background(frames[a : a + per], valid).map for a in range(0, n, per)]
+    return RunBackgrounds(np.stack(maps).astype(np.float32), np.arange(n) // per)
+
+
+def score_baseline(
+    frames: np.ndarray,
+    labels: np.ndarray,
+    backgrounds: RunBackgrounds,
+    classes: tuple[str, ...],
+    valid: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """The lit-pixel hit finder (:mod:`hitstream.hitfinder`) per run: hits count as
+    ``single``, the rest as ``empty`` (a beamline keeps every hit); the hit score ranks
+    singles for the precision-recall figure."""
+    from hitstream.hitfinder import find_hits
+
+    score = np.zeros(len(frames))
+    hit = np.zeros(len(frames), bool)
+    for r in np.unique(backgrounds.index):
+        rows = np.flatnonzero(backgrounds.index == r)
+        score[rows], hit[rows] = find_hits(frames[rows], backgrounds.maps[r], valid)
+    single, empty = classes.index("single"), classes.index("empty")
+    pred = np.where(hit, single, empty)
+    truth = labels == single
+    hits_truth = labels != empty
+    return {
+        "accuracy": float(np.mean(pred == labels)),
+        "hit_accuracy": float(np.mean(hit == hits_truth)),
+        "single_precision": float((hit & truth).sum() / max(1, hit.sum())),
+        "single_recall": float((hit & truth).sum() / max(1, truth.sum())),
+        "single_precision_at_recall_95": precision_at_recall(score, truth, 0.95),
+    }
+
+
+def score_bundle(
+    bundle: Path,
+    frames: np.ndarray,
+    labels: np.ndarray,
+    backgrounds: RunBackgrounds | None = None,
+    truth: dict[str, np.ndarray] | None = None,
+) -> dict[str, Any]:
+    """Accuracy and single-hit keep precision/recall of a bundle's ONNX graph. A bundle that
+    takes the run's background gets ``backgrounds`` (default: one estimate from all the
+    frames, as the streamer would make it). With the simulator's ``truth`` (its ``photons``
+    and ``background`` per frame), also the accuracy of the hits that stand out of their
+    background's noise (signal photons / sqrt(background photons) ≥ :data:`SNR_LIMIT`)."""
     from hitstream.bundle import load_bundle
-    from trainer.model.evaluate import run_graph
+    from trainer.model.evaluate import run_graph, takes_background
 
     b = load_bundle(bundle, verify=True)
-    out = run_graph(b.model_path, frames, b.input_name, progress=False)
+    if takes_background(b) and backgrounds is None:
+        m = estimate_run_background(frames, b.geometry.valid_pixels()).map
+        backgrounds = RunBackgrounds(m[None], np.zeros(len(frames), np.int64))
+    out = run_graph(b.model_path, frames, b.input_name, progress=False, backgrounds=backgrounds)
     p, photons = out["probabilities"], out["photons"]  # photons after the graph's cleaning
     single = b.classes.index("single")
     keep = (p.argmax(axis=1) == single) & (p[:, single] >= b.thresholds.get("single", 0.0))
@@ -101,7 +184,17 @@ def score_bundle(bundle: Path, frames: np.ndarray, labels: np.ndarray) -> dict[s
         for lo, hi in PHOTON_BINS
         if ((photons >= lo) & (photons < hi)).any()
     }
+    extra: dict[str, Any] = {}
+    if truth is not None:
+        snr = truth["photons"] / np.sqrt(np.maximum(truth["background"], 1.0))
+        clear = (snr >= SNR_LIMIT) & (labels != b.classes.index("empty"))
+        extra["clear_hits"] = int(clear.sum())
+        extra["clear_hit_accuracy"] = float(right[clear].mean()) if clear.any() else None
+        faint = (snr < SNR_LIMIT) & (labels != b.classes.index("empty"))
+        extra["faint_hits"] = int(faint.sum())
+        extra["faint_hit_accuracy"] = float(right[faint].mean()) if faint.any() else None
     return {
+        **extra,
         "accuracy": float(np.mean(right)),
         "accuracy_by_photons": by_photons,
         "single_precision": float((keep & truth).sum() / max(1, keep.sum())),

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from hitstream.geometry import DetectorGeometry
+from trainer.data.backgrounds import RunBackgrounds
 from trainer.model.augment import AugmentConfig
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ class TrainConfig:
     augment_config: AugmentConfig = field(default_factory=AugmentConfig)
     deterministic: bool = True
     geometry: DetectorGeometry = field(default_factory=DetectorGeometry)
+    background: bool = True  # the model takes the run's background map as a second input
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -88,65 +90,103 @@ def preprocess_batches(
     batch: int = 256,
     coarsen: int = 1,
     details: bool = False,
+    backgrounds: RunBackgrounds | None = None,
 ):
-    """Network inputs for frames, computed with the TensorFlow preprocessing in batches."""
+    """Network inputs for frames, computed with the TensorFlow preprocessing in batches
+    (with their runs' background maps when given)."""
     import tensorflow as tf
 
     from trainer.model import preprocess_graph as graph
 
-    fn = tf.function(lambda x: graph.preprocess(x, geometry, coarsen, details)[0])
-    out = [fn(tf.constant(frames[i : i + batch])).numpy() for i in range(0, len(frames), batch)]
+    def inputs(i: int) -> np.ndarray:
+        x = tf.constant(frames[i : i + batch])
+        if backgrounds is None:
+            return graph.preprocess(x, geometry, coarsen, details)[0].numpy()
+        bg = tf.constant(backgrounds.of(np.arange(i, min(i + batch, len(frames)))))
+        return graph.preprocess(x, geometry, coarsen, details, bg)[0].numpy()
+
+    out = [inputs(i) for i in range(0, len(frames), batch)]
     return np.concatenate(out) if out else np.zeros((0, 0, 0, 0), np.float32)
 
 
 def predict_probabilities(
-    model: Any, frames: np.ndarray, geometry: DetectorGeometry | None = None, batch: int = 256
+    model: Any,
+    frames: np.ndarray,
+    geometry: DetectorGeometry | None = None,
+    batch: int = 256,
+    backgrounds: RunBackgrounds | None = None,
 ) -> np.ndarray:
     """(N, C) softmax probabilities from raw frames with the Keras model (the exported graph's
-    TensorFlow twin)."""
+    TensorFlow twin); a model that takes the background gets its runs' maps (zeros when
+    none are given)."""
     from trainer.model.inference_graph import inference_function
+    from trainer.model.inputs import model_layout
 
     fn = inference_function(model, geometry)
-    out = [fn(frames[i : i + batch])["probabilities"].numpy() for i in range(0, len(frames), batch)]
+    takes_bg = model_layout(model, geometry).background
+    if takes_bg and backgrounds is None:
+        backgrounds = RunBackgrounds.none(len(frames), frames.shape[1:])
+
+    def probs(i: int) -> np.ndarray:
+        x = frames[i : i + batch]
+        if not takes_bg:
+            return fn(x)["probabilities"].numpy()
+        assert backgrounds is not None
+        return fn(x, backgrounds.of(np.arange(i, i + len(x))))["probabilities"].numpy()
+
+    out = [probs(i) for i in range(0, len(frames), batch)]
     return np.concatenate(out) if out else np.zeros((0, model.output_shape[-1]), np.float32)
 
 
 def train_dataset(
-    frames: np.ndarray, labels: np.ndarray, weights: np.ndarray, cfg: TrainConfig
+    frames: np.ndarray,
+    labels: np.ndarray,
+    weights: np.ndarray,
+    cfg: TrainConfig,
+    backgrounds: RunBackgrounds | None = None,
 ) -> Any:
     """The shuffled training ``tf.data.Dataset`` of (network inputs, labels, sample weights):
     ``weights`` per class; augmented batches unless ``cfg.augment`` is off (then the inputs are
-    preprocessed once)."""
+    preprocessed once). With ``cfg.background`` each frame comes with its run's map
+    (``backgrounds``; zero maps when none are given)."""
     import tensorflow as tf
 
     from trainer.model.augment import augmented_inputs
-    from trainer.model.cnn import INPUT_COARSEN, INPUT_DETAILS
+    from trainer.model.inputs import layout_of
 
-    k = INPUT_COARSEN[cfg.architecture]
-    details = cfg.architecture in INPUT_DETAILS
+    layout = layout_of(cfg.architecture, cfg.background)
     n = len(frames)
+    h, w = cfg.geometry.shape
     labels = np.asarray(labels, np.int32)
     sample_w = weights[labels].astype(np.float32)
+    bgs = None
+    if layout.background:
+        bgs = backgrounds if backgrounds is not None else RunBackgrounds.none(n, (h, w))
     if not cfg.augment:  # preprocess once, then only shuffle
-        images = preprocess_batches(frames, cfg.geometry, coarsen=k, details=details)
+        images = preprocess_batches(
+            frames, cfg.geometry, coarsen=layout.coarsen, details=layout.details, backgrounds=bgs
+        )
         ds = tf.data.Dataset.from_tensor_slices((images, labels, sample_w))
         ds = ds.shuffle(n, seed=cfg.seed, reshuffle_each_iteration=True)
         return ds.batch(cfg.batch_size).prefetch(2)
 
     def load(idx: np.ndarray):
-        return frames[idx], labels[idx], sample_w[idx]
+        maps = bgs.of(idx) if bgs is not None else np.zeros((len(idx), 1, 1), np.float32)
+        return frames[idx], maps.astype(np.float32), labels[idx], sample_w[idx]
 
     ds = tf.data.Dataset.range(n).shuffle(n, seed=cfg.seed, reshuffle_each_iteration=True)
     ds = ds.batch(cfg.batch_size).map(
-        lambda i: tf.numpy_function(load, [i], [tf.float32, tf.int32, tf.float32])
+        lambda i: tf.numpy_function(load, [i], [tf.float32, tf.float32, tf.int32, tf.float32])
     )
     seeds = tf.data.Dataset.random(seed=cfg.seed, rerandomize_each_iteration=True).batch(2)
-    h, w = cfg.geometry.shape
 
     def transform(batch, seed):
-        x, y, sw = batch
+        x, m, y, sw = batch
         x = tf.ensure_shape(x, [None, h, w])
-        images = augmented_inputs(x, seed, cfg.geometry, cfg.augment_config, k, details)
+        m = tf.ensure_shape(m, [None, h, w]) if bgs is not None else None
+        images = augmented_inputs(
+            x, seed, cfg.geometry, cfg.augment_config, layout.coarsen, layout.details, m
+        )
         return images, tf.ensure_shape(y, [None]), tf.ensure_shape(sw, [None])
 
     ds = tf.data.Dataset.zip((ds, seeds)).map(transform, num_parallel_calls=2, deterministic=True)
@@ -182,15 +222,19 @@ def train_model(
     val_labels: np.ndarray,
     config: TrainConfig = TrainConfig(),
     progress: bool = True,
+    backgrounds: RunBackgrounds | None = None,
+    val_backgrounds: RunBackgrounds | None = None,
 ) -> TrainResult:
     """Train ``config.architecture`` on raw frames (N, H, W) with integer labels into
     ``classes``. Adam with a cosine-decaying learning rate; early stopping on the
-    validation loss restores the best weights."""
+    validation loss restores the best weights. With ``config.background`` the model also
+    takes each frame's run background (``backgrounds``, ``val_backgrounds``)."""
     import keras
     import tensorflow as tf
 
     from hitstream.frame_kernel import input_shape
-    from trainer.model.cnn import INPUT_COARSEN, INPUT_DETAILS, build_model, input_channels
+    from trainer.model.cnn import build_model
+    from trainer.model.inputs import layout_of
 
     classes = list(classes)
     labels = np.asarray(labels, np.int64)
@@ -210,16 +254,24 @@ def train_model(
     weights = (
         class_weights_for(labels, len(classes)) if config.class_weights else np.ones(len(classes))
     )
-    train_ds = train_dataset(frames, labels, weights, config)
-    k = INPUT_COARSEN[config.architecture]
-    details = config.architecture in INPUT_DETAILS
-    val_images = preprocess_batches(val_frames, config.geometry, coarsen=k, details=details)
+    layout = layout_of(config.architecture, config.background)
+    shape = config.geometry.shape
+    if layout.background:
+        backgrounds = backgrounds or RunBackgrounds.none(len(frames), shape)
+        val_backgrounds = val_backgrounds or RunBackgrounds.none(len(val_frames), shape)
+    else:
+        backgrounds = val_backgrounds = None
+    train_ds = train_dataset(frames, labels, weights, config, backgrounds)
+    val_images = preprocess_batches(
+        val_frames, config.geometry, coarsen=layout.coarsen, details=layout.details,
+        backgrounds=val_backgrounds,
+    )  # fmt: skip
     val_ds = tf.data.Dataset.from_tensor_slices((val_images, val_labels.astype(np.int32)))
     val_ds = val_ds.batch(256)
 
     model = build_model(
         config.architecture,
-        (*input_shape(config.geometry, k), input_channels(config.architecture)),
+        (*input_shape(config.geometry, layout.coarsen), layout.channels),
         len(classes),
     )
     steps = config.epochs * -(-len(frames) // config.batch_size)
@@ -247,7 +299,9 @@ def train_model(
     )
     history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
     best_epoch = int(np.argmin(history["val_loss"])) + 1 if history.get("val_loss") else 0
-    val_prob = predict_probabilities(model, val_frames, config.geometry)
+    val_prob = predict_probabilities(
+        model, val_frames, config.geometry, backgrounds=val_backgrounds
+    )
     metrics = classification_metrics(val_prob, val_labels, classes)
     seconds = time.perf_counter() - t0
     log.info(

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from hitstream.errors import ConfigError
+from hitstream.novelty import reference_from
 from trainer.data.labelled import LabelledFrames, load_labelled_frames, stratified_split
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrainOptions:
-    """How ``trainer train`` trains (its command-line options)."""
+    """How ``trainer train`` trains (its command-line options and their defaults)."""
 
     dataset: str = "data"
     labels: Sequence[Path] | None = None  # default: <stem>.labels.csv beside each run
@@ -41,6 +42,7 @@ class TrainOptions:
     target_precision: float = 0.97
     photon_unit: float = 1.0
     bank: Path | None = None
+    background: bool = True  # the model takes each run's background estimate as input
 
 
 @dataclass
@@ -73,7 +75,9 @@ def train_bundle(
 
     o = options
     _check_before_training(out, force, o.bank)
-    data = load_labelled_frames(runs, o.dataset, o.labels, o.classes, o.photon_unit)
+    data = load_labelled_frames(
+        runs, o.dataset, o.labels, o.classes, o.photon_unit, backgrounds=o.background
+    )
     keep = [c for c in o.keep if c]
     unknown = set(keep) - set(data.classes)
     if unknown:
@@ -94,9 +98,18 @@ def train_bundle(
         seed=o.seed,
         augment=o.augment,
         geometry=data.geometry,
+        background=o.background,
     )
+    bgs = data.backgrounds
     result = train_model(
-        data.frames[tr], data.labels[tr], data.classes, data.frames[va], data.labels[va], config
+        data.frames[tr],
+        data.labels[tr],
+        data.classes,
+        data.frames[va],
+        data.labels[va],
+        config,
+        backgrounds=bgs.take(tr) if bgs is not None else None,
+        val_backgrounds=bgs.take(va) if bgs is not None else None,
     )
     p_val, y_val = result.val_probabilities, data.labels[va]
     thresholds = _thresholds(p_val, y_val, data.classes, keep, o.target_precision)
@@ -113,9 +126,11 @@ def train_bundle(
         "best_epoch": result.best_epoch,
         "seconds": round(result.seconds, 1),
     }
+    novelty = reference_from(p_val, None)
     path = _export(
-        result.model, out, name or out.name, data, keep, thresholds, summary, metrics, force, o.bank
-    )
+        result.model, out, name or out.name, data, keep, thresholds, summary, metrics, force,
+        o.bank, novelty,
+    )  # fmt: skip
     return TrainedBundle(path, metrics)
 
 
@@ -156,11 +171,18 @@ def _export(
     metrics: dict[str, Any],
     force: bool,
     bank: Path | None,
+    novelty: dict[str, Any] | None = None,
 ) -> Path:
-    """The bundle: the default hit classes present, ``keep`` kept, the runs' geometry."""
+    """The bundle: the default hit classes present, ``keep`` kept, the runs' geometry, the
+    range of the runs' background levels."""
     from trainer.model.export import DEFAULT_HIT_CLASSES, export_bundle
 
     hits = [c for c in DEFAULT_HIT_CLASSES if c in data.classes]
+    levels = (
+        [float(m[data.geometry.valid_pixels()].mean()) for m in data.backgrounds.maps]
+        if data.backgrounds is not None
+        else None
+    )
     return export_bundle(
         model,
         out,
@@ -174,4 +196,6 @@ def _export(
         force=force,
         geometry=data.geometry,
         bank=bank,
+        background_range=(min(levels), max(levels)) if levels else None,
+        novelty=novelty,
     )

@@ -240,16 +240,29 @@ class PolarFeatures:
         ang /= ang.sum(axis=1, keepdims=True)
         return rad.astype(np.float32), ang.astype(np.float32)
 
-    def polar(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def polar(
+        self, frames: np.ndarray, background: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Raw frames → polar cell means of the cleaned counts (N, n_radii, n_angles) and
-        the Poisson noise energy of the linear channel (N,) (see :attr:`noise_vector`)."""
+        the Poisson noise energy of the linear channel (N,) (see :attr:`noise_vector`).
+
+        ``background``: the run's map ((H, W), (1, H, W) or one per frame): the cells then
+        hold what stands above it (cleaned counts minus what an empty bin of that
+        background holds, at least 0); the noise is still that of all the counts."""
         x = pp.check_frames(frames, self.geometry)
+        beta = None
+        if background is not None:
+            beta = pp.background_bins(background, self.geometry)[1]
+            if len(beta) not in (1, len(x)):
+                raise InputDataError(f"{len(beta)} background maps for {len(x)} frames")
         g = self.grid
         cells = np.empty((len(x), g.n_radii, g.n_angles), np.float32)
         noise = np.empty(len(x), np.float32)
         for a, b in pp.iter_binned(x, self.geometry):  # small blocks stay in the CPU cache
-            cells[a : a + len(b)] = self.map.apply(b)
             noise[a : a + len(b)] = b.reshape(len(b), -1) @ self.noise_vector
+            if beta is not None:
+                b = np.maximum(b - (beta if len(beta) == 1 else beta[a : a + len(b)]), 0)
+            cells[a : a + len(b)] = self.map.apply(b)
         return cells, noise
 
     @cached_property
@@ -319,16 +332,21 @@ class PolarFeatures:
             part *= scale[:, None, None, None]
         return y
 
-    def features_real(self, frames: np.ndarray, frame_side: bool = True) -> np.ndarray:
+    def features_real(
+        self, frames: np.ndarray, frame_side: bool = True, background: np.ndarray | None = None
+    ) -> np.ndarray:
         """Raw frames (N, H, W) → (N, C*R, 2, K) float32 (see :meth:`real_spectra`);
-        ``frame_side=False`` for templates (no noise correction)."""
-        cells, noise = self.polar(frames)
+        ``frame_side=False`` for templates (no noise correction); ``background``: see
+        :meth:`polar`."""
+        cells, noise = self.polar(frames, background)
         return self.real_spectra(self.channels_of(cells), noise if frame_side else None)
 
-    def features(self, frames: np.ndarray, frame_side: bool = False) -> np.ndarray:
+    def features(
+        self, frames: np.ndarray, frame_side: bool = False, background: np.ndarray | None = None
+    ) -> np.ndarray:
         """Raw frames (N, H, W) → (N, C*R, K) complex64 template spectra (see the class
         docstring)."""
-        y = self.features_real(frames, frame_side)
+        y = self.features_real(frames, frame_side, background)
         return (y[:, :, 0] + 1j * y[:, :, 1]).astype(np.complex64)
 
     def correlation_basis(self, n: int) -> np.ndarray:
@@ -453,9 +471,16 @@ class PolarMatcher:
             np.sqrt(np.maximum(d2, 0)).astype(np.float32) if all_distances else None,
         )
 
-    def match(self, frames: np.ndarray, all_distances: bool = False) -> MatchResult:
-        """Raw frames (N, H, W) → :class:`MatchResult`."""
-        return self.match_spectra(self.features.features_real(frames), all_distances)
+    def match(
+        self,
+        frames: np.ndarray,
+        all_distances: bool = False,
+        background: np.ndarray | None = None,
+    ) -> MatchResult:
+        """Raw frames (N, H, W) → :class:`MatchResult`; ``background``: the run's map, see
+        :meth:`PolarFeatures.polar`."""
+        spectra = self.features.features_real(frames, background=background)
+        return self.match_spectra(spectra, all_distances)
 
 
 class BruteForceMatcher:
@@ -573,8 +598,10 @@ def build_bank(
     polar: PolarConfig | None = None,
     bruteforce: BruteForceConfig | None = None,
     batch: int = 256,
+    background: np.ndarray | None = None,
 ) -> TemplateBank:
-    """A bank from raw single-hit frames (T, H, W) and where they came from."""
+    """A bank from raw single-hit frames (T, H, W) and where they came from; ``background``
+    (polar mode): the run's map ((H, W) or one per frame), taken off before the features."""
     if mode not in MODES:
         raise ConfigError(f"unknown template mode {mode!r}; choose from {', '.join(MODES)}")
     geometry = geometry or DetectorGeometry()
@@ -598,19 +625,32 @@ def build_bank(
     )
     if mode == "polar":
         feats = bank.features
-        bank.templates = np.concatenate(
-            [feats.features(x[a : a + batch]) for a in range(0, n, batch)]
-        )
+        bg = None if background is None else pp.check_frames(background, geometry, "background")
+
+        def part(a: int) -> np.ndarray:
+            b = None if bg is None else (bg if len(bg) == 1 else bg[a : a + batch])
+            return feats.features(x[a : a + batch], background=b)
+
+        bank.templates = np.concatenate([part(a) for a in range(0, n, batch)])
     else:
         bank.templates = bank.bruteforce.prepare(x)
     return bank
 
 
 def match_frames(
-    matcher: PolarMatcher | BruteForceMatcher, frames: np.ndarray, batch: int = 256
+    matcher: PolarMatcher | BruteForceMatcher,
+    frames: np.ndarray,
+    batch: int = 256,
+    background: np.ndarray | None = None,
 ) -> MatchResult:
-    """:meth:`match` in batches (bounded memory)."""
-    parts = [matcher.match(frames[a : a + batch]) for a in range(0, len(frames), batch)]
+    """:meth:`match` in batches (bounded memory); ``background``: the run's map (polar)."""
+    if background is not None and isinstance(matcher, PolarMatcher):
+        parts = [
+            matcher.match(frames[a : a + batch], background=background)
+            for a in range(0, len(frames), batch)
+        ]
+    else:
+        parts = [matcher.match(frames[a : a + batch]) for a in range(0, len(frames), batch)]
     if not parts:
         z = np.zeros(0, np.float32)
         return MatchResult(z, np.zeros(0, np.int32), z)

@@ -29,9 +29,12 @@ def build_bank_from_run(
     polar: PolarConfig | None = None,
     photon_unit: float = 1.0,
     overwrite: bool = False,
+    background: bool = True,
 ) -> TemplateBank:
     """Build and save the bank of ``run``'s frames labelled ``cls`` (at most ``max_frames``,
-    0: all); returns it."""
+    0: all); returns it. ``background``: the run's own background estimate is taken off the
+    frames first (polar mode), so templates hold the particles, not the beamline."""
+    from trainer.data.backgrounds import run_background
     from trainer.data.ingest import check_units, open_run, read_frames
     from trainer.data.labelled import labelled_indices
 
@@ -42,8 +45,18 @@ def build_bank_from_run(
     with open_run(run, dataset, photon_unit=photon_unit) as src:
         frames = read_frames(src, idx)
         check_units(src, frames)
-    bank = build_bank(frames, mode=mode, source_run=run.name, source_index=idx, polar=polar)
+        bg = run_background(src) if background and mode == "polar" else None
+    bank = build_bank(
+        frames,
+        mode=mode,
+        source_run=run.name,
+        source_index=idx,
+        polar=polar,
+        background=bg.map if bg is not None else None,
+    )
     bank.attrs.update({"source_file": str(run), "source_dataset": dataset})
+    if bg is not None:
+        bank.attrs["background_level"] = bg.level  # photons per pixel, taken off
     save_bank(bank, out, overwrite=overwrite)
     log.info(
         "%s: %d %s templates (%s mode) from %s in %.1f s",

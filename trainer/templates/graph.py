@@ -97,13 +97,18 @@ class TemplateMatcherGraph:
     def _const(self, name: str) -> tf.Tensor:
         return tf.constant(self._arrays[name])
 
-    def from_binned(self, binned: tf.Tensor) -> dict[str, tf.Tensor]:
-        """Cleaned 2×2 bins (B, h, w): :func:`trainer.model.preprocess_graph.bin_frames`."""
+    def from_binned(
+        self, binned: tf.Tensor, counts: tf.Tensor | None = None
+    ) -> dict[str, tf.Tensor]:
+        """Cleaned 2×2 bins (B, h, w) (:func:`trainer.model.preprocess_graph.bin_frames`), or
+        what stands above the run's background with ``counts`` the cleaned bins themselves:
+        the signal is matched, the Poisson noise is estimated from all the counts."""
         r, a, k, t = self.n_radii, self.n_angles, self.n_harmonics, self.n_templates
         b = tf.convert_to_tensor(binned, tf.float32)
         # gather whole rows of a pixel-major (P, B) layout: each index copies B floats
         flat = tf.reshape(b, [tf.shape(b)[0], -1])
-        noise = tf.reshape(tf.matmul(flat, self._const("noise")), [-1, 1, 1, 1])
+        c = flat if counts is None else tf.reshape(counts, [tf.shape(b)[0], -1])
+        noise = tf.reshape(tf.matmul(c, self._const("noise")), [-1, 1, 1, 1])
         flat_t = tf.transpose(flat)
         picked = tf.gather(flat_t, self._const("index"))  # (cells, J, B)
         cells_t = tf.matmul(tf.expand_dims(self._const("weight"), 1), picked)  # (cells, 1, B)

@@ -56,9 +56,11 @@ def score_frames(
     matcher: PolarMatcher | BruteForceMatcher,
     blocks: Iterable[tuple[int, np.ndarray]],
     exclude: Sequence[int] | np.ndarray = (),
+    background: np.ndarray | None = None,
 ) -> Ranking:
     """Score ``(first_index, frames)`` blocks (e.g. :func:`trainer.data.ingest.iter_frames`),
-    leaving out the frame indices in ``exclude`` (e.g. the bank's own templates)."""
+    leaving out the frame indices in ``exclude`` (e.g. the bank's own templates); with the
+    run's ``background`` map the polar matcher compares what stands above it."""
     skip = np.asarray(exclude, np.int64)
     idx, dist, best, ang = [], [], [], []
     for start, frames in blocks:
@@ -66,7 +68,11 @@ def score_frames(
         keep = ~np.isin(i, skip)
         if not keep.any():
             continue
-        r = matcher.match(frames[keep] if not keep.all() else frames)
+        x = frames[keep] if not keep.all() else frames
+        if background is not None and isinstance(matcher, PolarMatcher):
+            r = matcher.match(x, background=background)
+        else:
+            r = matcher.match(x)
         idx.append(i[keep])
         dist.append(r.distance)
         best.append(r.index)
@@ -85,13 +91,17 @@ def rank_run(
     progress: bool = True,
     include_templates: bool = False,
     photon_unit: float = 1.0,
+    background: bool = True,
 ) -> Ranking:
     """Score every frame of ``path:dataset`` against ``bank`` (chunked, tqdm on stderr).
 
     Like the seed, the frames the bank was built from are left out when the bank names
     this run as their source (``include_templates`` keeps them: distance 0). Frames are
     read in photons (``photon_unit``: see :func:`trainer.data.ingest.open_run`); a warning is
-    logged when a sample of them does not look like photon counts."""
+    logged when a sample of them does not look like photon counts. ``background``: the
+    run's own background is estimated first (:mod:`trainer.data.backgrounds`, as the streamer
+    does) and taken off before matching (polar banks)."""
+    from trainer.data.backgrounds import run_background
     from trainer.data.ingest import check_run_units, iter_frames, match_run, open_run
 
     matcher = bank.matcher()
@@ -104,8 +114,9 @@ def rank_run(
         if src.n_frames == 0:
             raise InputDataError(f"{path}:{dataset}: no frames")
         check_run_units(src)
+        bg = run_background(src).map if background and bank.mode == "polar" else None
         with prefetch(iter_frames(src, chunk, progress=progress)) as blocks:
-            return score_frames(matcher, blocks, exclude)
+            return score_frames(matcher, blocks, exclude, bg)
 
 
 _DONE = object()

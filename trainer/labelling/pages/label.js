@@ -233,6 +233,11 @@ async function init() {
   const runs = S.runs.map((r) => r.name + " (" + r.frames + ")").join(", ");
   $("info").textContent = S.n_frames + " frames of " + runs + " · order: " + S.order +
     (S.model ? " · model " + S.model : "") + " · saving to " + S.labels_file;
+  if (S.novelty && S.novelty.novel) {  // frames unlike the model's training data
+    $("novelty").textContent = "The model has not seen frames like these: " +
+      S.novelty.reasons.join("; ") + ". " + S.novelty.advice + ".";
+    $("novelty").hidden = false;
+  }
   $("prev").addEventListener("click", () => gotoPage(page - 1, "first"));
   $("next").addEventListener("click", () => gotoPage(page + 1, "first"));
   $("unl").addEventListener("click", () => nextUnlabelled());
