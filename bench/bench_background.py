@@ -32,12 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from hitstream.simulate import SIM_CLASSES, simulate_run
-    from trainer.model.quality import (
-        background_ladder,
-        run_estimates,
-        score_baseline,
-        score_bundle,
-    )
+    from trainer.model.build_default import run_estimates
+    from trainer.model.quality import background_ladder, score_baseline, score_bundle
 
     rows: list[dict] = []
     for name, (seed, cfg) in background_ladder().items():

@@ -65,13 +65,9 @@ from scipy.stats import rankdata  # noqa: E402
 
 from hitstream.geometry import DetectorGeometry  # noqa: E402
 from hitstream.simulate import SIM_CLASSES, SimConfig, simulate_frames  # noqa: E402
-from trainer.templates.bank import (  # noqa: E402
-    BruteForceConfig,
-    BruteForceMatcher,
-    PolarConfig,
-    build_bank,
-    match_frames,
-)
+from trainer.templates.bank import build_bank  # noqa: E402
+from trainer.templates.features import BruteForceConfig, PolarConfig  # noqa: E402
+from trainer.templates.matching import BruteForceMatcher, match_frames  # noqa: E402
 
 GEOM = DetectorGeometry()
 VALID = GEOM.valid_pixels()

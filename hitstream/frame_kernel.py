@@ -42,16 +42,17 @@ Steps, on raw photon-count frames ``(N, 260, 257)`` float32:
    by the cleaning: ``D · b / (max(S, 1) · sqrt(b + 1))`` with ``S`` the raw block sum and
    ``b`` the cleaned bin, so masked, clipped and NaN bins give 0, a capped hot pixel keeps
    only its capped share, and a bin's value is ~N(0, 1) where the block has no structure.
-6. Optional background channels (``background=`` the run's background map, expected photons
-   per pixel of an empty frame; :mod:`hitstream.background`), three more. The map is binned
-   like the frames but without the noise floor (``λ``, expected photons per bin, masked,
-   NaN → 0, coarsened and hot-capped like the frames), and turned into what an empty bin
-   gives after cleaning, ``β = λ − NOISE_FLOOR · (1 − e^{−λ})`` (the mean of
-   ``max(Poisson(λ) − ½, 0)``). With the excess ``d = b − β``:
-   ``excess = sign(d) · sqrt(|d|) / LEVEL_SCALE`` (the level channel's scale, zero on an
-   empty frame whatever its background), ``excess_shape = sqrt(max(d, 0)) /
-   sqrt(mean(max(d, 0)) + SHAPE_EPS)`` (the shape of what stands above the background) and
-   ``background = sqrt(λ) / LEVEL_SCALE``. ``Σ d`` is the ``excess_photons`` output.
+6. With the run's background (``background=`` its map, expected photons per pixel of an
+   empty frame; :mod:`hitstream.background`): the map is binned like the frames but without
+   the noise floor (``λ``, expected photons per bin, masked, NaN → 0, coarsened and
+   hot-capped like the frames) and turned into what an empty bin holds after cleaning,
+   ``β = λ − NOISE_FLOOR · (1 − e^{−λ})`` (the mean of ``max(Poisson(λ) − ½, 0)``). The two
+   channels of step 4 are then made from the excess ``e = max(b − β, 0)`` instead of ``b``
+   (without a background, or with a zero one, they are exactly step 4's), so a frame on a
+   strong background looks like a clean frame with more noise; the detail channels keep
+   all the counts; one more channel, ``background = sqrt(λ) / LEVEL_SCALE``, tells the
+   network how much noise the background brings. ``Σ (b − β)`` is the
+   ``excess_photons`` output.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ SHAPE_EPS = 0.05  # photons per bin; keeps nearly empty frames from blowing up
 BIN = 2
 CHANNELS = ("level", "shape")
 DETAIL_CHANNELS = ("rows", "columns", "diagonal")  # Haar details of the 2×2 blocks
-BACKGROUND_CHANNELS = ("excess", "excess_shape", "background")  # step 6
+BACKGROUND_CHANNELS = ("background",)  # step 6 (level and shape become the excess's)
 BLOCK_FRAMES = 8  # frames per block of the full-resolution pass (stays in the CPU cache)
 
 
@@ -280,21 +281,18 @@ def background_bins(
     )
 
 
-def background_channels(
-    binned: np.ndarray, lam: np.ndarray, beta: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Step 6: cleaned bins (N, h, w), λ and β (N or 1, h, w) → ((N, h, w, 3) channels,
-    excess photons (N,))."""
-    b = np.asarray(binned, np.float32)
-    d = b - beta
-    pos = np.maximum(d, np.float32(0))
-    mean = pos.mean(axis=(1, 2), keepdims=True, dtype=np.float32)
-    scale = np.float32(1.0 / LEVEL_SCALE)
-    excess = np.sign(d) * np.sqrt(np.abs(d)) * scale
-    shape = np.sqrt(pos) / np.sqrt(mean + np.float32(SHAPE_EPS))
-    level = np.broadcast_to(np.sqrt(lam) * scale, b.shape)
-    out = np.stack([excess, shape, level], axis=-1).astype(np.float32)
-    return out, d.sum(axis=(1, 2), dtype=np.float64).astype(np.float32)
+def excess_bins(binned: np.ndarray, beta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Step 6: cleaned bins (N, h, w) and β (N or 1, h, w) → (the excess ``max(b − β, 0)``,
+    excess photons ``Σ (b − β)`` (N,))."""
+    d = np.asarray(binned, np.float32) - beta
+    excess = np.maximum(d, np.float32(0)).astype(np.float32)
+    return excess, d.sum(axis=(1, 2), dtype=np.float64).astype(np.float32)
+
+
+def background_channel(lam: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Step 6: λ (N or 1, h, w) → the (N, h, w, 1) background channel."""
+    level = np.sqrt(np.asarray(lam, np.float32)) * np.float32(1.0 / LEVEL_SCALE)
+    return np.broadcast_to(level, shape)[..., None].astype(np.float32)
 
 
 def preprocess(
@@ -304,16 +302,20 @@ def preprocess(
     details: bool = False,
     background: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Raw frames (N, H, W) → (network input (N, h, w, 2, 5 or + 3 with a background),
+    """Raw frames (N, H, W) → (network input (N, h, w, 2 or 5, + 1 with a background),
     photons (N,)); ``background``: the run's map (N or 1, H, W) or (H, W)."""
     if details and coarsen != 1:
         raise ConfigError("detail channels need the 2x2-binned image (coarsen 1)")
     b = cap_hot(coarsen_bins(bin_clean(frames, geometry), coarsen))
     photons = b.sum(axis=(1, 2), dtype=np.float64).astype(np.float32)
-    parts = [channels(b)]
-    if details:
-        parts.append(detail_channels(block_details(frames, geometry), b))
+    lam = None
+    signal = b
     if background is not None:
         lam, beta = background_bins(background, geometry, coarsen)
-        parts.append(background_channels(b, lam, beta)[0])
+        signal = excess_bins(b, beta)[0]
+    parts = [channels(signal)]
+    if details:
+        parts.append(detail_channels(block_details(frames, geometry), b))
+    if lam is not None:
+        parts.append(background_channel(lam, b.shape))
     return np.concatenate(parts, -1) if len(parts) > 1 else parts[0], photons

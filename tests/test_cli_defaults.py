@@ -45,7 +45,7 @@ def _library(command: str) -> dict[str, tuple[Any, str]]:
     from trainer.model.evaluate import evaluate_bundle
     from trainer.model.finetune import finetune_bundle
     from trainer.model.train_bundle import TrainOptions
-    from trainer.templates.bank import PolarConfig
+    from trainer.templates.features import PolarConfig
     from trainer.templates.from_run import build_bank_from_run
     from trainer.templates.rank import rank_to_files
 
@@ -227,7 +227,7 @@ def test_trainer_commands_call_the_library_with_its_defaults(
             assert got == "m"
             continue
         if (command, pname) == ("templates", "polar"):  # built from the polar options
-            from trainer.templates.bank import PolarConfig
+            from trainer.templates.features import PolarConfig
 
             assert got == PolarConfig()
             continue

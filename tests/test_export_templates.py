@@ -26,7 +26,8 @@ from hitstream.simulate import SIM_CLASSES, simulate_run, write_run  # noqa: E40
 from streamer.engine import Engine, EngineConfig  # noqa: E402
 from trainer.model.export import TEMPLATES_FILE, export_bundle  # noqa: E402
 from trainer.model.train import TrainConfig, predict_probabilities, train_model  # noqa: E402
-from trainer.templates.bank import build_bank, load_bank, match_frames, save_bank  # noqa: E402
+from trainer.templates.bank import build_bank, load_bank, save_bank  # noqa: E402
+from trainer.templates.matching import match_frames  # noqa: E402
 
 CLASSES = list(SIM_CLASSES)
 OUTPUTS = {"probabilities", "photons", "template_distance", "template_index", "template_angle_deg"}

@@ -24,7 +24,6 @@ from hitstream.bundle import load_bundle  # noqa: E402
 from hitstream.errors import BundleError, ConfigError, InputDataError  # noqa: E402
 from hitstream.geometry import FRAME_SHAPE, DetectorGeometry  # noqa: E402
 from hitstream.simulate import SIM_CLASSES, simulate_run, write_run  # noqa: E402
-from trainer.model import inference_graph  # noqa: E402
 from trainer.model import preprocess_graph as graph  # noqa: E402
 from trainer.model.augment import (  # noqa: E402
     AugmentConfig,
@@ -37,6 +36,7 @@ from trainer.model.augment import (  # noqa: E402
 )
 from trainer.model.cnn import build_model, count_macs, input_channels  # noqa: E402
 from trainer.model.export import export_bundle  # noqa: E402
+from trainer.model.inputs import model_layout  # noqa: E402
 from trainer.model.train import (  # noqa: E402
     TrainConfig,
     choose_threshold,
@@ -314,8 +314,10 @@ def test_architectures_and_their_cost() -> None:
     fine = build_model("fine", (130, 128, input_channels("fine")), 4)
     seed = build_model("seed", (130, 128, 2), 4)
     assert compact.output_shape == fast.output_shape == seed.output_shape == (None, 4)
-    assert fine.output_shape == (None, 4) and inference_graph.model_details(fine)
-    assert not inference_graph.model_details(compact)
+    assert fine.output_shape == (None, 4) and model_layout(fine).details
+    assert not model_layout(compact).details and not model_layout(compact).background
+    with_bg = build_model("fine", (130, 128, input_channels("fine", background=True)), 4)
+    assert model_layout(with_bg).background and model_layout(with_bg).details
     assert count_macs(fast) < count_macs(compact) / 2
     assert count_macs(compact) < count_macs(fine) < 10_000_000
     assert count_macs(compact) < 5_000_000 < 50_000_000 < count_macs(seed)
@@ -349,8 +351,16 @@ def test_metrics_and_threshold() -> None:
 # --- export and bundles -----------------------------------------------------------------
 
 
+def run_map(frames) -> np.ndarray:
+    """(1, H, W) a background map for the tiny bundle (what a run's estimate looks like)."""
+    from hitstream.background import estimate_run_background
+
+    return estimate_run_background(frames.frames).map[None] + np.float32(0.01)
+
+
 def test_bundle_manifest_matches_the_graph(bundle: Path) -> None:
     b = load_bundle(bundle, verify=True)
+    assert b.background_input == "background"  # trained with the run's background
     assert b.classes == tuple(CLASSES) and b.thresholds == {"single": 0.6}
     assert set(b.manifest["files"]) >= {
         "model.onnx",
@@ -359,11 +369,11 @@ def test_bundle_manifest_matches_the_graph(bundle: Path) -> None:
         "confusion.png",
     }
     s = _session(b.model_path)
-    (inp,) = s.get_inputs()
-    assert inp.name == b.input_name == "frames"
-    assert inp.shape[1:] == [260, 257] and not isinstance(inp.shape[0], int)
+    inp, bg = s.get_inputs()
+    assert inp.name == b.input_name == "frames" and bg.name == "background"
+    assert inp.shape[1:] == bg.shape[1:] == [260, 257] and not isinstance(inp.shape[0], int)
     outs = {o.name: o.shape for o in s.get_outputs()}
-    assert set(outs) == set(b.manifest["outputs"]) == {"probabilities", "photons"}
+    assert set(outs) == set(b.manifest["outputs"]) == {"probabilities", "photons", "excess_photons"}
     assert (
         outs["probabilities"][1]
         == len(CLASSES)
@@ -374,27 +384,43 @@ def test_bundle_manifest_matches_the_graph(bundle: Path) -> None:
 
 def test_dynamic_batch(bundle: Path, frames) -> None:
     s = _session(bundle / "model.onnx")
-    one = s.run(None, {"frames": frames.frames[:1]})
-    seven = s.run(None, {"frames": frames.frames[:7]})
+    m = run_map(frames)
+    one = s.run(None, {"frames": frames.frames[:1], "background": m})
+    seven = s.run(None, {"frames": frames.frames[:7], "background": m})
+    per_frame = s.run(None, {"frames": frames.frames[:7], "background": np.repeat(m, 7, 0)})
     names = [o.name for o in s.get_outputs()]
     p1, p7 = (dict(zip(names, r, strict=True))["probabilities"] for r in (one, seven))
     assert p1.shape == (1, 4) and p7.shape == (7, 4)
     np.testing.assert_allclose(p7[:1], p1, atol=1e-6)
+    pf = dict(zip(names, per_frame, strict=True))["probabilities"]
+    np.testing.assert_allclose(pf, p7, atol=1e-6)  # one map broadcast = one map per frame
 
 
 def test_onnx_matches_keras_and_numpy(bundle: Path, trained, frames) -> None:
+    from trainer.data.backgrounds import RunBackgrounds
+
     x = frames.frames  # all four classes
+    m = run_map(frames)
+    bgs = RunBackgrounds(m, np.zeros(len(x), np.int64))
     s = _session(bundle / "model.onnx")
-    out = dict(zip([o.name for o in s.get_outputs()], s.run(None, {"frames": x}), strict=True))
-    p_keras = predict_probabilities(trained.model, x)
+    names = [o.name for o in s.get_outputs()]
+    out = dict(zip(names, s.run(None, {"frames": x, "background": m}), strict=True))
+    p_keras = predict_probabilities(trained.model, x, backgrounds=bgs)
     assert np.abs(out["probabilities"] - p_keras).max() <= 1e-4
     _, photons = pp.preprocess(x)
     np.testing.assert_allclose(out["photons"], photons, rtol=1e-5)
+    b = pp.bin_frames(x)
+    excess = pp.excess_bins(b, pp.background_bins(m)[1])[1]
+    np.testing.assert_allclose(out["excess_photons"], excess, rtol=1e-4, atol=1e-2)
     bad = _corrupt(x[:4])  # NaN in the batch: the graph's NaN branch runs
-    p_bad, ph_bad = s.run(["probabilities", "photons"], {"frames": bad})
+    bad_map = m.copy()
+    bad_map[0, 30, 30] = np.nan  # and in the map
+    p_bad, ph_bad = s.run(["probabilities", "photons"], {"frames": bad, "background": bad_map})
     assert np.isfinite(p_bad).all()
     np.testing.assert_allclose(ph_bad, pp.preprocess(bad)[1], rtol=1e-5)
-    p_keras_bad = predict_probabilities(trained.model, bad)
+    p_keras_bad = predict_probabilities(
+        trained.model, bad, backgrounds=RunBackgrounds(bad_map, np.zeros(4, np.int64))
+    )
     assert np.abs(p_bad - p_keras_bad).max() <= 1e-4
 
 
@@ -458,3 +484,27 @@ def test_shipped_bundles_classify_a_fresh_run(bundle: Path, max_macs: int, templ
     assert accuracy >= 0.9, accuracy
     bad = s.run(None, {b.input_name: _corrupt(run.frames[:4])})  # NaN, ±Inf, hot pixels
     assert all(np.isfinite(v).all() for v in bad)
+
+
+@pytest.mark.parametrize(("details", "coarsen"), [(True, 1), (False, 1), (False, 2)])
+def test_augmentation_that_changes_nothing_is_the_exported_preprocessing(
+    details: bool, coarsen: int
+) -> None:
+    """Training sees what serving sees: with every augmentation off, the training pipeline's
+    inputs (frames with the run's background map, detector offsets that go negative) equal
+    the exported graph's preprocessing, channel for channel."""
+    from hitstream.simulate import BeamlineConfig, SimConfig, expected_empty_frame, simulate_frames
+    from trainer.model.augment import AugmentConfig, augmented_inputs
+
+    cfg = SimConfig(beamline=BeamlineConfig.realistic(), frames_per_run=2)
+    run = simulate_frames(0, 6, 3, cfg)
+    assert (run.frames < 0).any() or cfg.beamline.common_mode[1] > 0
+    maps = np.stack([expected_empty_frame(3, i, cfg) for i in range(6)])
+    noop = AugmentConfig(
+        rotate=False, mirror=False, shift_px=0.0, zoom_range=(1.0, 1.0), scale_range=(1.0, 1.0),
+        background_share=0.0, hot_pixels=0.0, read_noise_share=0.0, mask_share=0.0,
+    )  # fmt: skip
+    x, m = tf.constant(run.frames), tf.constant(maps)
+    a = augmented_inputs(x, tf.constant([1, 2]), cfg.geometry, noop, coarsen, details, m)
+    b = graph.preprocess(x, cfg.geometry, coarsen, details, m)[0]
+    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-6)

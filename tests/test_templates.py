@@ -17,17 +17,15 @@ from hitstream import frame_kernel as pp
 from hitstream.errors import ConfigError, InputDataError, OutputError
 from hitstream.geometry import DetectorGeometry
 from hitstream.simulate import SimConfig, simulate_frames
-from trainer.templates.bank import (
+from trainer.templates.bank import build_bank, load_bank, save_bank
+from trainer.templates.features import (
     BruteForceConfig,
     PolarConfig,
     PolarFeatures,
-    build_bank,
-    load_bank,
-    match_frames,
     rotate_frames,
-    save_bank,
     seed_preprocess,
 )
+from trainer.templates.matching import match_frames
 from trainer.templates.polar import PolarGrid, build_polar_map
 
 GEOM = DetectorGeometry()

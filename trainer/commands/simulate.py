@@ -100,9 +100,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--beamline",
         choices=BEAMLINE_PRESETS,
-        default=BEAMLINE_PRESETS[0],
         help="none: a plain detector with a little stray light; realistic: the range of real "
-        "SPI beamlines (what the shipped bundles train on) [%(default)s]",
+        "SPI beamlines (what the shipped bundles train on) [none]",
     )
     g.add_argument(
         "--bg-level",
@@ -120,7 +119,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--bg",
         action="append",
-        default=[],
         metavar="KEY=VALUE",
         help=f"any other beamline setting (repeatable), e.g. streak_share=0.5 or "
         f"shot_jitter=0,0.3; keys: {fields}",
@@ -139,7 +137,7 @@ def _beamline(args: argparse.Namespace) -> BeamlineConfig:
     if args.bg_level:
         kw["level"] = _pair(args.bg_level, "bg-level")
     known = {f.name: f for f in dataclasses.fields(BeamlineConfig)}
-    for item in args.bg:
+    for item in args.bg or ():
         key, sep, value = item.partition("=")
         key = key.strip()
         if not sep or key not in known:

@@ -12,7 +12,7 @@ HELP = "build a template bank (HDF5) from the frames of a run labelled single"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from trainer.templates.bank import MODES, PolarConfig
+    from trainer.templates.features import MODES, PolarConfig
     from trainer.templates.from_run import build_bank_from_run
 
     def d(name: str) -> object:
@@ -72,7 +72,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from trainer.templates.bank import PolarConfig
+    from trainer.templates.features import PolarConfig
     from trainer.templates.from_run import build_bank_from_run
 
     polar = PolarConfig(

@@ -105,7 +105,10 @@ def augment_geometry(
     background=None,
 ):
     """Turned / mirrored / zoomed / shifted raw frames (B, H, W); ``seed``: (2,) ints. With
-    ``background`` (B, H, W) maps: ``(frames, maps)``, each map moved like its frame."""
+    ``background``: the frames' run maps as expected photons per 2×2 bin (B, h, w,
+    :func:`trainer.model.preprocess_graph.background_sums`), moved like their frames at the
+    binned resolution (4× cheaper than the full one; the map is smooth and an estimate
+    anyway); returns ``(frames, maps)`` then."""
     import tensorflow as tf
 
     from trainer.model import preprocess_graph as graph
@@ -113,7 +116,7 @@ def augment_geometry(
     geometry = geometry or DetectorGeometry()
     config = config or AugmentConfig()
     x = tf.convert_to_tensor(frames, tf.float32)
-    x = tf.where(tf.math.is_finite(x), tf.maximum(x, 0.0), 0.0)
+    x = tf.where(tf.math.is_finite(x), x, 0.0)  # negatives (offsets, noise) stay, as served
     n = tf.shape(x)[0]
     seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 4)
     two_pi = 2.0 * math.pi
@@ -123,18 +126,47 @@ def augment_geometry(
     zoom = tf.exp(tf.random.stateless_uniform([n], seeds[2], lo, hi))
     d = config.shift_px
     shift = tf.random.stateless_uniform([n, 2], seeds[3], -d, d)
-    rows = tf.constant(gap_fill_rows(geometry))
-    x = tf.gather(x, rows, axis=1)
+    x = tf.gather(x, tf.constant(gap_fill_rows(geometry)), axis=1)
     transforms = affine_transforms(
         angle, tf.where(flip, -1.0, 1.0), zoom, shift, geometry.center_px
     )
-    mask = graph.mask_constant(geometry)
+    moved = transform_frames(x, transforms, geometry.shape) * graph.mask_constant(geometry)
     if background is None:
-        return transform_frames(x, transforms, geometry.shape) * mask
-    m = tf.convert_to_tensor(background, tf.float32)
-    m = tf.gather(tf.where(tf.math.is_finite(m), tf.maximum(m, 0.0), 0.0), rows, axis=1)
-    both = transform_frames(tf.stack([x, m], -1), transforms, geometry.shape)
-    return both[..., 0] * mask, both[..., 1] * mask
+        return moved
+    m = tf.gather(tf.convert_to_tensor(background, tf.float32),
+                  tf.constant(binned_gap_fill_rows(geometry)), axis=1)  # fmt: skip
+    m = transform_frames(m, binned_transforms(transforms), ref.binned_shape(geometry))
+    return moved, m * graph.binned_mask_constant(geometry)
+
+
+def binned_transforms(transforms):
+    """(B, 8) transforms of full-resolution pixels → the same map on 2×2 bins, whose centres
+    sit at full-resolution ``2 q + 0.5``: the matrix stays, the offset becomes
+    ``(M c + t − c) / 2`` with ``c = (0.5, 0.5)``."""
+    import tensorflow as tf
+
+    a0, a1, a2, b0, b1, b2 = (transforms[:, i] for i in range(6))
+    c = 0.5 * (ref.BIN - 1)
+    a2b = (a0 * c + a1 * c + a2 - c) / ref.BIN
+    b2b = (b0 * c + b1 * c + b2 - c) / ref.BIN
+    zeros = tf.zeros_like(a0)
+    return tf.stack([a0, a1, a2b, b0, b1, b2b, zeros, zeros], axis=1)
+
+
+def binned_gap_fill_rows(geometry: DetectorGeometry) -> np.ndarray:
+    """:func:`gap_fill_rows` on the 2×2 bins (the binned mask's empty rows)."""
+    mask = np.asarray(ref.binned_mask(geometry)) > 0
+    h = mask.shape[0]
+    rows = np.arange(h, dtype=np.int32)
+    gap = np.flatnonzero(~mask.any(axis=1))
+    if gap.size == 0:
+        return rows
+    top, bottom = int(gap.min()), int(gap.max())
+    mid = (top + bottom) / 2.0
+    for r in gap:
+        src = top - 1 - (r - top) if r <= mid else bottom + 1 + (bottom - r)
+        rows[r] = min(max(src, 0), h - 1)
+    return rows
 
 
 def transform_frames(frames, transforms, shape: tuple[int, int]):
@@ -158,7 +190,7 @@ def resample_photons(binned, scale, seed):
     """Counts with ``scale`` (B,) times the photons: thinning (≤ 1) or duplication (> 1)."""
     import tensorflow as tf
 
-    whole = tf.floor(binned)
+    whole = tf.floor(tf.maximum(binned, 0.0))  # negative values (offsets) scale as noise
     frac = binned - whole
     s = tf.reshape(scale, [-1, 1, 1])
     p = tf.broadcast_to(tf.where(s <= 1.0, s, s - 1.0), tf.shape(binned))
@@ -253,16 +285,20 @@ def augment_photons(
     return (b, scale) if with_scale else b
 
 
-def augment_mask(frames, seed, geometry: DetectorGeometry, config: AugmentConfig, background=None):
+def augment_mask(
+    frames, seed, geometry: DetectorGeometry, config: AugmentConfig, keep_mask: bool = False
+):
     """Raw frames (B, H, W) with, on a share of them, a larger central hole and gap set to 0,
     as another detector's beam stop and gap would leave them. Applied after read noise; for
     the models that see the block details also after the photon augmentation (for the
-    others that runs on the bins afterwards and may put background photons there). With
-    ``background`` maps: ``(frames, maps)``, each map masked like its frame."""
+    others that runs on the bins afterwards and may put background photons there).
+    ``keep_mask``: ``(frames, keep)`` with the (B, H, W) mask of the pixels left."""
     import tensorflow as tf
 
     if config.mask_share <= 0:
-        return frames if background is None else (frames, background)
+        if not keep_mask:
+            return frames
+        return frames, tf.ones_like(frames)
     seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 3)
     n = tf.shape(frames)[0]
     h, w = geometry.shape
@@ -277,7 +313,7 @@ def augment_mask(frames, seed, geometry: DetectorGeometry, config: AugmentConfig
     r = tf.where(on, r, 0.0)[:, None, None]
     g = tf.where(on, g, 0.0)[:, None, None]
     keep = tf.cast((yy**2 + xx**2 >= r**2) & (tf.abs(yy) >= g), frames.dtype)
-    return frames * keep if background is None else (frames * keep, background * keep)
+    return (frames * keep, keep) if keep_mask else frames * keep
 
 
 def add_read_noise(frames, seed, config: AugmentConfig):
@@ -307,8 +343,9 @@ def augmented_inputs(
     details: bool = False,
     background=None,
 ):
-    """Raw frames (and the run's background maps, for models that take them) → augmented
-    network inputs: the training twin of ``graph.preprocess``."""
+    """Raw frames (and the run's background maps (B, H, W), for models that take them) →
+    augmented network inputs: the training twin of ``graph.preprocess``. The maps follow
+    their frames' geometry (at the binned resolution), mask and photon level."""
     import tensorflow as tf
 
     from trainer.model import preprocess_graph as graph
@@ -317,30 +354,40 @@ def augmented_inputs(
     seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 3)
     geometry = geometry or DetectorGeometry()
     mask_seed = tf.random.experimental.stateless_split(seeds[2], 2)[1]
-    m = None
+    lam = None
     if background is None:
         x = augment_geometry(frames, seeds[0], geometry, config)
     else:
-        x, m = augment_geometry(frames, seeds[0], geometry, config, background)
+        sums = graph.background_sums(background, geometry)
+        x, lam = augment_geometry(frames, seeds[0], geometry, config, sums)
+    x = add_read_noise(x, seeds[2], config) if not details else x
     if details:  # photons on raw pixels, then read noise and mask, then the preprocessing
         x, scale = augment_photons(x, seeds[1], geometry, config, pixels=True, with_scale=True)
         x = add_read_noise(x, seeds[2], config)
-        if m is None:
-            x = augment_mask(x, mask_seed, geometry, config)
-        else:
-            x, m = augment_mask(x, mask_seed, geometry, config, m * scale[:, None, None])
-        return graph.preprocess(x, geometry, details=True, background=m)[0]
-    x = add_read_noise(x, seeds[2], config)
-    if m is None:
-        x = augment_mask(x, mask_seed, geometry, config)
+    x, keep = augment_mask(x, mask_seed, geometry, config, keep_mask=True)
+    if details:
+        clean, blocks = graph.bin_clean_details(x, geometry)
+        binned = graph.cap_hot(clean)
     else:
-        x, m = augment_mask(x, mask_seed, geometry, config, m)
-    b, scale = augment_photons(graph.bin_clean(x, geometry), seeds[1], geometry, config,
-                               with_scale=True)  # fmt: skip
-    binned = graph.cap_hot(graph.coarsen_bins(b, coarsen))
-    if m is None:
-        return graph.channels(binned)
-    lam, beta = graph.background_bins(m * scale[:, None, None], geometry, coarsen)
-    bg, _ = graph.background_channels_first(binned, lam, beta)
-    x = tf.concat([graph.channels_first(binned), bg], axis=1)
+        b, scale = augment_photons(graph.bin_clean(x, geometry), seeds[1], geometry, config,
+                                   with_scale=True)  # fmt: skip
+        binned = graph.cap_hot(graph.coarsen_bins(b, coarsen))
+    signal = binned
+    if lam is not None:
+        lam, beta = graph.background_levels(lam * scale[:, None, None] * binned_keep(keep), coarsen)
+        signal = tf.nn.relu(binned - beta)
+    parts = [graph.channels_first(signal)]
+    if details:
+        parts.append(graph.details_first(blocks, binned))
+    if lam is not None:
+        parts.append(graph.background_channel_first(lam, binned))
+    x = tf.concat(parts, axis=1) if len(parts) > 1 else parts[0]
     return tf.transpose(x, [0, 2, 3, 1])
+
+
+def binned_keep(keep):
+    """(B, H, W) pixel keep mask → (B, h, w): 1 for bins whose pixels are all kept."""
+    import tensorflow as tf
+
+    k = tf.nn.avg_pool2d(tf.expand_dims(keep, -1), ref.BIN, ref.BIN, padding="VALID")
+    return tf.cast(tf.squeeze(k, -1) > 0.999, tf.float32)

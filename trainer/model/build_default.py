@@ -11,8 +11,9 @@ of an estimate from :data:`ESTIMATE_FRAMES` frames. Four test runs with other se
 training never saw (:func:`held_out_configs`): the simulator's default settings; a shifted
 particle/beam setting (lower photon level, wider particle size range, more background and
 hot pixels); other detector parameters (distance and wavelength not used in training, more
-beam-centre jitter); and beamlines like the training's; their backgrounds are estimated from
-their own frames with the streamer's estimator. Trains the CNN, chooses the single-hit
+beam-centre jitter); and beamlines like the training's; their backgrounds are estimated with
+the streamer's estimator from the same runs simulated with a beamline's class mix (mostly
+empty frames: :func:`stream_estimates`). Trains the CNN, chooses the single-hit
 threshold on validation, builds a polar template bank from the single hits of one more
 simulated run (:data:`BANK_SEED`) and exports the bundle: ONE graph with the CNN's
 probabilities and the template distance. The default architecture is ``fine`` (binned levels
@@ -35,7 +36,7 @@ import logging
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -74,6 +75,9 @@ RUN_FRAMES = 50  # frames per simulated run in training: 200 beamlines in 10,000
 TEST_RUN_FRAMES = 100  # frames per run of the beamline test run (estimated like live)
 ESTIMATE_FRAMES = (100.0, 4000.0)  # a training map is estimated from this many frames
 TRAINING_LEVEL = (0.0005, 0.15)  # photons per pixel: the real range (to 0.1) with a margin
+# a real run's class mix (DESIGN.md: a few % to ~20 % hits): the streamer's background
+# estimate (and the lit-pixel baseline) take most frames to be empty
+RUN_FRACTIONS = (0.12, 0.05, 0.73, 0.10)  # single, multiple, empty, other
 
 
 @dataclass(frozen=True)
@@ -96,7 +100,6 @@ QUICK = BuildPlan(n_train=320, n_val=160, n_test=160, epochs=2, bank_singles=10)
 
 def training_beamline() -> BeamlineConfig:
     """The beamlines of the training runs: the real range, levels up to 0.15 photon/pixel."""
-    from dataclasses import replace
 
     return replace(BeamlineConfig.realistic(), level=TRAINING_LEVEL)
 
@@ -127,12 +130,23 @@ def estimated_maps(seed: int, n: int, cfg: SimConfig) -> RunBackgrounds:
     return RunBackgrounds(maps, np.arange(n) // per)
 
 
-def own_estimates(frames: np.ndarray, cfg: SimConfig, valid: np.ndarray) -> RunBackgrounds:
-    """Each run's background from its own frames, with the streamer's estimator."""
+def run_estimates(frames: np.ndarray, cfg: SimConfig) -> RunBackgrounds:
+    """Each run's background from its own frames, with the streamer's estimator (right when
+    most of the run's frames are empty, as at a beamline)."""
     n = len(frames)
     per = cfg.frames_per_run or max(n, 1)
+    valid = cfg.geometry.valid_pixels()
     maps = [estimate_run_background(frames[a : a + per], valid).map for a in range(0, n, per)]
     return RunBackgrounds(np.stack(maps).astype(np.float32), np.arange(n) // per)
+
+
+def stream_estimates(seed: int, n: int, cfg: SimConfig, workers: int = 2) -> RunBackgrounds:
+    """Each run's background as the streamer would estimate it from the run's stream, for
+    frames simulated with a balanced class mix (test runs): the same runs (seed, beamline)
+    simulated with a beamline's class mix (:data:`RUN_FRACTIONS`, mostly empty frames)."""
+    stream, _ = simulate_parallel(n, seed, replace(cfg, fractions=RUN_FRACTIONS), workers,
+                                  "background stream")  # fmt: skip
+    return run_estimates(stream, cfg)
 
 
 def augment_config_for(architecture: str) -> AugmentConfig:
@@ -276,7 +290,7 @@ def _simulate_runs(plan: BuildPlan, workers: int) -> dict[str, _Run]:
         runs[split] = _Run(seeds[split], train_cfg, x, y, maps)
     for split, cfg in held_out_configs().items():
         x, y = simulate_parallel(plan.n_test, TEST_SEEDS[split], cfg, workers, f"{split} run")
-        maps = own_estimates(x, cfg, cfg.geometry.valid_pixels())
+        maps = stream_estimates(TEST_SEEDS[split], len(x), cfg, workers)
         runs[split] = _Run(TEST_SEEDS[split], cfg, x, y, maps)
     return runs
 

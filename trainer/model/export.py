@@ -84,10 +84,9 @@ def preprocessing_summary(
             else ""
         )
         + (
-            "; background channels from the run's map m: lam = 2x2 sums of m (masked, "
-            "hot-capped), beta = lam - noise_floor*(1-exp(-lam)), d = b - beta: "
-            "sign(d)sqrt|d|/level_scale, sqrt(relu(d)/(mean(relu(d))+shape_eps)), "
-            "sqrt(lam)/level_scale"
+            "; with the run's map m: lam = 2x2 sums of m (masked, hot-capped), beta = "
+            "lam - noise_floor*(1-exp(-lam)); the two level/shape channels made of "
+            "max(b - beta, 0) instead of b; channel sqrt(lam)/level_scale"
             if background
             else ""
         ),

@@ -78,7 +78,7 @@ def bin_clean_details(
     return _clean_sums(blocks[..., 0], 1.0, geometry), blocks
 
 
-def _details_first(blocks: tf.Tensor, binned: tf.Tensor) -> tf.Tensor:
+def details_first(blocks: tf.Tensor, binned: tf.Tensor) -> tf.Tensor:
     """(B, h, w, 4) blocks, (B, h, w) cleaned (capped) bins → (B, 3, h, w) detail z-scores.
 
     Built per channel on (B, h, w) slices and stacked channels-first, so that, concatenated
@@ -138,37 +138,40 @@ def coarsen_bins(binned: tf.Tensor, k: int) -> tf.Tensor:
     return tf.squeeze(pooled, -1) * float(k * k)
 
 
+def background_sums(background: tf.Tensor, geometry: DetectorGeometry | None = None) -> tf.Tensor:
+    """The run's map (B', H, W) → expected photons per 2×2 bin (B', h, w): masked, clipped,
+    NaN-free, not yet capped (the first half of :func:`background_bins`)."""
+    m = tf.expand_dims(tf.convert_to_tensor(background, dtype=tf.float32), -1)
+    lam = tf.squeeze(tf.nn.avg_pool2d(m, ref.BIN, ref.BIN, padding="VALID"), -1)
+    lam = tf.clip_by_value(lam, 0.0, ref.PIXEL_MAX / ref.BIN**2)
+    lam = lam * (binned_mask_constant(geometry) * float(ref.BIN**2))
+    return tf.cond(
+        tf.math.is_nan(tf.reduce_sum(lam)),
+        lambda: tf.where(tf.math.is_nan(lam), 0.0, lam),
+        lambda: lam,
+    )
+
+
+def background_levels(lam: tf.Tensor, coarsen: int = 1) -> tuple[tf.Tensor, tf.Tensor]:
+    """Expected photons per 2×2 bin (B', h, w) → (λ, β) of the network's grid, hot-capped
+    (the second half of :func:`background_bins`)."""
+    beta = lam - ref.NOISE_FLOOR * (1.0 - tf.exp(-lam))
+    return cap_hot(coarsen_bins(lam, coarsen)), cap_hot(coarsen_bins(beta, coarsen))
+
+
 def background_bins(
     background: tf.Tensor, geometry: DetectorGeometry | None = None, coarsen: int = 1
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """The run's map (B', H, W) → (λ, β) (B', h, w): expected photons per bin and what an
     empty bin holds after cleaning (:func:`hitstream.frame_kernel.background_bins`)."""
-    m = tf.expand_dims(tf.convert_to_tensor(background, dtype=tf.float32), -1)
-    lam = tf.squeeze(tf.nn.avg_pool2d(m, ref.BIN, ref.BIN, padding="VALID"), -1)
-    lam = tf.clip_by_value(lam, 0.0, ref.PIXEL_MAX / ref.BIN**2)
-    lam = lam * (binned_mask_constant(geometry) * float(ref.BIN**2))
-    lam = tf.cond(
-        tf.math.is_nan(tf.reduce_sum(lam)),
-        lambda: tf.where(tf.math.is_nan(lam), 0.0, lam),
-        lambda: lam,
-    )
-    beta = lam - ref.NOISE_FLOOR * (1.0 - tf.exp(-lam))
-    return cap_hot(coarsen_bins(lam, coarsen)), cap_hot(coarsen_bins(beta, coarsen))
+    return background_levels(background_sums(background, geometry), coarsen)
 
 
-def background_channels_first(
-    binned: tf.Tensor, lam: tf.Tensor, beta: tf.Tensor
-) -> tuple[tf.Tensor, tf.Tensor]:
-    """(B, h, w) cleaned bins, (B', h, w) λ and β → ((B, 3, h, w) background channels
-    channels-first, excess photons (B,)); see :mod:`hitstream.frame_kernel` step 6."""
-    d = binned - beta
-    pos = tf.nn.relu(d)
-    mean = tf.reduce_mean(pos, axis=[1, 2], keepdims=True)
-    scale = 1.0 / ref.LEVEL_SCALE
-    excess = tf.sign(d) * tf.sqrt(tf.abs(d)) * scale
-    shape = tf.sqrt(pos) * tf.math.rsqrt(mean + ref.SHAPE_EPS)
-    level = tf.broadcast_to(tf.sqrt(lam) * scale, tf.shape(binned))
-    return tf.stack([excess, shape, level], axis=1), tf.reduce_sum(d, axis=[1, 2])
+def background_channel_first(lam: tf.Tensor, binned: tf.Tensor) -> tf.Tensor:
+    """λ (B', h, w) → the (B, 1, h, w) background channel (:mod:`hitstream.frame_kernel`
+    step 6), broadcast to the batch."""
+    level = tf.sqrt(lam) * (1.0 / ref.LEVEL_SCALE)
+    return tf.expand_dims(tf.broadcast_to(level, tf.shape(binned)), 1)
 
 
 def preprocess(
@@ -178,7 +181,7 @@ def preprocess(
     details: bool = False,
     background: tf.Tensor | None = None,
 ) -> tuple[tf.Tensor, tf.Tensor]:
-    """Raw frames (B, H, W) → (network input (B, h, w, 2 or 5, + 3 with a background),
+    """Raw frames (B, H, W) → (network input (B, h, w, 2 or 5, + 1 with a background),
     photons (B,)); ``background``: the run's map (B or 1, H, W)."""
     out = network_inputs(frames, geometry, coarsen, details, background)
     return out["images"], out["photons"]
@@ -205,21 +208,24 @@ def network_inputs(
         binned = cap_hot(clean)
     else:
         binned = cap_hot(coarsen_bins(bin_clean(frames, geometry), coarsen))
-    parts = [channels_first(binned)]
-    if details:
-        parts.append(_details_first(blocks, binned))
     fine = coarsen == 1
     out: dict[str, tf.Tensor | None] = {
         "photons": tf.reduce_sum(binned, axis=[1, 2]),
         "binned": binned if fine else None,
         "signal": binned if fine else None,
     }
+    signal, lam = binned, None
     if background is not None:
         lam, beta = background_bins(background, geometry, coarsen)
-        bg, excess = background_channels_first(binned, lam, beta)
-        parts.append(bg)
-        out["excess_photons"] = excess
-        out["signal"] = tf.nn.relu(binned - beta) if fine else None
+        d = binned - beta
+        signal = tf.nn.relu(d)
+        out["excess_photons"] = tf.reduce_sum(d, axis=[1, 2])
+        out["signal"] = signal if fine else None
+    parts = [channels_first(signal)]
+    if details:
+        parts.append(details_first(blocks, binned))
+    if lam is not None:
+        parts.append(background_channel_first(lam, binned))
     x = tf.concat(parts, axis=1) if len(parts) > 1 else parts[0]
     out["images"] = tf.transpose(x, [0, 2, 3, 1])
     return out

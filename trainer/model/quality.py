@@ -26,7 +26,12 @@ from hitstream.background import estimate_run_background
 from hitstream.geometry import DetectorGeometry
 from hitstream.simulate import BeamlineConfig, SimConfig
 from trainer.data.backgrounds import RunBackgrounds
-from trainer.model.build_default import TEST_SEEDS, held_out_config, held_out_configs
+from trainer.model.build_default import (
+    RUN_FRACTIONS,
+    TEST_SEEDS,
+    held_out_config,
+    held_out_configs,
+)
 
 LADDER_LEVELS = (0.0, 0.005, 0.02, 0.05, 0.1)  # mean background photons per valid pixel
 LADDER_RUN_FRAMES = 250  # frames per run: each level has several beamlines
@@ -102,7 +107,7 @@ def ladder_config(level: float, photons: tuple[float, float] | None = None) -> S
         level=(level, level) if level > 0 else (0.0, 0.0),
         no_background_share=0.0,
     )
-    cfg = SimConfig(beamline=beam, frames_per_run=LADDER_RUN_FRAMES)
+    cfg = SimConfig(beamline=beam, frames_per_run=LADDER_RUN_FRAMES, fractions=RUN_FRACTIONS)
     return replace(cfg, photons=photons) if photons else cfg
 
 
@@ -113,15 +118,6 @@ def background_ladder() -> dict[str, tuple[int, SimConfig]]:
     out["dim hits, bg 0.02"] = (9110, ladder_config(0.02, dim))
     out["dim hits, bg 0.05"] = (9111, ladder_config(0.05, dim))
     return out
-
-
-def run_estimates(frames: np.ndarray, cfg: SimConfig) -> RunBackgrounds:
-    """Each run's background from its own frames, with the streamer's estimator."""
-    n = len(frames)
-    per = cfg.frames_per_run or max(n, 1)
-    valid = cfg.geometry.valid_pixels()
-    maps = [estimate_run_background(frames[a : a + per], valid).map for a in range(0, n, per)]
-    return RunBackgrounds(np.stack(maps).astype(np.float32), np.arange(n) // per)
 
 
 def score_baseline(
@@ -159,11 +155,11 @@ def score_bundle(
     frames: np.ndarray,
     labels: np.ndarray,
     backgrounds: RunBackgrounds | None = None,
-    truth: dict[str, np.ndarray] | None = None,
+    sim_truth: dict[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Accuracy and single-hit keep precision/recall of a bundle's ONNX graph. A bundle that
     takes the run's background gets ``backgrounds`` (default: one estimate from all the
-    frames, as the streamer would make it). With the simulator's ``truth`` (its ``photons``
+    frames, as the streamer would make it). With the simulator's ``sim_truth`` (its ``photons``
     and ``background`` per frame), also the accuracy of the hits that stand out of their
     background's noise (signal photons / sqrt(background photons) ≥ :data:`SNR_LIMIT`)."""
     from hitstream.bundle import load_bundle
@@ -185,8 +181,8 @@ def score_bundle(
         if ((photons >= lo) & (photons < hi)).any()
     }
     extra: dict[str, Any] = {}
-    if truth is not None:
-        snr = truth["photons"] / np.sqrt(np.maximum(truth["background"], 1.0))
+    if sim_truth is not None:
+        snr = sim_truth["photons"] / np.sqrt(np.maximum(sim_truth["background"], 1.0))
         clear = (snr >= SNR_LIMIT) & (labels != b.classes.index("empty"))
         extra["clear_hits"] = int(clear.sum())
         extra["clear_hit_accuracy"] = float(right[clear].mean()) if clear.any() else None

@@ -12,7 +12,8 @@ import logging
 import time
 from pathlib import Path
 
-from trainer.templates.bank import PolarConfig, TemplateBank, build_bank, save_bank
+from trainer.templates.bank import TemplateBank, build_bank, save_bank
+from trainer.templates.features import PolarConfig
 
 log = logging.getLogger(__name__)
 

@@ -37,7 +37,8 @@ import numpy as np
 import tensorflow as tf
 
 from hitstream.errors import ConfigError
-from trainer.templates.bank import PolarMatcher, TemplateBank
+from trainer.templates.bank import TemplateBank
+from trainer.templates.matching import PolarMatcher
 
 OUTPUTS: dict[str, dict[str, Any]] = {
     "template_distance": {

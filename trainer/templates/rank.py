@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from hitstream.errors import ConfigError, InputDataError, OutputError
-from trainer.templates.bank import BruteForceMatcher, PolarMatcher, TemplateBank
+from trainer.templates.bank import TemplateBank
+from trainer.templates.matching import BruteForceMatcher, PolarMatcher
 
 log = logging.getLogger(__name__)
 
