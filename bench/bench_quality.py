@@ -4,7 +4,9 @@ The three test runs of ``trainer build-default`` (same seeds), two runs with det
 noise, and the new-run, other-mask and bright settings of ``bench_adapt.py``
 (:func:`trainer.model.quality.quality_runs`); 1,000 frames each. Prints accuracy and
 single-hit precision/recall at each bundle's own threshold, and the precision-recall curve
-read at recall 0.95 (``P@R0.95``).
+read at recall 0.95 (``P@R0.95``). Bundles that take the run's background get each run's
+estimate, made with the streamer's estimator from the same run simulated with a beamline's
+class mix (mostly empty frames).
 
     .venv/bin/python bench/bench_quality.py models/default models/fast [--frames 1000]
 """
@@ -23,11 +25,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--frames", type=int, default=1000)
     args = ap.parse_args(argv)
     from hitstream.simulate import simulate_parallel
+    from trainer.model.build_default import stream_estimates
 
     rows = []
     for name, (seed, cfg) in quality_runs().items():
         x, y = simulate_parallel(args.frames, seed, cfg, desc=name)
-        rows += [(name, b, score_bundle(b, x, y)) for b in args.bundles]
+        bgs = stream_estimates(seed, len(x), cfg)  # the run's background, as the streamer sees it
+        rows += [(name, b, score_bundle(b, x, y, bgs)) for b in args.bundles]
     print(f"\n{'run':<16} {'bundle':<18} {'accuracy':>9} {'single P':>9} {'single R':>9} "
           f"{'P@R0.95':>8}")  # fmt: skip
     for name, b, m in rows:

@@ -61,8 +61,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from tqdm import tqdm
 
 from hitstream.simulate.replay_runs import write_tiled_run
+from streamer.cxi_layout import FILE_SUFFIX, file_pattern
 from streamer.demo import free_port
-from streamer.writer import FILE_SUFFIX, file_pattern
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = [sys.executable, "-m", "streamer"]

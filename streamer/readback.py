@@ -23,7 +23,7 @@ import hdf5plugin  # noqa: F401 - registers the LZ4/bitshuffle/zstd filters the 
 import numpy as np
 
 from hitstream.errors import InputDataError
-from streamer.writer import (
+from streamer.cxi_layout import (
     BACKGROUND_COLUMNS,
     BACKGROUND_MAPS,
     BACKGROUND_VERSION,

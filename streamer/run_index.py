@@ -36,8 +36,7 @@ import numpy as np
 
 import hitstream
 from hitstream.errors import InputDataError
-from streamer.readback import read_run
-from streamer.writer import (
+from streamer.cxi_layout import (
     BACKGROUND_COLUMNS,
     BACKGROUND_GROUP,
     BACKGROUND_MAPS,
@@ -53,6 +52,7 @@ from streamer.writer import (
     SOURCE_GROUP,
     check_name,
 )
+from streamer.readback import read_run
 
 REAL_COLUMNS = ("model", "kept_index", "file", *BACKGROUND_COLUMNS)
 

@@ -24,12 +24,12 @@ import zmq
 
 from hitstream.bundle import write_manifest
 from streamer.config import load_config
+from streamer.cxi_layout import DATA_PATH, FRAMES_GROUP, KEPT_GROUP
 from streamer.decode import END_OF_RUN_SOURCE
 from streamer.pipeline import Pipeline, RunSummary
 from streamer.protocol import serialize
 from streamer.readback import list_run_files, read_run
 from streamer.replay import ReplayConfig, ReplayServer
-from streamer.writer import DATA_PATH, FRAMES_GROUP, KEPT_GROUP
 from tests.helpers_stream import wait_for_line
 from tests.procs import command, free_endpoint
 from tests.tiny_bundle import make_tiny_bundle

@@ -20,19 +20,18 @@ from hitstream.background import BackgroundSnapshot
 from hitstream.compression import COMPRESSIONS
 from hitstream.errors import ConfigError, DiskFullError, InputDataError, OutputError
 from hitstream.geometry import FRAME_SHAPE, DetectorGeometry
-from streamer.readback import iter_kept_frames, list_run_files, read_kept_frames, read_run
-from streamer.run_index import build_run_index, check_index, index_name
-from streamer.types import FrameBatch, ResultBatch
-from streamer.writer import (
+from streamer.cxi_layout import (
     CXI_VERSION,
     DATA_LINK,
     DATA_PATH,
     FRAMES_GROUP,
     KEPT_GROUP,
     MODELS_PATH,
-    RollingWriter,
-    WriterConfig,
 )
+from streamer.readback import iter_kept_frames, list_run_files, read_kept_frames, read_run
+from streamer.run_index import build_run_index, check_index, index_name
+from streamer.types import FrameBatch, ResultBatch
+from streamer.writer import RollingWriter, WriterConfig
 
 CLASSES = ("empty", "single", "multiple")
 SHAPE = (16, 12)

@@ -87,7 +87,7 @@ class BuildPlan:
     n_train: int = 10000
     n_val: int = 1000
     n_test: int = 1000
-    epochs: int = 11
+    epochs: int = 18
     batch_size: int = 64
     target_precision: float = 0.97
     bank_singles: int = 100
