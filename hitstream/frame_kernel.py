@@ -47,12 +47,13 @@ Steps, on raw photon-count frames ``(N, 260, 257)`` float32:
    the noise floor (``λ``, expected photons per bin, masked, NaN → 0, coarsened and
    hot-capped like the frames) and turned into what an empty bin holds after cleaning,
    ``β = λ − NOISE_FLOOR · (1 − e^{−λ})`` (the mean of ``max(Poisson(λ) − ½, 0)``). The two
-   channels of step 4 are then made from the excess ``e = max(b − β, 0)`` instead of ``b``
-   (without a background, or with a zero one, they are exactly step 4's), so a frame on a
-   strong background looks like a clean frame with more noise; the detail channels keep
-   all the counts; one more channel, ``background = sqrt(λ) / LEVEL_SCALE``, tells the
-   network how much noise the background brings. ``Σ (b − β)`` is the
-   ``excess_photons`` output.
+   channels of step 4 are then made from the excess ``d = b − β`` instead of ``b``: the
+   level signed (``sign(d) · sqrt|d|``, so bins below the background stay visible and the
+   network can average the noise), the shape of ``max(d, 0)`` (without a background, or
+   with a zero one, they are exactly step 4's), so a frame on a strong background looks
+   like a clean frame with more noise; the detail channels keep all the counts; one more
+   channel, ``background = sqrt(λ) / LEVEL_SCALE``, tells the network how much noise the
+   background brings. ``Σ (b − β)`` is the ``excess_photons`` output.
 """
 
 from __future__ import annotations
@@ -282,11 +283,23 @@ def background_bins(
 
 
 def excess_bins(binned: np.ndarray, beta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Step 6: cleaned bins (N, h, w) and β (N or 1, h, w) → (the excess ``max(b − β, 0)``,
+    """Step 6: cleaned bins (N, h, w) and β (N or 1, h, w) → (the excess ``b − β``, signed,
     excess photons ``Σ (b − β)`` (N,))."""
-    d = np.asarray(binned, np.float32) - beta
-    excess = np.maximum(d, np.float32(0)).astype(np.float32)
-    return excess, d.sum(axis=(1, 2), dtype=np.float64).astype(np.float32)
+    d = (np.asarray(binned, np.float32) - beta).astype(np.float32)
+    return d, d.sum(axis=(1, 2), dtype=np.float64).astype(np.float32)
+
+
+def excess_channels(d: np.ndarray) -> np.ndarray:
+    """Step 6: the excess ``d`` (N, h, w) → (N, h, w, 2): step 4's channels of ``d``, the
+    level signed (``sign(d) sqrt|d| / LEVEL_SCALE``: below-background bins stay visible, so
+    the network can average noise), the shape of ``max(d, 0)``. For ``d ≥ 0`` (no
+    background) exactly :func:`channels`."""
+    d = np.asarray(d, np.float32)
+    pos = np.maximum(d, np.float32(0))
+    mean = pos.mean(axis=(1, 2), keepdims=True, dtype=np.float32)
+    level = np.sign(d) * np.sqrt(np.abs(d)) * np.float32(1.0 / LEVEL_SCALE)
+    shape = np.sqrt(pos) / np.sqrt(mean + np.float32(SHAPE_EPS))
+    return np.stack([level, shape], axis=-1).astype(np.float32)
 
 
 def background_channel(lam: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -309,11 +322,10 @@ def preprocess(
     b = cap_hot(coarsen_bins(bin_clean(frames, geometry), coarsen))
     photons = b.sum(axis=(1, 2), dtype=np.float64).astype(np.float32)
     lam = None
-    signal = b
+    parts = [channels(b)]
     if background is not None:
         lam, beta = background_bins(background, geometry, coarsen)
-        signal = excess_bins(b, beta)[0]
-    parts = [channels(signal)]
+        parts = [excess_channels(excess_bins(b, beta)[0])]
     if details:
         parts.append(detail_channels(block_details(frames, geometry), b))
     if lam is not None:

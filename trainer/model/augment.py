@@ -372,11 +372,10 @@ def augmented_inputs(
         b, scale = augment_photons(graph.bin_clean(x, geometry), seeds[1], geometry, config,
                                    with_scale=True)  # fmt: skip
         binned = graph.cap_hot(graph.coarsen_bins(b, coarsen))
-    signal = binned
+    parts = [graph.channels_first(binned)]
     if lam is not None:
         lam, beta = graph.background_levels(lam * scale[:, None, None] * binned_keep(keep), coarsen)
-        signal = tf.nn.relu(binned - beta)
-    parts = [graph.channels_first(signal)]
+        parts = [graph.excess_channels_first(binned - beta)]
     if details:
         parts.append(graph.details_first(blocks, binned))
     if lam is not None:

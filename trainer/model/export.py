@@ -86,7 +86,8 @@ def preprocessing_summary(
         + (
             "; with the run's map m: lam = 2x2 sums of m (masked, hot-capped), beta = "
             "lam - noise_floor*(1-exp(-lam)); the two level/shape channels made of "
-            "max(b - beta, 0) instead of b; channel sqrt(lam)/level_scale"
+            "d = b - beta instead of b (level sign(d)sqrt|d|, shape of max(d, 0)); channel "
+            "sqrt(lam)/level_scale"
             if background
             else ""
         ),

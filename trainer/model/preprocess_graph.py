@@ -121,6 +121,16 @@ def channels_first(binned: tf.Tensor) -> tf.Tensor:
     return s * tf.reshape(scales, [-1, 2, 1, 1])
 
 
+def excess_channels_first(d: tf.Tensor) -> tf.Tensor:
+    """The excess ``b − β`` (B, h, w) → (B, 2, h, w): the level signed, the shape of
+    ``max(d, 0)`` (:func:`hitstream.frame_kernel.excess_channels`)."""
+    pos = tf.nn.relu(d)
+    mean = tf.reduce_mean(pos, axis=[1, 2], keepdims=True)
+    level = tf.sign(d) * tf.sqrt(tf.abs(d)) * (1.0 / ref.LEVEL_SCALE)
+    shape = tf.sqrt(pos) * tf.math.rsqrt(mean + ref.SHAPE_EPS)
+    return tf.stack([level, shape], axis=1)
+
+
 def channels(binned: tf.Tensor) -> tf.Tensor:
     """(B, h, w) cleaned binned counts → (B, h, w, 2) network input.
 
@@ -214,14 +224,14 @@ def network_inputs(
         "binned": binned if fine else None,
         "signal": binned if fine else None,
     }
-    signal, lam = binned, None
+    lam = None
+    parts = [channels_first(binned)]
     if background is not None:
         lam, beta = background_bins(background, geometry, coarsen)
         d = binned - beta
-        signal = tf.nn.relu(d)
         out["excess_photons"] = tf.reduce_sum(d, axis=[1, 2])
-        out["signal"] = signal if fine else None
-    parts = [channels_first(signal)]
+        out["signal"] = tf.nn.relu(d) if fine else None
+        parts = [excess_channels_first(d)]
     if details:
         parts.append(details_first(blocks, binned))
     if lam is not None:
