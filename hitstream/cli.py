@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import builtins
 import dataclasses
 import importlib
 import inspect
@@ -71,6 +72,39 @@ def show_default(value: Any) -> str:
     if isinstance(value, tuple | list):
         return ",".join(show_default(v) for v in value)
     return str(value)
+
+
+def add_option(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    library: Any,
+    name: str,
+    help: str = "",
+    *,
+    flag: str | Sequence[str] | None = None,
+    type: Callable[[str], Any] | None = None,
+    shown: str | None = None,
+    **kwargs: Any,
+) -> argparse.Action:
+    """Add the option whose default is ``default_of(library, name)``.
+
+    ``flag`` (one or several) defaults to ``--name`` with ``-`` for ``_``; ``type`` to that
+    of an int or float default. A tuple or list default becomes the comma-separated string
+    the command splits again. ``help`` gets ``[default]`` (:func:`show_default`) appended, or
+    ``[shown]`` (``{}`` in it stands for the default; ``""`` appends nothing). Other keywords
+    go to ``add_argument``.
+    """
+    default = default_of(library, name)
+    if isinstance(default, tuple | list):
+        default = show_default(default)
+    if type is None and isinstance(default, int | float) and not isinstance(default, bool):
+        type = builtins.type(default)
+    if type is not None:
+        kwargs["type"] = type
+    text = show_default(default) if shown is None else shown.format(show_default(default))
+    if text:
+        help = f"{help} [{text}]" if help else f"[{text}]"
+    flags = [flag] if isinstance(flag, str) else flag or ["--" + name.replace("_", "-")]
+    return parser.add_argument(*flags, default=default, help=help, **kwargs)
 
 
 def build_parser(

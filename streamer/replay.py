@@ -45,6 +45,7 @@ import numpy as np
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from hitstream.cli import add_option
 from hitstream.errors import ConfigError
 from hitstream.h5input import open_frame_dataset
 from streamer.decode import end_of_run_message, timestamp_metadata
@@ -474,75 +475,49 @@ class ReplayServer:
 # ---------------------------------------------------------------------- command line
 
 
-def _default(name: str) -> Any:
-    """A field default of :class:`ReplayConfig`: the one source of the CLI's defaults."""
-    return ReplayConfig.__dataclass_fields__[name].default
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    d = _default
-    parser.add_argument("file", type=Path, help="HDF5 file holding an (N, H, W) dataset")
-    parser.add_argument("--dataset", default=d("dataset"), help="dataset path [%(default)s]")
-    parser.add_argument(
-        "--endpoint",
-        default=d("endpoint"),
-        help="ZeroMQ address to bind, or a port on 127.0.0.1 [%(default)s]",
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of ``streamer replay``; :class:`ReplayConfig` holds their defaults."""
+    c = ReplayConfig
+    p.add_argument("file", type=Path, help="HDF5 file holding an (N, H, W) dataset")
+    add_option(p, c, "dataset", "dataset path")
+    add_option(p, c, "endpoint", "ZeroMQ address to bind, or a port on 127.0.0.1")
+    add_option(
+        p, c, "mode", "socket type", flag=("-z", "--mode"), choices=MODES, type=str.upper, shown=""
     )
-    parser.add_argument(
-        "-z", "--mode", default=d("mode"), choices=MODES, type=str.upper, help="socket type"
+    add_option(p, c, "source", "source name")
+    add_option(p, c, "key", "key of the frames array")
+    add_option(
+        p,
+        c,
+        "frames_per_message",
+        "frames per message, one train",
+        flag=("-k", "--frames-per-message"),
     )
-    parser.add_argument("--source", default=d("source"), help="source name [%(default)s]")
-    parser.add_argument("--key", default=d("key"), help="key of the frames array [%(default)s]")
-    parser.add_argument(
-        "-k",
-        "--frames-per-message",
-        type=int,
-        default=d("frames_per_message"),
-        help="frames per message, one train [%(default)s]",
+    add_option(p, c, "rate", "frames/s to pace to (0: as fast as taken)", shown="")
+    add_option(p, c, "first_train_id", "train id of the first message")
+    add_option(p, c, "start", "first frame to send", shown="")
+    add_option(p, c, "stop", "frame to stop before", type=int, shown="")
+    add_option(p, c, "repeat", "send the range N times", shown="")
+    add_option(p, c, "dtype", "convert frames before sending", choices=SEND_DTYPES, shown="")
+    p.add_argument("--no-end-marker", action="store_true", help="do not send the end-of-run marker")
+    add_option(p, c, "linger_s", "REP: quiet seconds before leaving", flag="--linger")
+    add_option(
+        p,
+        c,
+        "expected_clients",
+        "end markers to deliver (REP/PUSH); subscribers to wait for (PUB)",
     )
-    parser.add_argument(
-        "--rate", type=float, default=d("rate"), help="frames/s to pace to (0: as fast as taken)"
-    )
-    parser.add_argument(
-        "--first-train-id",
-        type=int,
-        default=d("first_train_id"),
-        help="train id of the first message [%(default)s]",
-    )
-    parser.add_argument("--start", type=int, default=d("start"), help="first frame to send")
-    parser.add_argument("--stop", type=int, default=d("stop"), help="frame to stop before")
-    parser.add_argument("--repeat", type=int, default=d("repeat"), help="send the range N times")
-    parser.add_argument(
-        "--dtype", default=d("dtype"), choices=SEND_DTYPES, help="convert frames before sending"
-    )
-    parser.add_argument(
-        "--no-end-marker", action="store_true", help="do not send the end-of-run marker"
-    )
-    parser.add_argument(
-        "--linger",
-        type=float,
-        default=d("linger_s"),
-        help="REP: quiet seconds before leaving [%(default)s]",
-    )
-    parser.add_argument(
-        "--expected-clients",
-        type=int,
-        default=d("expected_clients"),
-        help="end markers to deliver (REP/PUSH); subscribers to wait for (PUB) [%(default)s]",
-    )
-    parser.add_argument(
-        "--hwm", type=int, default=d("hwm"), help="send high-water mark, messages [%(default)s]"
-    )
-    parser.add_argument(
+    add_option(p, c, "hwm", "send high-water mark, messages")
+    p.add_argument(
         "--pub-lossy", action="store_true", help="PUB: drop for slow subscribers (live-like)"
     )
-    parser.add_argument(
+    p.add_argument(
         "--curve-secret-key",
         type=Path,
         help="CurveZMQ: this server's secret key file (NAME.key_secret from "
         "zmq.auth.create_certificates); encrypts the stream",
     )
-    parser.add_argument(
+    p.add_argument(
         "--curve-clients-dir",
         type=Path,
         help="CurveZMQ: directory of the allowed clients' public keys (*.key); others are "

@@ -13,6 +13,13 @@ from typing import Any
 from hitstream.cli import default_of, show_default
 
 
+def add_run(p: argparse.ArgumentParser, library: Any) -> None:
+    """``RUN`` (one HDF5/CXI file), ``--dataset`` and ``--photon-unit``: the frames of a run."""
+    p.add_argument("run", type=Path, help="HDF5/CXI file with the frames (RUN.h5)")
+    p.add_argument("--dataset", required=True, help="path of the (N, H, W) frames dataset")
+    add_photon_unit(p, library)
+
+
 def add_labelled_runs(p: argparse.ArgumentParser, library: Any) -> None:
     """``--data`` (repeatable), ``--dataset`` and ``--labels``: labelled frames of HDF5 runs."""
     p.add_argument(

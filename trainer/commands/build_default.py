@@ -9,7 +9,7 @@ import argparse
 import time
 from pathlib import Path
 
-from hitstream.cli import default_of
+from hitstream.cli import add_option, default_of
 from trainer.model.build_default import BUILD_ARCHITECTURES, DEFAULT_ARCHITECTURE
 
 HELP = "build the shipped default model bundle (simulate, train compact, evaluate, export)"
@@ -18,27 +18,25 @@ HELP = "build the shipped default model bundle (simulate, train compact, evaluat
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from trainer.model.build_default import build_default
 
-    def d(name: str) -> object:
-        return default_of(build_default, name)
-
-    p.add_argument("--out", type=Path, default=d("out"), help=f"bundle directory [{d('out')}]")
+    add_option(p, build_default, "out", "bundle directory", type=Path)
     p.add_argument("--force", action="store_true", help="replace an existing bundle")
     p.add_argument(
         "--quick",
         action="store_true",
         help="tiny runs and 2 epochs: a smoke test, not a useful model",
     )
-    p.add_argument(
-        "--workers", type=int, default=d("workers"), help=f"simulation processes [{d('workers')}]"
-    )
-    p.add_argument(
-        "--architecture",
-        choices=BUILD_ARCHITECTURES,
-        default=d("architecture"),
-        help="fine: the default bundle (with template outputs); compact: the same without "
+    add_option(p, build_default, "workers", "simulation processes")
+    add_option(
+        p,
+        build_default,
+        "architecture",
+        "fine: the default bundle (with template outputs); compact: the same without "
         "the detail channels; fast: the fast CPU bundle",
+        choices=BUILD_ARCHITECTURES,
+        shown="",
     )
-    p.add_argument("--name", help=f"bundle name [{d('name')}, or the architecture's name]")
+    name = default_of(build_default, "name")
+    p.add_argument("--name", help=f"bundle name [{name}, or the architecture's name]")
 
 
 def run(args: argparse.Namespace) -> int:

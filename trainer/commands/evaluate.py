@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from hitstream.cli import default_of
+from hitstream.cli import add_option
 from trainer.commands.args import add_labelled_runs
 
 HELP = "evaluate a model bundle's ONNX graph on labelled frames (metrics JSON + plots)"
@@ -14,25 +14,13 @@ HELP = "evaluate a model bundle's ONNX graph on labelled frames (metrics JSON + 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from trainer.model.evaluate import evaluate_bundle
 
-    def d(name: str) -> object:
-        return default_of(evaluate_bundle, name)
-
     p.add_argument("--model", type=Path, required=True, help="model bundle directory")
     add_labelled_runs(p, evaluate_bundle)
     p.add_argument("--out", type=Path, help="directory for metrics.json and the PNGs")
-    p.add_argument(
-        "--positive", default=d("positive"), help=f"class scored vs the rest [{d('positive')}]"
-    )
-    p.add_argument("--bins", type=int, default=d("bins"), help=f"calibration bins [{d('bins')}]")
-    p.add_argument(
-        "--batch", type=int, default=d("batch"), help=f"frames per inference call [{d('batch')}]"
-    )
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=d("threads"),
-        help=f"onnxruntime threads [{d('threads')}: default]",
-    )
+    add_option(p, evaluate_bundle, "positive", "class scored vs the rest")
+    add_option(p, evaluate_bundle, "bins", "calibration bins")
+    add_option(p, evaluate_bundle, "batch", "frames per inference call")
+    add_option(p, evaluate_bundle, "threads", "onnxruntime threads", shown="{}: default")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from hitstream.cli import default_of, show_default
+from hitstream.cli import add_option
 from trainer.commands.args import add_labelled_runs
 from trainer.model.finetune import AUTO_EPOCHS, AUTO_FRAME_VISITS
 
@@ -17,12 +17,6 @@ HELP = "fine-tune a bundle's CNN on new labelled frames; before/after metrics on
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from trainer.model.finetune import finetune_bundle
-
-    def d(name: str) -> object:
-        return default_of(finetune_bundle, name)
-
-    def shown(name: str) -> str:
-        return show_default(d(name))
 
     p.add_argument("--model", type=Path, required=True, help="source bundle (with model.keras)")
     add_labelled_runs(p, finetune_bundle)
@@ -33,24 +27,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=int,
         help=f"[auto: {AUTO_FRAME_VISITS} frame visits, within {AUTO_EPOCHS[0]}–{AUTO_EPOCHS[1]}]",
     )
-    p.add_argument(
-        "--learning-rate",
-        type=float,
-        default=d("learning_rate"),
-        help=f"constant [{shown('learning_rate')}]",
-    )
-    p.add_argument(
-        "--batch-size", type=int, default=d("batch_size"), help=f"[{shown('batch_size')}]"
-    )
-    p.add_argument(
-        "--holdout-fraction",
-        type=float,
-        default=d("holdout_fraction"),
-        help=f"held-out share per class [{shown('holdout_fraction')}]",
-    )
-    p.add_argument(
-        "--seed", type=int, default=d("seed"), help=f"split and training seed [{shown('seed')}]"
-    )
+    add_option(p, finetune_bundle, "learning_rate", "constant")
+    add_option(p, finetune_bundle, "batch_size")
+    add_option(p, finetune_bundle, "holdout_fraction", "held-out share per class")
+    add_option(p, finetune_bundle, "seed", "split and training seed")
     p.add_argument("--no-augment", action="store_true", help="no training augmentation")
     p.add_argument("--force", action="store_true", help="replace an existing bundle")
 

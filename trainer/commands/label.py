@@ -13,7 +13,7 @@ import argparse
 from pathlib import Path
 from urllib.parse import quote
 
-from hitstream.cli import default_of, show_default
+from hitstream.cli import add_option
 from trainer.commands.args import add_photon_unit
 from trainer.labelling.session import ORDERS
 
@@ -23,12 +23,6 @@ HELP = "label frames by eye in a web page (thumbnails, click or keys; saved on e
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from trainer.labelling.server import LabelServer
     from trainer.labelling.session import open_session
-
-    def d(name: str) -> object:
-        return default_of(open_session, name)
-
-    def server(name: str) -> object:
-        return default_of(LabelServer, name)
 
     p.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="HDF5/CXI run file(s)")
     p.add_argument("--dataset", required=True, help="path of the (N, H, W) frames dataset")
@@ -46,28 +40,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         choices=ORDERS,
         help="frame order [template with a bank, else uncertainty with a model, else index]",
     )
-    classes = show_default(d("classes"))
-    p.add_argument(
-        "--classes",
-        default=classes,
-        help=f"classes, comma-separated; keys 1..9 in this order [{classes}]",
+    add_option(p, open_session, "classes", "classes, comma-separated; keys 1..9 in this order")
+    add_option(p, open_session, "page_size", "frames per page")
+    add_option(
+        p, open_session, "crop", "pictures show the central CROP x CROP pixels; 0: whole frames"
     )
-    p.add_argument(
-        "--page-size",
-        type=int,
-        default=d("page_size"),
-        help=f"frames per page [{d('page_size')}]",
-    )
-    p.add_argument(
-        "--crop",
-        type=int,
-        default=d("crop"),
-        help=f"pictures show the central CROP x CROP pixels; 0: whole frames [{d('crop')}]",
-    )
-    p.add_argument("--host", default=server("host"), help=f"address to serve on [{server('host')}]")
-    p.add_argument(
-        "--port", type=int, default=server("port"), help=f"port [{server('port')}: any free port]"
-    )
+    add_option(p, LabelServer, "host", "address to serve on")
+    add_option(p, LabelServer, "port", "port", shown="{}: any free port")
     p.add_argument(
         "--token-file",
         type=Path,

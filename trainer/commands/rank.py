@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from hitstream.cli import default_of
-from trainer.commands.args import add_photon_unit
+from hitstream.cli import add_option
+from trainer.commands.args import add_run
 
 HELP = "rank every frame of a run by its template distance (CSV + picture grids)"
 
@@ -14,23 +14,11 @@ HELP = "rank every frame of a run by its template distance (CSV + picture grids)
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from trainer.templates.rank import rank_to_files
 
-    def d(name: str) -> object:
-        return default_of(rank_to_files, name)
-
-    p.add_argument("run", type=Path, help="HDF5/CXI file with the frames (RUN.h5)")
-    p.add_argument("--dataset", required=True, help="path of the (N, H, W) frames dataset")
-    add_photon_unit(p, rank_to_files)
+    add_run(p, rank_to_files)
     p.add_argument("--bank", type=Path, required=True, help="template bank (trainer templates)")
     p.add_argument("--out", type=Path, help="output directory [./<RUN stem>_rank]")
-    p.add_argument(
-        "--top", type=int, default=d("top"), help=f"frames per picture grid [{d('top')}]"
-    )
-    p.add_argument(
-        "--chunk",
-        type=int,
-        default=d("chunk"),
-        help=f"frames read and scored at once [{d('chunk')}]",
-    )
+    add_option(p, rank_to_files, "top", "frames per picture grid")
+    add_option(p, rank_to_files, "chunk", "frames read and scored at once")
     p.add_argument(
         "--labels-out",
         type=Path,

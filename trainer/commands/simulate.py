@@ -7,7 +7,7 @@ import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hitstream.cli import default_of, show_default
+from hitstream.cli import add_option, default_of, show_default
 from hitstream.compression import COMPRESSIONS
 from hitstream.errors import ConfigError
 
@@ -36,20 +36,13 @@ def geometry_default(option: str) -> float:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from hitstream.simulate import simulate_to_file
 
-    def d(name: str) -> object:
-        return default_of(simulate_to_file, name)
-
     def shown(option: str) -> str:
         return f" [{show_default(geometry_default(option))}]"
 
     p.add_argument("output", type=Path, help="HDF5 file to write (OUT.h5)")
     p.add_argument("--frames", type=int, required=True, metavar="N", help="number of frames N")
-    p.add_argument(
-        "--seed", type=int, default=d("seed"), help="run seed; frame i depends on (seed, i)"
-    )
-    p.add_argument(
-        "--dataset", default=d("dataset"), help=f"dataset path inside the file [{d('dataset')}]"
-    )
+    add_option(p, simulate_to_file, "seed", "run seed; frame i depends on (seed, i)", shown="")
+    add_option(p, simulate_to_file, "dataset", "dataset path inside the file")
     p.add_argument("--labels", type=Path, help="labels CSV [OUT stem + .labels.csv]")
     p.add_argument("--run-name", help="value of the CSV 'run' column [OUT file name]")
     p.add_argument(
@@ -77,16 +70,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pixel-mm", type=float, help="pixel size (mm)" + shown("pixel_mm"))
     p.add_argument("--hole-px", type=float, help="radius of the central hole (pixels)")
     p.add_argument("--gap-rows", type=int, help="rows of the gap between detector halves")
+    compression = default_of(simulate_to_file, "compression")
     p.add_argument(
         "--compression",
         choices=COMPRESSIONS,
-        default=d("compression"),
-        help=f"HDF5 filter [{d('compression')}: readable everywhere]; bitshuffle-lz4, lz4 and "
+        default=compression,
+        help=f"HDF5 filter [{compression}: readable everywhere]; bitshuffle-lz4, lz4 and "
         "zstd (fast to read, for replay) need 'import hdf5plugin'",
     )
-    p.add_argument(
-        "--chunk", type=int, default=d("chunk"), help=f"frames generated per write [{d('chunk')}]"
-    )
+    add_option(p, simulate_to_file, "chunk", "frames generated per write")
     p.add_argument("--no-truth", action="store_true", help="CSV with run,index,class only")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--png", type=Path, help="also write a montage of example frames per class")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from hitstream.cli import default_of
-from trainer.commands.args import add_photon_unit
+from hitstream.cli import add_option
+from trainer.commands.args import add_run
 
 HELP = "build a template bank (HDF5) from the frames of a run labelled single"
 
@@ -15,60 +15,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from trainer.templates.features import MODES, PolarConfig
     from trainer.templates.from_run import build_bank_from_run
 
-    def d(name: str) -> object:
-        return default_of(build_bank_from_run, name)
-
-    def polar(name: str) -> object:
-        return default_of(PolarConfig, name)
-
-    p.add_argument("run", type=Path, help="HDF5/CXI file with the frames (RUN.h5)")
-    p.add_argument("--dataset", required=True, help="path of the (N, H, W) frames dataset")
-    add_photon_unit(p, build_bank_from_run)
+    lib = build_bank_from_run
+    add_run(p, lib)
     p.add_argument(
         "--labels", type=Path, required=True, help="labels (CSV run,index,class; JSON; HDF5)"
     )
-    p.add_argument("--class", dest="cls", default=d("cls"), help=f"class to take [{d('cls')}]")
-    p.add_argument("--mode", choices=MODES, default=d("mode"), help=f"matching mode [{d('mode')}]")
+    add_option(p, lib, "cls", "class to take", flag="--class", dest="cls")
+    add_option(p, lib, "mode", "matching mode", choices=MODES)
     p.add_argument("--out", type=Path, required=True, help="template bank to write (BANK.h5)")
-    p.add_argument(
-        "--max", type=int, default=d("max_frames"), metavar="N", help="use at most N frames [all]"
-    )
+    add_option(p, lib, "max_frames", "use at most N frames", flag="--max", metavar="N", shown="all")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bank")
     g = p.add_argument_group("polar mode")
-    g.add_argument(
-        "--n-angles",
-        type=int,
-        default=polar("n_angles"),
-        help=f"cells over 180° [{polar('n_angles')}]",
+    add_option(g, PolarConfig, "n_angles", "cells over 180°")
+    add_option(g, PolarConfig, "n_harmonics", "angular harmonics", flag="--harmonics")
+    add_option(
+        g,
+        PolarConfig,
+        "linear_weight",
+        "weight of the linear channel; the sqrt channel gets the rest",
     )
-    g.add_argument(
-        "--harmonics",
-        type=int,
-        default=polar("n_harmonics"),
-        help=f"angular harmonics [{polar('n_harmonics')}]",
-    )
-    g.add_argument(
-        "--linear-weight",
-        type=float,
-        default=polar("linear_weight"),
-        help="weight of the linear channel; the sqrt channel gets the rest "
-        f"[{polar('linear_weight')}]",
-    )
-    g.add_argument(
-        "--smooth-px",
-        type=float,
-        default=polar("smooth_px"),
-        help=f"sqrt channel smoothing [{polar('smooth_px')}]",
-    )
-    g.add_argument(
-        "--r-min-px",
-        type=float,
-        default=polar("r_min_px"),
-        help=f"inner radius [{polar('r_min_px')}]",
-    )
-    g.add_argument(
-        "--r-max-px", type=float, default=polar("r_max_px"), help="outer radius [frame edge]"
-    )
+    add_option(g, PolarConfig, "smooth_px", "sqrt channel smoothing")
+    add_option(g, PolarConfig, "r_min_px", "inner radius")
+    add_option(g, PolarConfig, "r_max_px", "outer radius", shown="frame edge")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from hitstream.cli import default_of, show_default
+from hitstream.cli import add_option, show_default
 from hitstream.labels import DEFAULT_CLASS_ORDER
 from trainer.commands.args import add_photon_unit
 from trainer.model.inputs import ARCHITECTURES
@@ -15,16 +15,8 @@ HELP = "train a CNN on labelled HDF5 runs (frames + labels CSV) and export a mod
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    def d(name: str) -> str:
-        """The default of TrainOptions' field ``name`` as the help text shows it."""
-        return show_default(default_of(TrainOptions, name))
-
     p.add_argument("runs", nargs="+", type=Path, help="HDF5 files with frames (N, H, W)")
-    p.add_argument(
-        "--dataset",
-        default=default_of(TrainOptions, "dataset"),
-        help=f"frames dataset inside each file [{d('dataset')}]",
-    )
+    add_option(p, TrainOptions, "dataset", "frames dataset inside each file")
     add_photon_unit(p, TrainOptions)
     p.add_argument(
         "--labels",
@@ -38,50 +30,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--classes",
         help="class order, comma separated [" + show_default(DEFAULT_CLASS_ORDER) + "]",
     )
-    p.add_argument(
-        "--val-fraction",
-        type=float,
-        default=default_of(TrainOptions, "val_fraction"),
-        help=f"validation share [{d('val_fraction')}]",
-    )
-    p.add_argument(
-        "--arch",
-        choices=ARCHITECTURES,
-        default=default_of(TrainOptions, "architecture"),
-        help=f"[{d('architecture')}]",
-    )
-    p.add_argument(
-        "--epochs",
-        type=int,
-        default=default_of(TrainOptions, "epochs"),
-        help=f"at most this many epochs [{d('epochs')}]",
-    )
-    p.add_argument(
-        "--batch-size",
-        type=int,
-        default=default_of(TrainOptions, "batch_size"),
-        help=f"[{d('batch_size')}]",
-    )
-    p.add_argument(
-        "--learning-rate",
-        type=float,
-        default=default_of(TrainOptions, "learning_rate"),
-        help=f"[{d('learning_rate')}]",
-    )
-    p.add_argument(
-        "--seed", type=int, default=default_of(TrainOptions, "seed"), help=f"[{d('seed')}]"
-    )
+    add_option(p, TrainOptions, "val_fraction", "validation share")
+    add_option(p, TrainOptions, "architecture", flag="--arch", choices=ARCHITECTURES)
+    add_option(p, TrainOptions, "epochs", "at most this many epochs")
+    add_option(p, TrainOptions, "batch_size")
+    add_option(p, TrainOptions, "learning_rate")
+    add_option(p, TrainOptions, "seed")
     p.add_argument("--no-augment", action="store_true", help="no training augmentation")
-    p.add_argument(
-        "--keep",
-        default=d("keep"),
-        help=f"classes to keep, comma separated [{d('keep')}]",
-    )
-    p.add_argument(
-        "--target-precision",
-        type=float,
-        default=default_of(TrainOptions, "target_precision"),
-        help=f"threshold of the first kept class reaches this precision [{d('target_precision')}]",
+    add_option(p, TrainOptions, "keep", "classes to keep, comma separated")
+    add_option(
+        p,
+        TrainOptions,
+        "target_precision",
+        "threshold of the first kept class reaches this precision",
     )
     p.add_argument(
         "--bank",

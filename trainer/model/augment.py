@@ -69,9 +69,20 @@ class AugmentConfig:
 def gap_fill_rows(geometry: DetectorGeometry) -> np.ndarray:
     """(H,) int32 source row of every row: identity, except the gap rows, which take mirrored
     copies of the rows above (upper half) and below (lower half)."""
-    h = geometry.shape[0]
+    return _mirror_gap(geometry.valid_pixels().any(axis=1))
+
+
+def binned_gap_fill_rows(geometry: DetectorGeometry) -> np.ndarray:
+    """:func:`gap_fill_rows` on the 2×2 bins (the binned mask's empty rows)."""
+    return _mirror_gap((np.asarray(ref.binned_mask(geometry)) > 0).any(axis=1))
+
+
+def _mirror_gap(row_valid: np.ndarray) -> np.ndarray:
+    """Source row of every row: the rows without a valid pixel (the gap) mirrored from its
+    neighbours, the others themselves."""
+    h = len(row_valid)
     rows = np.arange(h, dtype=np.int32)
-    gap = np.flatnonzero(~geometry.valid_pixels().any(axis=1))
+    gap = np.flatnonzero(~row_valid)
     if gap.size == 0:
         return rows
     top, bottom = int(gap.min()), int(gap.max())
@@ -151,22 +162,6 @@ def binned_transforms(transforms):
     b2b = (b0 * c + b1 * c + b2 - c) / ref.BIN
     zeros = tf.zeros_like(a0)
     return tf.stack([a0, a1, a2b, b0, b1, b2b, zeros, zeros], axis=1)
-
-
-def binned_gap_fill_rows(geometry: DetectorGeometry) -> np.ndarray:
-    """:func:`gap_fill_rows` on the 2×2 bins (the binned mask's empty rows)."""
-    mask = np.asarray(ref.binned_mask(geometry)) > 0
-    h = mask.shape[0]
-    rows = np.arange(h, dtype=np.int32)
-    gap = np.flatnonzero(~mask.any(axis=1))
-    if gap.size == 0:
-        return rows
-    top, bottom = int(gap.min()), int(gap.max())
-    mid = (top + bottom) / 2.0
-    for r in gap:
-        src = top - 1 - (r - top) if r <= mid else bottom + 1 + (bottom - r)
-        rows[r] = min(max(src, 0), h - 1)
-    return rows
 
 
 def transform_frames(frames, transforms, shape: tuple[int, int]):
