@@ -11,7 +11,8 @@ precision at the bundle's threshold, the precision-recall curve read at recall 0
 the accuracy of the hits that stand out of their background's Poisson noise
 (photons / sqrt(background) ≥ 5) and of those that do not (the physical limit).
 
-    .venv/bin/python bench/bench_background.py models/default models/fast [--frames 1000]
+    .venv/bin/python bench/bench_background.py models/default models/fast \
+        [previous=OLD_BUNDLE ...] [--frames 1000]
 
 Writes ``background_bench.json`` and ``background_bench.png`` into ``--out``.
 """
@@ -25,7 +26,9 @@ from pathlib import Path
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("bundles", nargs="+", type=Path)
+    ap.add_argument(
+        "bundles", nargs="+", help="bundle directories, or LABEL=DIR to name one in the table"
+    )
     ap.add_argument("--frames", type=int, default=1000, help="frames per row [1000]")
     ap.add_argument("--only", nargs="*", help="rows to run (names as printed)")
     ap.add_argument("--out", type=Path, default=Path("bench/out/background"))
@@ -44,8 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         truth = {k: run.params[k] for k in ("photons", "background")}
         base = score_baseline(run.frames, run.labels, bgs, SIM_CLASSES, cfg.geometry.valid_pixels())
         row = {"run": name, "seed": seed, "frames": len(run), "baseline": base, "bundles": {}}
-        for b in args.bundles:
-            row["bundles"][str(b)] = score_bundle(b, run.frames, run.labels, bgs, truth)
+        for label, path in map(_labelled, args.bundles):
+            row["bundles"][label] = score_bundle(path, run.frames, run.labels, bgs, truth)
         rows.append(row)
         _print_row(row)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -53,6 +56,12 @@ def main(argv: list[str] | None = None) -> int:
     _plot(rows, args.out / "background_bench.png")
     print(f"wrote {args.out / 'background_bench.json'} and background_bench.png")
     return 0
+
+
+def _labelled(arg: str) -> tuple[str, Path]:
+    """``LABEL=DIR`` or ``DIR`` (labelled by itself)."""
+    label, sep, path = arg.partition("=")
+    return (label, Path(path)) if sep else (arg, Path(arg))
 
 
 def _print_row(row: dict) -> None:
@@ -93,6 +102,8 @@ def _plot(rows: list[dict], path: Path) -> None:
             ax.plot(levels, [r["bundles"][name][key] for r in ladder], "-o", label=name)
         ax.axhline(0.97 if key == "accuracy" else 0.95, color="grey", lw=0.8, ls=":")
         ax.set_xscale("symlog", linthresh=0.005)
+        ax.set_xlim(-0.0005, 0.12)
+        ax.set_xticks(levels, [f"{v:g}" for v in levels])
         ax.set_xlabel("mean background (photons per pixel)")
         ax.set_title(title)
         ax.set_ylim(0, 1.02)

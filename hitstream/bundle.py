@@ -40,6 +40,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from hitstream.errors import BundleError, InputDataError
 from hitstream.geometry import DetectorGeometry, geometry_from_attrs
 
@@ -121,6 +123,21 @@ class Bundle:
         tr = bg.get("training_range") if isinstance(bg, dict) else None
         level = tr.get("level") if isinstance(tr, dict) else None
         return (float(level[0]), float(level[1])) if level is not None else None
+
+    def feed(
+        self, frames: np.ndarray, background: np.ndarray | None = None
+    ) -> dict[str, np.ndarray]:
+        """The graph's inputs for an onnxruntime session run on ``frames`` ``(B, H, W)``:
+        with the run's ``background`` ``(H, W)`` when the graph takes one (None: a dark
+        run, zeros). A background given to a graph that takes none is ignored.
+
+        >>> session.run(None, bundle.feed(frames))   # doctest: +SKIP
+        """
+        feed = {self.input_name: np.ascontiguousarray(frames, np.float32)}
+        if self.background_input is not None:
+            b = np.zeros(self.frame_shape, np.float32) if background is None else background
+            feed[self.background_input] = np.asarray(b, np.float32).reshape(1, *self.frame_shape)
+        return feed
 
     @property
     def geometry(self) -> DetectorGeometry:

@@ -13,6 +13,8 @@ ort = pytest.importorskip("onnxruntime")
 
 from hitstream.bundle import load_bundle  # noqa: E402
 from hitstream.simulate import simulate_run, write_run  # noqa: E402
+from trainer.data.backgrounds import run_background  # noqa: E402
+from trainer.data.ingest import open_run  # noqa: E402
 from trainer.model.evaluate import (  # noqa: E402
     average_precision,
     best_f1,
@@ -111,7 +113,9 @@ def test_evaluate_cli_on_the_shipped_bundle(tmp_path: Path) -> None:
     b = load_bundle(DEFAULT)
     s = ort.InferenceSession(str(b.model_path), providers=["CPUExecutionProvider"])
     names = [o.name for o in s.get_outputs()]
-    o = dict(zip(names, s.run(None, {"frames": run.frames}), strict=True))
+    with open_run(path, "data") as src:  # the run's own background estimate, as evaluate uses
+        background = run_background(src).map
+    o = dict(zip(names, s.run(None, b.feed(run.frames, background)), strict=True))
     y = run.labels.astype(np.int64)
     prob = o["probabilities"]
     assert m["frames"] == 48

@@ -16,6 +16,8 @@ ort = pytest.importorskip("onnxruntime")
 
 from hitstream.bundle import load_bundle  # noqa: E402
 from hitstream.simulate import simulate_run, write_run  # noqa: E402
+from trainer.data.backgrounds import run_background  # noqa: E402
+from trainer.data.ingest import open_run  # noqa: E402
 
 DEFAULT = Path(__file__).resolve().parents[1] / "models" / "default"
 
@@ -42,9 +44,11 @@ def test_finetune_cli(tmp_path: Path) -> None:
     assert report["before"]["frames"] == report["after"]["frames"] == len(hold) == 10
     # both numbers are the ONNX graphs' on exactly these frames
     y = run.labels[hold].astype(np.int64)
+    with open_run(path, "data") as src_run:  # the run's own background, as finetune uses
+        background = run_background(src_run).map
     for key, bundle in (("before", src), ("after", new)):
         s = ort.InferenceSession(str(bundle.model_path), providers=["CPUExecutionProvider"])
-        p = s.run(["probabilities"], {"frames": run.frames[hold]})[0]
+        p = s.run(["probabilities"], bundle.feed(run.frames[hold], background))[0]
         assert report[key]["accuracy"] == pytest.approx(np.mean(p.argmax(1) == y), abs=1e-5)
     assert new.manifest["metrics"]["holdout"]["accuracy"] == report["after"]["accuracy"]
     assert main(args) == 2  # exists, no --force

@@ -18,7 +18,8 @@ own errors; both are fixed for a run and differ between runs. A run is a block o
   the beam, 0.6–3 pixels wide, 3–30 % of the background;
 - **shot-to-shot level** (pulse energy, jet density): log-normal, σ 0–0.35;
 - **panel gains** (calibration errors between detector halves or modules): σ 0–10 %;
-- **common-mode offsets** of each row segment of 64 pixels, per shot: σ 0–0.1 photon;
+- **common-mode offsets** of each row segment of 64 pixels, per shot, as left after the
+  facility's common-mode correction: σ 0–0.05 photon;
 - **saturation** of the pixels, on some runs: 200–5,000 photons;
 - **the run's own hot pixels** (present in every frame of the run): 0–40, each with a mean of
   3–200 photons per frame.
@@ -96,7 +97,7 @@ class BeamlineConfig:
             streak_share=0.3,
             shot_jitter=(0.0, 0.35),
             gain_spread=(0.0, 0.1),
-            common_mode=(0.0, 0.1),
+            common_mode=(0.0, 0.05),
             saturation_share=0.3,
             hot_pixels=(0, 40),
         )

@@ -73,11 +73,6 @@ def run_graph(
     return {n: np.concatenate(v) if v else np.zeros(0, np.float32) for n, v in parts.items()}
 
 
-def takes_background(bundle: Any) -> bool:
-    """Whether a bundle's graph takes the run's background (manifest key ``background``)."""
-    return isinstance(bundle.manifest.get("background"), dict)
-
-
 def _ranked(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Cumulative true and false positives at each distinct threshold (decreasing)."""
     s = np.asarray(scores, np.float64)
@@ -325,7 +320,7 @@ def evaluate_bundle(
         photon_unit=photon_unit,
         progress=progress,
     )
-    bgs = labelled_backgrounds(data, photon_unit) if takes_background(bundle) else None
+    bgs = labelled_backgrounds(data, photon_unit) if bundle.background_input else None
     t0 = time.perf_counter()
     outputs = run_graph(
         bundle.model_path, data.frames, bundle.input_name, batch, threads, progress, bgs

@@ -31,6 +31,7 @@ import numpy as np
 
 from hitstream import frame_kernel as ref
 from hitstream.bundle import (
+    BACKGROUND_INPUT,
     CONFUSION_FILE,
     EVALUATION_FILE,
     INPUT_NAME,
@@ -43,7 +44,6 @@ from hitstream.bundle import (
 )
 from hitstream.errors import BundleError
 from hitstream.geometry import DetectorGeometry
-from trainer.model.inputs import BACKGROUND_INPUT
 
 log = logging.getLogger(__name__)
 

@@ -71,7 +71,7 @@ def finetune_bundle(
     from trainer.data.backgrounds import labelled_backgrounds
     from trainer.data.ingest import load_labelled
     from trainer.data.labelled import stratified_split
-    from trainer.model.evaluate import evaluate_outputs, jsonable, run_graph, takes_background
+    from trainer.model.evaluate import evaluate_outputs, jsonable, run_graph
 
     if out.exists() and not force:
         raise ConfigError(f"{out} already exists; pass --force to replace it")
@@ -91,7 +91,7 @@ def finetune_bundle(
     if len(train_idx) == 0 or len(hold_idx) == 0:
         raise ConfigError(f"{len(data)} labelled frames: too few to fine-tune and hold out")
     x_hold, y_hold = data.frames[hold_idx], data.y[hold_idx]
-    bgs = labelled_backgrounds(data, photon_unit) if takes_background(src) else None
+    bgs = labelled_backgrounds(data, photon_unit) if src.background_input else None
     bg_hold = bgs.take(hold_idx) if bgs is not None else None
 
     before_out = run_graph(src.model_path, x_hold, src.input_name, progress=progress,

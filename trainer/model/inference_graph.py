@@ -12,9 +12,10 @@ from typing import Any
 
 import tensorflow as tf
 
+from hitstream.bundle import BACKGROUND_INPUT
 from hitstream.errors import ConfigError
 from hitstream.geometry import DetectorGeometry
-from trainer.model.inputs import BACKGROUND_INPUT, model_layout
+from trainer.model.inputs import model_layout
 from trainer.model.preprocess_graph import bin_frames, network_inputs
 from trainer.templates.bank import TemplateBank
 from trainer.templates.graph import make_template_matcher

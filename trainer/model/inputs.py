@@ -16,7 +16,6 @@ from hitstream import frame_kernel as ref
 from hitstream.errors import ConfigError
 from hitstream.geometry import DetectorGeometry
 
-BACKGROUND_INPUT = "background"  # the exported graph's second input (the run's background)
 ARCHITECTURES: tuple[str, ...] = ("compact", "fast", "fine", "seed")
 INPUT_COARSEN = {"compact": 1, "fast": 2, "fine": 1, "seed": 1}  # frame_kernel.coarsen_bins
 INPUT_DETAILS = frozenset({"fine"})  # fed the detail channels (frame_kernel step 5)

@@ -163,10 +163,10 @@ def score_bundle(
     and ``background`` per frame), also the accuracy of the hits that stand out of their
     background's noise (signal photons / sqrt(background photons) ≥ :data:`SNR_LIMIT`)."""
     from hitstream.bundle import load_bundle
-    from trainer.model.evaluate import run_graph, takes_background
+    from trainer.model.evaluate import run_graph
 
     b = load_bundle(bundle, verify=True)
-    if takes_background(b) and backgrounds is None:
+    if b.background_input and backgrounds is None:
         m = estimate_run_background(frames, b.geometry.valid_pixels()).map
         backgrounds = RunBackgrounds(m[None], np.zeros(len(frames), np.int64))
     out = run_graph(b.model_path, frames, b.input_name, progress=False, backgrounds=backgrounds)
