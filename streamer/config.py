@@ -49,10 +49,12 @@ class FeedConfig:
     axis_order: str = "pulses,H,W"
     poll_s: float = 0.05  # receive timeout per poll; also bounds batching deadlines
     reconnect_s: float = 5.0  # REQ: no answer for this long -> new socket
-    hwm: int = 64
+    hwm: int = 64  # receive queue in messages, capped by max_queue_bytes (see queue_messages)
     prefetch: bool = True  # REQ: request message i+1 while decoding message i
     drain_s: float = 2.0  # on stop: wait this long for a reply already requested
-    max_message_bytes: int = 1 << 30
+    max_message_bytes: int = 2 << 30  # one train: AGIPD 1M × 352 pulses float32 is 1.48 GB
+    max_queue_bytes: int = 4 << 30  # the receive queue's bound in bytes
+    refuse_after: int = 8  # refused messages in a row (none accepted) -> the feed is refused
     curve_server_key: Path | None = None  # CurveZMQ: the server's public key file
     curve_secret_key: Path | None = None  # CurveZMQ: this client's secret key file
 
@@ -61,6 +63,19 @@ class FeedConfig:
             raise ConfigError(f"feed.mode {self.mode!r} is not one of {', '.join(FEED_MODES)}")
         if (self.curve_server_key is None) != (self.curve_secret_key is None):
             raise ConfigError("feed.curve_server_key and feed.curve_secret_key go together")
+        if self.max_message_bytes < 1 or self.max_queue_bytes < self.max_message_bytes:
+            raise ConfigError(
+                "feed.max_message_bytes must be ≥ 1 and feed.max_queue_bytes ≥ it "
+                f"(got {self.max_message_bytes} and {self.max_queue_bytes})"
+            )
+        if self.hwm < 1 or self.refuse_after < 1:
+            raise ConfigError("feed.hwm and feed.refuse_after must be ≥ 1")
+
+    @property
+    def queue_messages(self) -> int:
+        """The receive high-water mark in messages: ``hwm``, capped so that a queue of
+        messages at the size limit holds at most ``max_queue_bytes``."""
+        return max(1, min(self.hwm, self.max_queue_bytes // self.max_message_bytes))
 
 
 @dataclass(frozen=True)

@@ -81,6 +81,8 @@ class Decoded:
     batch: FrameBatch | None
     rejected: dict[str, int] = field(default_factory=dict)
     end: EndOfRun | None = None
+    source: str = ""  # the source the frames were read from
+    ignored: tuple[str, ...] = ()  # other sources that carry an array under the same key
 
 
 @lru_cache(maxsize=64)
@@ -252,7 +254,10 @@ def decode_message(
     values = data[source]
     array = values.get(spec.key)
     if array is None:
-        raise MessageError("key", f"source {source!r} has no key {spec.key!r}")
+        arrays = sorted(k for k, v in values.items() if isinstance(v, np.ndarray))[:8]
+        raise MessageError(
+            "key", f"source {source!r} has no key {spec.key!r} (its array keys: {arrays})"
+        )
     if not isinstance(array, np.ndarray):
         raise MessageError("key", f"{source!r}/{spec.key!r} is not an array")
     frames = to_frames(array, spec.axis_order)
@@ -272,8 +277,11 @@ def decode_message(
             rejected["nonfinite"] = int(n - np.count_nonzero(good))
             frames, pulse_id = frames[good], pulse_id[good]
             n = frames.shape[0]
+    ignored = tuple(
+        s for s in sorted(data) if s != source and isinstance(_get(data[s], spec.key), np.ndarray)
+    )
     if n == 0:
-        return Decoded(batch=None, rejected=rejected)
+        return Decoded(batch=None, rejected=rejected, source=source, ignored=ignored)
     batch = FrameBatch(
         frames=frames,
         train_id=np.full(n, train_id, dtype=np.uint64),
@@ -281,7 +289,11 @@ def decode_message(
         timestamp=np.full(n, _timestamp(meta, now), dtype=np.float64),
         received=np.full(n, time.monotonic(), dtype=np.float64),
     )
-    return Decoded(batch=batch, rejected=rejected)
+    return Decoded(batch=batch, rejected=rejected, source=source, ignored=ignored)
+
+
+def _get(values: Any, key: str) -> Any:
+    return values.get(key) if isinstance(values, dict) else None
 
 
 class Decoder:

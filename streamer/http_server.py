@@ -23,7 +23,8 @@ PostHandler = Callable[[bytes], tuple[int, str, bytes]]  # request body -> (stat
 
 
 class StatusServer(HttpServer):
-    """Serves metrics and readiness; ``ready`` is set by the pipeline once it can take frames."""
+    """Serves metrics and readiness: ``/ready`` is 200 once ``ready`` is set (the pipeline can
+    take frames) and while ``not_ready()`` gives no reason (e.g. a refused feed)."""
 
     def __init__(
         self,
@@ -37,6 +38,8 @@ class StatusServer(HttpServer):
         self.metrics = metrics
         self.ready = threading.Event()
         self.status: Callable[[], dict[str, Any]] = dict
+        #: why the service is not ready although it runs (e.g. the feed is refused), or None
+        self.not_ready: Callable[[], str | None] = lambda: None
         super().route("/metrics", self._metrics)
         super().route("/ready", self._ready)
         super().route("/healthz", lambda _r: Response(200, "text/plain", b"ok\n"))
@@ -54,8 +57,12 @@ class StatusServer(HttpServer):
         return Response(200, CONTENT_TYPE_LATEST, generate_latest(self.metrics.registry))
 
     def _ready(self, _r: Request) -> Response:
-        ok = self.ready.is_set()
-        return Response(200 if ok else 503, "text/plain", b"ready\n" if ok else b"not ready\n")
+        if not self.ready.is_set():
+            return Response(503, "text/plain", b"not ready\n")
+        why = self.not_ready()
+        if why is not None:
+            return Response(503, "text/plain", f"not ready: {why}\n".encode())
+        return Response(200, "text/plain", b"ready\n")
 
     def _status(self, _r: Request) -> Response:
         return Response(200, "application/json", json.dumps(self.status(), default=str).encode())

@@ -43,6 +43,17 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.feed_refused = Gauge(
+            "hitstream_feed_refused",
+            "1 while every message of the feed is refused (see /status for the fix)",
+            registry=r,
+        )
+        self.ignored_source_messages = Counter(
+            "hitstream_ignored_source_messages",
+            "Messages with frames under the feed key from a source that is not read",
+            ["source"],
+            registry=r,
+        )
         self.frames_kept = Counter(
             "hitstream_frames_kept", "Frames written to the kept data", registry=r
         )

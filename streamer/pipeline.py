@@ -33,6 +33,7 @@ from streamer.decision import decide, keep_mask_for, threshold_vector
 from streamer.decode import SourceSpec, decode_message
 from streamer.engine import Engine
 from streamer.feed import FeedClient
+from streamer.feed_refusal import RefusalWatch
 from streamer.live_view import LiveView
 from streamer.metrics import Metrics
 from streamer.model_swap import ModelSwapper
@@ -74,6 +75,7 @@ class RunSummary:
     warnings: list[str] = field(default_factory=list)  # e.g. frames not in photons
     background: dict[str, Any] = field(default_factory=dict)  # level, warm, frames, version
     novelty: dict[str, Any] = field(default_factory=dict)  # frames unlike the training data?
+    feed: dict[str, Any] = field(default_factory=dict)  # refusal, ignored sources
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -150,6 +152,13 @@ class Pipeline:
             warnings=self._warnings,
         )
         self.novelty = RunNovelty(self.metrics, self._warnings)
+        h, w = bundle.frame_shape
+        self.refusal = RefusalWatch(
+            self.metrics,
+            self._warnings,
+            after_messages=config.feed.refuse_after,
+            expected=f"frames of {h}×{w} pixels",
+        )
         self._install(engine)
         self.swapper = ModelSwapper(
             current=lambda: self.model.engine,
@@ -238,8 +247,14 @@ class Pipeline:
             "warnings": list(self._warnings),
             "background": self.background.status(),
             "novelty": self.novelty.status(),
+            "feed": self.refusal.status(),
             "config": to_dict(self.config),
         }
+
+    def not_ready_reason(self) -> str | None:
+        """Why ``/ready`` should say no although the pipeline runs: the feed is refused."""
+        refusal = self.refusal.active
+        return refusal.message if refusal is not None else None
 
     def run(self) -> RunSummary:
         lossless = self.config.pipeline.mode == "lossless"
@@ -283,7 +298,7 @@ class Pipeline:
             cfg.feed.endpoint,
             cfg.feed.mode,
             timeout_s=cfg.feed.reconnect_s,
-            hwm=cfg.feed.hwm,
+            hwm=cfg.feed.queue_messages,
             max_message_bytes=cfg.feed.max_message_bytes,
             prefetch=cfg.feed.prefetch,
             curve_server_key=cfg.feed.curve_server_key,
@@ -291,10 +306,12 @@ class Pipeline:
         ) as feed:
             self.ready.set()
             log.info(
-                "receiving from %s (%s, %s mode)",
+                "receiving from %s (%s, %s mode; queue of %d messages of at most %d bytes)",
                 cfg.feed.endpoint,
                 cfg.feed.mode,
                 cfg.pipeline.mode,
+                cfg.feed.queue_messages,
+                cfg.feed.max_message_bytes,
             )
             last_activity = time.monotonic()
             dropped = 0
@@ -306,6 +323,12 @@ class Pipeline:
                 if feed.dropped_connections != dropped:  # ZeroMQ refused a message
                     n, dropped = feed.dropped_connections - dropped, feed.dropped_connections
                     self._count_reject("connection", n, "feed connection dropped by ZeroMQ")
+                    self.refusal.refused(
+                        "connection",
+                        f"ZeroMQ dropped the connection {n} time(s): a message part over "
+                        f"feed.max_message_bytes = {cfg.feed.max_message_bytes}",
+                        n,
+                    )
                 now = time.monotonic()
                 if parts is not None:
                     last_activity = now
@@ -342,6 +365,7 @@ class Pipeline:
             decoded = decode_message(data, meta, self.spec, now=time.time())
         except MessageError as exc:
             self._count_reject(exc.reason, 1, exc.detail)
+            self.refusal.refused(exc.reason, exc.detail)
             return False
         except Exception as exc:  # a decoder bug must not end the run: count, log, go on
             if self._reject_logged["internal"] < 5:
@@ -350,6 +374,8 @@ class Pipeline:
             return False
         for reason, n in decoded.rejected.items():
             self._count_reject(reason, n, "frames refused inside a message")
+        if decoded.ignored:
+            self.refusal.ignored(decoded.ignored, decoded.source, self.spec.key)
         if decoded.end is not None:
             self._end = decoded.end
             log.info(
@@ -361,6 +387,7 @@ class Pipeline:
             if not decoded.rejected:  # no frame at all: counted, so every message shows up
                 self._count_reject("empty", 1, "message without frames")
             return False
+        self.refusal.accepted()
         m.frames_received.inc(len(fb))
         m.last_frame_time.set(time.time())
         self._check_gap(int(fb.train_id[0]), int(fb.train_id[-1]), len(fb))
@@ -544,8 +571,12 @@ class Pipeline:
             except (HitstreamError, OSError) as exc:
                 log.error("run index: %s", exc)
                 self._errors.append(f"index: {exc}")
+        refused = self.refusal.end_error()
+        if refused is not None:
+            self._errors.append(f"feed: {refused}")
         s.error = "; ".join(self._errors) or None
         s.warnings = list(self._warnings)
         s.background = self.background.status()
         s.novelty = self.novelty.status()
+        s.feed = self.refusal.status()
         return s

@@ -120,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
             token=read_token(config.metrics.token_file),
         ).start()
         server.status = pipeline.status
+        server.not_ready = pipeline.not_ready_reason
         server.post_route("/model", lambda body: _swap_answer(pipeline, body))
         if pipeline.live is not None:
             for path, handler in pipeline.live.routes().items():
