@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from hitstream.background import BackgroundConfig
+from hitstream.detectors import DetectorConfig
 from hitstream.errors import ConfigError
 from streamer.engine import EngineConfig
 from streamer.writer import WriterConfig
@@ -139,6 +140,8 @@ class ServeConfig:
     view: ViewConfig = field(default_factory=ViewConfig)
     # the run's own background (hitstream.background), fed to bundles that take one
     background: BackgroundConfig = field(default_factory=BackgroundConfig)
+    # a real detector's geometry: its frames are resampled onto the model's q grid
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:

@@ -65,6 +65,7 @@ class SourceSpec:
     axis_order: str = "pulses,H,W"
     frame_shape: tuple[int, int] | None = None
     pulse_key: str = "image.pulseId"
+    mask_nonfinite: bool = False  # True: NaN/Inf pixels pass (masked later), frames are kept
 
     def __post_init__(self) -> None:
         parse_axis_order(self.axis_order)  # fail early on a bad spec
@@ -271,7 +272,7 @@ def decode_message(
     n = frames.shape[0]
     pulse_id = _pulse_ids(values, spec.pulse_key, n)
     rejected: dict[str, int] = {}
-    if array.dtype.kind == "f" and n:
+    if array.dtype.kind == "f" and n and not spec.mask_nonfinite:
         good = finite_frames(frames)
         if not good.all():
             rejected["nonfinite"] = int(n - np.count_nonzero(good))

@@ -18,14 +18,16 @@ import shutil
 import threading
 import time
 from collections import Counter as Tally
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from hitstream.bundle import load_bundle
-from hitstream.errors import HitstreamError, MessageError
+from hitstream.bundle import Bundle, load_bundle
+from hitstream.detectors import Detector, load_detector
+from hitstream.errors import ConfigError, HitstreamError, MessageError
+from hitstream.qgrid import Resampler
 from hitstream.units import MIN_SIGNAL_PIXELS, estimate_photon_unit
 from streamer.batcher import Batcher, StagedBatch
 from streamer.config import ServeConfig, to_dict
@@ -76,6 +78,7 @@ class RunSummary:
     background: dict[str, Any] = field(default_factory=dict)  # level, warm, frames, version
     novelty: dict[str, Any] = field(default_factory=dict)  # frames unlike the training data?
     feed: dict[str, Any] = field(default_factory=dict)  # refusal, ignored sources
+    detector: dict[str, Any] = field(default_factory=dict)  # geometry and q-grid coverage
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -152,6 +155,10 @@ class Pipeline:
             warnings=self._warnings,
         )
         self.novelty = RunNovelty(self.metrics, self._warnings)
+        self.detector: Detector | None = (
+            load_detector(config.detector) if config.detector.enabled else None
+        )
+        self.resampler: Resampler | None = None
         h, w = bundle.frame_shape
         self.refusal = RefusalWatch(
             self.metrics,
@@ -179,7 +186,10 @@ class Pipeline:
             source=config.feed.source,
             key=config.feed.key,
             axis_order=config.feed.axis_order,
-            frame_shape=bundle.frame_shape,
+            frame_shape=(
+                self.detector.stacked_shape if self.detector is not None else bundle.frame_shape
+            ),
+            mask_nonfinite=self.detector is not None,  # corrected data marks bad pixels NaN
         )
         self.writer = RollingWriter(
             config.output,
@@ -218,6 +228,7 @@ class Pipeline:
         )
         if self.live is not None:
             self.live.set_model(b)
+        self._map_detector(b)
         self.background.set_model(b.label, b.background_range if engine.takes_background else None)
         self.novelty.set_model(b)
         if engine.takes_background and not self.config.background.enabled:
@@ -228,6 +239,50 @@ class Pipeline:
             log.warning("%s", msg)
             if msg not in self._warnings:
                 self._warnings.append(msg)
+
+    def _map_detector(self, bundle: Bundle) -> None:
+        """With a detector configured: the map of its pixels onto this bundle's q grid
+        (computed again only when the grid changes). At start a detector that does not
+        cover the grid is an error; at a model swap it is a warning."""
+        det = self.detector
+        if det is None or (self.resampler is not None and self.resampler.grid == bundle.geometry):
+            return
+        resampler = Resampler(det, bundle.geometry)
+        c = resampler.coverage
+        log.info(
+            "%s (%s): %d pixels -> the model's %s grid, %.0f%% of it covered "
+            "(q up to %.4f /nm; the grid's %.4f /nm), %d parts per pixel",
+            det.name, "x".join(map(str, det.data_shape)), det.n_pixels,
+            "x".join(map(str, bundle.frame_shape)), 100 * c.covered_share,
+            c.detector_q_max, c.model_q_max, resampler.subpixels ** 2,
+        )  # fmt: skip
+        try:
+            resampler.check_coverage()
+        except ConfigError as exc:
+            if self.resampler is None:
+                raise
+            log.warning("%s", exc)
+            self._warnings.append(str(exc))
+        note = resampler.warning()
+        if note is not None and note not in self._warnings:
+            log.warning("%s", note)
+            self._warnings.append(note)
+        self.resampler = resampler
+
+    def detector_status(self) -> dict[str, Any]:
+        r = self.resampler
+        if r is None:
+            return {}
+        return {
+            "name": r.detector.name,
+            "data_shape": list(r.detector.data_shape),
+            "distance_m": r.detector.distance_m,
+            "wavelength_m": r.detector.wavelength_m,
+            "covered_share": r.coverage.covered_share,
+            "low_q_share": r.coverage.low_q_share,
+            "detector_q_max_per_nm": r.coverage.detector_q_max,
+            "model_q_max_per_nm": r.coverage.model_q_max,
+        }
 
     def _release(self, pool_index: int) -> None:
         if pool_index >= 0:
@@ -248,6 +303,7 @@ class Pipeline:
             "background": self.background.status(),
             "novelty": self.novelty.status(),
             "feed": self.refusal.status(),
+            "detector": self.detector_status(),
             "config": to_dict(self.config),
         }
 
@@ -388,6 +444,8 @@ class Pipeline:
                 self._count_reject("empty", 1, "message without frames")
             return False
         self.refusal.accepted()
+        if self.resampler is not None:  # a real detector: onto the model's q grid
+            fb = replace(fb, frames=self.resampler(fb.frames))
         m.frames_received.inc(len(fb))
         m.last_frame_time.set(time.time())
         self._check_gap(int(fb.train_id[0]), int(fb.train_id[-1]), len(fb))
@@ -579,4 +637,5 @@ class Pipeline:
         s.background = self.background.status()
         s.novelty = self.novelty.status()
         s.feed = self.refusal.status()
+        s.detector = self.detector_status()
         return s

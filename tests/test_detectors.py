@@ -1,0 +1,258 @@
+"""Real detectors: EXtra-geom geometry, the map onto the model's q grid, and the streamer
+classifying karabo_bridge's simulated AGIPD and LPD trains into CXI files.
+
+Real parts: EXtra-geom geometries and CrystFEL files, scipy sparse maps, ``SimServer`` on
+127.0.0.1, the pipeline with onnxruntime and the rolling writer.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from karabo_bridge.server import SimServerInThread
+
+from hitstream.detectors import DetectorConfig, load_detector
+from hitstream.errors import ConfigError
+from hitstream.geometry import DetectorGeometry
+from hitstream.qgrid import Resampler
+from hitstream.simulate import simulate_run
+from streamer.config import load_config
+from streamer.pipeline import Pipeline
+from streamer.readback import read_run
+from tests.helpers_stream import running_pipeline
+from tests.tiny_bundle import make_tiny_bundle
+
+GRID = DetectorGeometry()  # the shipped bundles' grid: 260 x 257, 0.3 mm, 0.586 m, 7.75 Å
+# AGIPD (0.2 mm pixels) at 6 keV, placed where its pixels are the grid's pixels in q
+AGIPD = DetectorConfig(geometry="AGIPD1M", distance_m=1.465, photon_energy_ev=6000.0)
+# EXtra-geom's example quadrants moved 20 pixels in: a small central hole, as SPI runs use
+CLOSED_QUADS = [[-505.0, 605.0], [-530.0, 10.0], [500.0, -140.0], [522.5, 455.0]]
+DEFAULT_BUNDLE = Path(__file__).resolve().parents[1] / "models" / "default"
+
+
+@pytest.fixture(scope="module")
+def agipd_map() -> Resampler:
+    return Resampler(load_detector(AGIPD), GRID)
+
+
+def test_config_needs_distance_and_energy() -> None:
+    with pytest.raises(ConfigError, match="distance_m"):
+        DetectorConfig(geometry="AGIPD1M")
+    with pytest.raises(ConfigError, match="unknown detector"):
+        load_detector(DetectorConfig(geometry="MYDET", distance_m=1, photon_energy_ev=6000))
+    with pytest.raises(ConfigError, match="quad_pos"):
+        DetectorConfig(geometry="AGIPD1M", distance_m=1, photon_energy_ev=6e3, quad_pos=[[0, 0]])
+
+
+def test_map_keeps_photons_both_ways(agipd_map: Resampler) -> None:
+    """Render model-grid frames onto the AGIPD and resample them back: the photons on the
+    covered pixels come back (the map conserves them), the pattern is the same."""
+    r = agipd_map
+    assert r.detector.data_shape == (16, 512, 128)
+    assert 0.7 < r.coverage.covered_share < 0.9  # quadrant gaps and the central hole
+    frames = simulate_run(8, seed=5).frames
+    det = r.render(frames)
+    assert det.shape == (8, 16 * 512, 128) and det.min() >= 0
+    back = r(det)
+    on = frames * r.covered
+    # resampling keeps every photon of the pixels that land on the grid
+    landed = det.reshape(8, -1)[:, r.columns].sum(axis=1)
+    np.testing.assert_allclose(back.sum(axis=(1, 2)), landed, rtol=1e-5)
+    np.testing.assert_allclose(back.sum(axis=(1, 2)), on.sum(axis=(1, 2)), rtol=0.03, atol=3)
+    lit = on.sum(axis=(1, 2)) > 100
+    for a, b in zip(back[lit], on[lit], strict=True):  # whole pixels: the same counts
+        assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.97
+    assert np.array_equal(back, np.round(back))  # photon counts stay whole numbers
+    split = Resampler(r.detector, GRID, whole_pixels=False)(det)  # parts share photons
+    np.testing.assert_allclose(split.sum(axis=(1, 2)), on.sum(axis=(1, 2)), rtol=0.03, atol=3)
+    assert (back[:, ~r.covered] == 0).all()  # gaps get no photons, as the model's own gap
+
+
+def test_masked_and_nan_pixels_contribute_nothing(tmp_path: Path, agipd_map: Resampler) -> None:
+    px = 512 * 128
+    bad_module, nan_module = np.unique(agipd_map.columns // px)[:2]  # both land on the grid
+    mask = np.zeros((16, 512, 128), np.uint8)
+    mask[bad_module] = 1  # a module that is bad in this run
+    with h5py.File(tmp_path / "mask.h5", "w") as f:
+        f["mask"] = mask
+    cfg = DetectorConfig(
+        geometry="AGIPD1M",
+        distance_m=1.465,
+        photon_energy_ev=6000.0,
+        mask_file=tmp_path / "mask.h5",
+    )
+    masked = Resampler(load_detector(cfg), GRID)
+    assert masked.coverage.covered_share < agipd_map.coverage.covered_share
+    frames = np.ones((2, 16 * 512, 128), np.float32)
+    frames[1, nan_module * 512 : (nan_module + 1) * 512] = np.nan  # corrected data: NaN = bad
+    out = masked(frames)
+    assert np.isfinite(out).all()
+    assert out[1].sum() < out[0].sum()  # the NaN module's photons are gone from frame 1 only
+    frames[:, bad_module * 512 : (bad_module + 1) * 512] = 1e6  # a masked module cannot leak
+    np.testing.assert_array_equal(masked(frames)[0], out[0])
+    with pytest.raises(ConfigError, match="mask"):
+        bad = DetectorConfig(
+            geometry="LPD1M", distance_m=3, photon_energy_ev=6e3, mask_file=tmp_path / "mask.h5"
+        )
+        load_detector(bad)  # the AGIPD mask does not fit the LPD
+
+
+def test_a_detector_that_does_not_cover_the_grid_is_refused_with_the_q_ranges() -> None:
+    near = DetectorConfig(geometry="AGIPD1M", distance_m=0.4, photon_energy_ev=6000.0)
+    r = Resampler(load_detector(near), GRID)
+    with pytest.raises(ConfigError, match=r"q = .* /nm"):
+        r.check_coverage()
+
+
+@pytest.mark.parametrize("name", ["AGIPD1M", "JUNGFRAU"])
+def test_crystfel_geometry_file_gives_the_same_pixels(tmp_path: Path, name: str) -> None:
+    import extra_geom
+
+    from hitstream.detectors import DETECTORS
+
+    geom = getattr(extra_geom, DETECTORS[name]).example()
+    path = tmp_path / f"{name}.geom"
+    geom.write_crystfel_geom(str(path), photon_energy=6000, adu_per_ev=1, clen=1.0)
+    cfg = DetectorConfig(geometry=str(path), type=name, distance_m=1.0, photon_energy_ev=6e3)
+    det = load_detector(cfg)
+    ref = np.asarray(geom.get_pixel_positions())
+    np.testing.assert_allclose(det.positions.reshape(ref.shape)[..., :2], ref[..., :2], atol=1e-6)
+    with pytest.raises(ConfigError, match="no CrystFEL geometry file"):
+        load_detector(DetectorConfig(geometry=str(tmp_path / "nope.geom"), distance_m=1,
+                                     photon_energy_ev=6e3))  # fmt: skip
+
+
+# ------------------------------------------------ karabo_bridge's simulated detectors → CXI
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_bundle(tmp_path_factory.mktemp("det") / "tiny")
+
+
+@pytest.mark.parametrize(
+    ("detector", "raw", "pulses", "distance", "datagen"),
+    [("AGIPD", False, 64, 1.465, "random"), ("AGIPD", True, 64, 1.465, "random"),
+     ("LPD", False, 300, 2.9, "zeros")],
+    ids=["agipd-corrected", "agipd-raw", "lpd"],
+)  # fmt: skip
+def test_simulated_detector_trains_are_assembled_resampled_and_written(
+    bundle: Path, tmp_path: Path, detector: str, raw: bool, pulses: int, distance: float,
+    datagen: str,
+) -> None:  # fmt: skip
+    sim = SimServerInThread(
+        "tcp://127.0.0.1:0", sock="REP", detector=detector, raw=raw, datagen=datagen,
+        data_like="online", protocol_version="2.2", debug=False,
+    )  # fmt: skip
+    cfg = load_config(
+        None,
+        {
+            "model": str(bundle), "feed.endpoint": sim.endpoint, "feed.mode": "REQ",
+            "feed.axis_order": "modules,fs,ss,pulses", "output.dir": str(tmp_path / "out"),
+            "output.run": "r", "output.min_free_bytes": 0, "metrics.port": -1,
+            "detector.geometry": f"{detector}1M", "detector.distance_m": distance,
+            "detector.photon_energy_ev": 6000.0, "engine.max_batch": 32,
+        },
+    )  # fmt: skip
+    sim.start()
+    try:
+        pipeline = Pipeline(cfg)
+        with running_pipeline(pipeline) as run:
+            deadline = time.monotonic() + 120
+            while (
+                pipeline.metrics.value("hitstream_frames_classified_total") < pulses
+                and time.monotonic() < deadline
+            ):
+                time.sleep(0.05)  # poll, bounded by the deadline
+        summary = run.wait(0)
+    finally:
+        sim.stop()
+    assert summary.error is None, summary.error
+    assert not any(summary.rejected.values()), summary.rejected
+    assert summary.frames_classified >= pulses and summary.frames_classified % pulses == 0
+    assert summary.detector["name"] == f"{detector}1M" and summary.detector["covered_share"] > 0.7
+    assert summary.feed["refused"] is None
+    if detector == "AGIPD":  # the example quadrants' central cross crosses the low q
+        assert summary.detector["low_q_share"] < 0.5
+        assert any("low-q" in w for w in summary.warnings), summary.warnings
+    tables = read_run(tmp_path / "out", "r")
+    assert tables.frame_shape == GRID.shape  # the model's grid, not the detector's
+    assert len(tables.frames) == summary.frames_received
+
+
+def _push_frames(pipeline: Pipeline, endpoint: str, messages: list[np.ndarray]) -> None:
+    """Send ``messages`` (pulse arrays) from a PUSH socket as trains 1, 2, ... and wait
+    until the pipeline classified all their frames."""
+    import zmq
+
+    from streamer.decode import timestamp_metadata
+    from streamer.protocol import serialize
+
+    ctx = zmq.Context()
+    push = ctx.socket(zmq.PUSH)
+    push.setsockopt(zmq.LINGER, 0)
+    push.bind(endpoint)
+    try:
+        with running_pipeline(pipeline):
+            for tid, x in enumerate(messages, start=1):
+                data = {"DET": {"image.data": x, "image.pulseId": np.arange(len(x))}}
+                push.send_multipart(serialize(data, {"DET": timestamp_metadata("DET", tid, 0)}))
+            n, deadline = sum(len(x) for x in messages), time.monotonic() + 300
+            while (
+                pipeline.metrics.value("hitstream_frames_classified_total") < n
+                and time.monotonic() < deadline
+            ):
+                time.sleep(0.05)  # poll, bounded by the deadline
+    finally:
+        push.close()
+        ctx.term()
+
+
+def _labels(out: Path) -> np.ndarray:
+    t = read_run(out, "r").frames
+    order = np.lexsort((t.pulse_id, t.train_id))
+    return t.label[order].astype(np.int64)
+
+
+def test_frames_rendered_on_agipd_classify_as_on_the_native_grid(tmp_path: Path) -> None:
+    """Simulate on the model's grid, render onto an AGIPD 1M (modules), feed the module
+    arrays, assemble and resample in the streamer: the shipped model's accuracy stays
+    within 1 point of the same frames fed on the native grid."""
+    from tests.procs import free_endpoint
+
+    run = simulate_run(384, seed=2026)
+    cfg = DetectorConfig(
+        geometry="AGIPD1M", quad_pos=CLOSED_QUADS, distance_m=1.465, photon_energy_ev=6000.0
+    )
+    r = Resampler(load_detector(cfg), GRID)
+    per = 32
+    native = [run.frames[a : a + per] for a in range(0, len(run.frames), per)]
+    modules = [r.render(x).reshape(len(x), 16, 512, 128) for x in native]
+    base = {
+        "model": str(DEFAULT_BUNDLE), "feed.mode": "PULL", "output.run": "r",
+        "output.min_free_bytes": 0, "metrics.port": -1, "view.enabled": False,
+    }  # fmt: skip
+    accuracy = {}
+    for name, messages, extra in [
+        ("native", native, {}),
+        ("agipd", modules, {
+            "feed.axis_order": "pulses,modules,ss,fs", "detector.geometry": "AGIPD1M",
+            "detector.quad_pos": CLOSED_QUADS, "detector.distance_m": 1.465,
+            "detector.photon_energy_ev": 6000.0,
+        }),
+    ]:  # fmt: skip
+        endpoint = free_endpoint()
+        out = tmp_path / name
+        conf = load_config(
+            None, {**base, "feed.endpoint": endpoint, "output.dir": str(out), **extra}
+        )
+        _push_frames(Pipeline(conf), endpoint, messages)
+        labels = _labels(out)
+        assert len(labels) == len(run.labels)
+        accuracy[name] = float(np.mean(labels == run.labels))
+    assert accuracy["native"] > 0.9
+    assert abs(accuracy["agipd"] - accuracy["native"]) <= 0.01, accuracy
