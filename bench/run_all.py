@@ -78,6 +78,7 @@ QUICK = (
         "--workers 1,2 --frames 1000 --model models/fast --synthetic --out {tmp} "
         "--json {out}/scaleout.json",
     ),
+    Bench("detectors", "bench_detectors.py", "--trains 2 --json {out}/detectors.json"),
     Bench("quality", "bench_quality.py", "models/fast --frames 100"),
     Bench("model", "bench_model.py", "--batch 32 --seconds 0.5 --repeats 1"),
     Bench(
@@ -107,6 +108,7 @@ FULL = (
         "--model models/fast --out {tmp} --json {out}/scaleout.json",
         2 * HOUR,
     ),
+    Bench("detectors", "bench_detectors.py", "--trains 8 --json {out}/detectors.json", HOUR),
     Bench("quality", "bench_quality.py", "models/default models/fast", 2 * HOUR),
     Bench("model", "bench_model.py", "", HOUR),
     Bench("adapt", "bench_adapt.py", "--json {out}/adapt.json", 2 * HOUR),

@@ -39,7 +39,7 @@ MIN_COVER = 0.5  # a model pixel covered for less than this share of its area ge
 MIN_GRID_COVER = 0.5  # the detector must cover this share of the model's valid pixels
 MIN_LOW_Q_COVER = 0.9  # below this share of the low-q disc covered: a warning
 LOW_Q_RADIUS = 1 / 3  # the low-q disc: this share of the frame's half-size around the beam
-CHUNK = 32  # frames resampled per sparse product (bounds the temporary copies)
+CHUNK = 64  # frames resampled per sparse product (bounds the temporary copies)
 
 
 def transverse_q(xyz: np.ndarray, wavelength_m: float) -> np.ndarray:
@@ -109,6 +109,7 @@ class Resampler:
         ).tocsr()
         matrix.sum_duplicates()
         self.columns = np.unique(matrix.indices)  # detector pixels that land on the grid
+        self._pixel_index = np.unravel_index(self.columns, detector.data_shape)
         self._matrix = matrix[:, self.columns].tocsr()
         self.coverage = Coverage(
             covered_share=float(self.covered[grid.valid_pixels()].mean()),
@@ -148,19 +149,28 @@ class Resampler:
         return int(self._matrix.nnz)
 
     def __call__(self, frames: np.ndarray) -> np.ndarray:
-        """``(B, modules * ss, fs)`` (or ``(B, n_pixels)``) -> ``(B, H, W)`` float32."""
+        """``(B, modules, ss, fs)`` -> ``(B, H, W)`` float32; also ``(B, modules * ss, fs)``
+        or ``(B, n_pixels)``. Any dtype and strides (e.g. a transposed view of the feed's
+        ``modules,fs,ss,pulses`` array): only the pixels that land on the grid are read, so
+        a train is never copied whole."""
         b = frames.shape[0]
-        flat = frames.reshape(b, -1)
-        if flat.shape[1] != self.detector.n_pixels:
+        shape = self.detector.data_shape
+        if frames.shape[1:] == shape:
+            view = frames
+        elif math.prod(frames.shape[1:]) == self.detector.n_pixels:
+            view = frames.reshape(b, *shape)
+        else:
             raise ValueError(
-                f"frames of {flat.shape[1]} pixels, the {self.detector.name} has "
-                f"{self.detector.n_pixels}"
+                f"frames of shape {frames.shape[1:]}, the {self.detector.name} sends {shape}"
             )
+        m, ss, fs = self._pixel_index
         h, w = self.grid.shape
         out = np.empty((b, h * w), np.float32)
         for a in range(0, b, CHUNK):
-            part = np.ascontiguousarray(flat[a : a + CHUNK, self.columns].T, np.float32)
-            np.nan_to_num(part, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+            part = view[a : a + CHUNK][:, m, ss, fs].T  # (columns, chunk)
+            part = np.asarray(part, np.float32)  # a fresh gather; converted only if not float32
+            if part.dtype.kind == "f":
+                np.nan_to_num(part, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
             out[a : a + CHUNK] = (self._matrix @ part).T
         return out.reshape(b, h, w)
 

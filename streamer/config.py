@@ -32,6 +32,7 @@ from typing import Any
 from hitstream.background import BackgroundConfig
 from hitstream.detectors import DetectorConfig
 from hitstream.errors import ConfigError
+from streamer.decisions_out import DecisionsConfig
 from streamer.engine import EngineConfig
 from streamer.writer import WriterConfig
 
@@ -142,6 +143,8 @@ class ServeConfig:
     background: BackgroundConfig = field(default_factory=BackgroundConfig)
     # a real detector's geometry: its frames are resampled onto the model's q grid
     detector: DetectorConfig = field(default_factory=DetectorConfig)
+    # the per-frame decisions published live (Karabo bridge) for downstream tools
+    decisions: DecisionsConfig = field(default_factory=DecisionsConfig)
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:

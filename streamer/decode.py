@@ -23,6 +23,7 @@ with data ``{"run": str, "frames": int, "trains": int}`` (see :func:`end_of_run_
 from __future__ import annotations
 
 import math
+import re
 import time
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
@@ -65,10 +66,15 @@ class SourceSpec:
     axis_order: str = "pulses,H,W"
     frame_shape: tuple[int, int] | None = None
     pulse_key: str = "image.pulseId"
-    mask_nonfinite: bool = False  # True: NaN/Inf pixels pass (masked later), frames are kept
+    # True (a detector map follows): frames stay a (P, modules, ss, fs) view of the message's
+    # array in its dtype, NaN/Inf pixels pass (the map masks them)
+    detector_view: bool = False
+    modules: int = 0  # with a module pattern as source: the detector's modules (0: as seen)
 
     def __post_init__(self) -> None:
         parse_axis_order(self.axis_order)  # fail early on a bad spec
+        if is_module_pattern(self.source):
+            _module_pattern(str(self.source))
 
 
 @dataclass(frozen=True)
@@ -84,6 +90,7 @@ class Decoded:
     end: EndOfRun | None = None
     source: str = ""  # the source the frames were read from
     ignored: tuple[str, ...] = ()  # other sources that carry an array under the same key
+    missing_modules: tuple[int, ...] = ()  # one source per module: modules not in the message
 
 
 @lru_cache(maxsize=64)
@@ -118,6 +125,16 @@ def to_frames(array: np.ndarray, axis_order: str) -> np.ndarray:
     (the result is then a view and may be read-only). Modules stack vertically; of a
     ``data_gain`` axis only entry 0 (the data) is kept.
     """
+    arr = frames_view(array, axis_order)
+    p, m, h, w = arr.shape
+    with np.errstate(over="ignore", invalid="ignore"):  # out of range -> inf -> rejected
+        frames = np.ascontiguousarray(arr, dtype=np.float32)
+    return frames.reshape(p, m * h, w)
+
+
+def frames_view(array: np.ndarray, axis_order: str) -> np.ndarray:
+    """A ``(P, M, H, W)`` view of an array with named axes (no copy, any dtype): pulses
+    and modules of size 1 where the array has none, ``data_gain`` entry 0 only."""
     axes = parse_axis_order(axis_order)
     if array.ndim != len(axes):
         raise MessageError(
@@ -137,10 +154,7 @@ def to_frames(array: np.ndarray, axis_order: str) -> np.ndarray:
         arr = arr[np.newaxis]
     if "modules" not in axes:
         arr = arr[:, np.newaxis]
-    p, m, h, w = arr.shape
-    with np.errstate(over="ignore", invalid="ignore"):  # out of range -> inf -> rejected
-        frames = np.ascontiguousarray(arr, dtype=np.float32)
-    return frames.reshape(p, m * h, w)
+    return arr
 
 
 def finite_frames(frames: np.ndarray) -> np.ndarray:
@@ -228,6 +242,62 @@ def _find_source(data: dict[str, dict[str, Any]], spec: SourceSpec) -> str:
     raise MessageError("source", f"no source carries key {spec.key!r} (has {sorted(data)[:8]})")
 
 
+@lru_cache(maxsize=16)
+def _module_pattern(pattern: str) -> re.Pattern[str]:
+    """``"DET/*CH0:xtdf"`` -> a regex whose one group is the module number at the ``*``."""
+    if pattern.count("*") != 1:
+        raise ConfigError(f"feed.source pattern {pattern!r} needs exactly one '*' (the module)")
+    head, tail = pattern.split("*")
+    return re.compile(re.escape(head) + r"(\d+)" + re.escape(tail))
+
+
+def is_module_pattern(source: str | None) -> bool:
+    """A ``feed.source`` with a ``*``: one source per module, the ``*`` its number."""
+    return source is not None and "*" in source
+
+
+def _module_sources(data: dict[str, dict[str, Any]], spec: SourceSpec) -> dict[int, str]:
+    """Module number -> source, of the sources that match the pattern and carry the key."""
+    assert spec.source is not None
+    pattern = _module_pattern(spec.source)
+    found: dict[int, str] = {}
+    for src in sorted(data):
+        match = pattern.fullmatch(src)
+        if match and isinstance(_get(data[src], spec.key), np.ndarray):
+            found[int(match.group(1))] = src
+    if not found:
+        raise MessageError(
+            "source", f"no source matches {spec.source!r} with key {spec.key!r} "
+            f"(has {sorted(data)[:8]})",
+        )  # fmt: skip
+    return found
+
+
+def _assemble_modules(
+    data: dict[str, dict[str, Any]], spec: SourceSpec
+) -> tuple[np.ndarray, str, tuple[int, ...]]:
+    """One frame per pulse from one source per module: ``(P, modules * ss, fs)`` float32
+    (one copy), the first module's source (ids come from it) and the missing modules (their
+    pixels are NaN, masked later)."""
+    sources = _module_sources(data, spec)
+    n = spec.modules or (max(sources) + 1)
+    if max(sources) >= n:
+        raise MessageError(
+            "shape", f"module {max(sources)} of {spec.source!r}: the detector has {n}"
+        )
+    views = {m: frames_view(data[s][spec.key], spec.axis_order) for m, s in sources.items()}
+    shapes = {v.shape for v in views.values()}
+    if len(shapes) != 1 or next(iter(shapes))[1] != 1:
+        raise MessageError("shape", f"module arrays of {spec.source!r} differ: {sorted(shapes)}")
+    p, _, h, w = next(iter(shapes))
+    out = np.full((p, n, h, w), np.nan, np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for m, v in views.items():
+            out[:, m] = v[:, 0]
+    missing = tuple(m for m in range(n) if m not in sources)
+    return out.reshape(p, n * h, w), sources[min(sources)], missing
+
+
 def _end_of_run(values: dict) -> EndOfRun:
     run, frames, trains = values.get("run"), values.get("frames"), values.get("trains")
     if not (isinstance(run, str) and isinstance(frames, int) and isinstance(trains, int)):
@@ -251,35 +321,48 @@ def decode_message(
     """
     if END_OF_RUN_SOURCE in data:
         return Decoded(batch=None, end=_end_of_run(data[END_OF_RUN_SOURCE]))
-    source = _find_source(data, spec)
-    values = data[source]
-    array = values.get(spec.key)
-    if array is None:
-        arrays = sorted(k for k, v in values.items() if isinstance(v, np.ndarray))[:8]
+    missing: tuple[int, ...] = ()
+    if is_module_pattern(spec.source):
+        frames, source, missing = _assemble_modules(data, spec)
+        values = data[source]
+        array = values[spec.key]
+        used = set(_module_sources(data, spec).values())
+    else:
+        source = _find_source(data, spec)
+        values = data[source]
+        array = values.get(spec.key)
+        if array is None:
+            arrays = sorted(k for k, v in values.items() if isinstance(v, np.ndarray))[:8]
+            raise MessageError(
+                "key", f"source {source!r} has no key {spec.key!r} (its array keys: {arrays})"
+            )
+        if not isinstance(array, np.ndarray):
+            raise MessageError("key", f"{source!r}/{spec.key!r} is not an array")
+        if spec.detector_view:  # no copy: the map reads only the pixels it needs
+            frames = frames_view(array, spec.axis_order)
+        else:
+            frames = to_frames(array, spec.axis_order)
+        used = {source}
+    shape = frames.shape[1:]
+    if frames.ndim == 4:  # (P, M, ss, fs) view: compare as modules stacked
+        shape = (shape[0] * shape[1], shape[2])
+    if spec.frame_shape is not None and shape != tuple(spec.frame_shape):
         raise MessageError(
-            "key", f"source {source!r} has no key {spec.key!r} (its array keys: {arrays})"
-        )
-    if not isinstance(array, np.ndarray):
-        raise MessageError("key", f"{source!r}/{spec.key!r} is not an array")
-    frames = to_frames(array, spec.axis_order)
-    if spec.frame_shape is not None and frames.shape[1:] != tuple(spec.frame_shape):
-        raise MessageError(
-            "shape",
-            f"{source!r}/{spec.key!r}: frames {frames.shape[1:]}, expected {spec.frame_shape}",
+            "shape", f"{source!r}/{spec.key!r}: frames {shape}, expected {spec.frame_shape}"
         )
     meta = metadata.get(source) or {}
     train_id = _train_id(source, values, meta)
     n = frames.shape[0]
     pulse_id = _pulse_ids(values, spec.pulse_key, n)
     rejected: dict[str, int] = {}
-    if array.dtype.kind == "f" and n and not spec.mask_nonfinite:
+    if array.dtype.kind == "f" and n and not spec.detector_view:
         good = finite_frames(frames)
         if not good.all():
             rejected["nonfinite"] = int(n - np.count_nonzero(good))
             frames, pulse_id = frames[good], pulse_id[good]
             n = frames.shape[0]
     ignored = tuple(
-        s for s in sorted(data) if s != source and isinstance(_get(data[s], spec.key), np.ndarray)
+        s for s in sorted(data) if s not in used and isinstance(_get(data[s], spec.key), np.ndarray)
     )
     if n == 0:
         return Decoded(batch=None, rejected=rejected, source=source, ignored=ignored)
@@ -290,7 +373,9 @@ def decode_message(
         timestamp=np.full(n, _timestamp(meta, now), dtype=np.float64),
         received=np.full(n, time.monotonic(), dtype=np.float64),
     )
-    return Decoded(batch=batch, rejected=rejected, source=source, ignored=ignored)
+    return Decoded(
+        batch=batch, rejected=rejected, source=source, ignored=ignored, missing_modules=missing
+    )
 
 
 def _get(values: Any, key: str) -> Any:

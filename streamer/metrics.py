@@ -54,6 +54,14 @@ class Metrics:
             ["source"],
             registry=r,
         )
+        self.decisions_sent = Counter(
+            "hitstream_decisions_sent", "Per-train decision messages published", registry=r
+        )
+        self.decisions_dropped = Counter(
+            "hitstream_decisions_dropped",
+            "Per-train decision messages dropped: no reader, or a reader that fell behind",
+            registry=r,
+        )
         self.frames_kept = Counter(
             "hitstream_frames_kept", "Frames written to the kept data", registry=r
         )

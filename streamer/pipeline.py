@@ -32,6 +32,7 @@ from hitstream.units import MIN_SIGNAL_PIXELS, estimate_photon_unit
 from streamer.batcher import Batcher, StagedBatch
 from streamer.config import ServeConfig, to_dict
 from streamer.decision import decide, keep_mask_for, threshold_vector
+from streamer.decisions_out import DecisionPublisher
 from streamer.decode import SourceSpec, decode_message
 from streamer.engine import Engine
 from streamer.feed import FeedClient
@@ -79,6 +80,7 @@ class RunSummary:
     novelty: dict[str, Any] = field(default_factory=dict)  # frames unlike the training data?
     feed: dict[str, Any] = field(default_factory=dict)  # refusal, ignored sources
     detector: dict[str, Any] = field(default_factory=dict)  # geometry and q-grid coverage
+    decisions: dict[str, Any] = field(default_factory=dict)  # decisions out: sent, dropped
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -189,8 +191,10 @@ class Pipeline:
             frame_shape=(
                 self.detector.stacked_shape if self.detector is not None else bundle.frame_shape
             ),
-            mask_nonfinite=self.detector is not None,  # corrected data marks bad pixels NaN
+            detector_view=self.detector is not None,  # read by the map, NaN pixels masked
+            modules=self.detector.data_shape[0] if self.detector is not None else 0,
         )
+        self._missing_noted: set[tuple[int, ...]] = set()
         self.writer = RollingWriter(
             config.output,
             classes=bundle.classes,
@@ -215,6 +219,10 @@ class Pipeline:
         self._t_last = 0.0
         self._free_checked = -1.0  # monotonic time of the last free-space reading
         self.ready = threading.Event()
+        self.decisions: DecisionPublisher | None = (
+            DecisionPublisher(config.decisions, self.metrics) if config.decisions.endpoint else None
+        )
+        self._decisions_failed = False
 
     # -- control -------------------------------------------------------------------------
 
@@ -304,6 +312,7 @@ class Pipeline:
             "novelty": self.novelty.status(),
             "feed": self.refusal.status(),
             "detector": self.detector_status(),
+            "decisions": self._decisions_status(),
             "config": to_dict(self.config),
         }
 
@@ -340,6 +349,8 @@ class Pipeline:
             self._write_q.put(_STOP)
             self._threads[-1].join()
             self.background.close()
+            if self.decisions is not None:
+                self.decisions.close()
             self.swapper.stop()
             self.metrics.up.set(0)
         return self._summary()
@@ -432,6 +443,8 @@ class Pipeline:
             self._count_reject(reason, n, "frames refused inside a message")
         if decoded.ignored:
             self.refusal.ignored(decoded.ignored, decoded.source, self.spec.key)
+        if decoded.missing_modules:
+            self._note_missing(decoded.missing_modules)
         if decoded.end is not None:
             self._end = decoded.end
             log.info(
@@ -458,6 +471,19 @@ class Pipeline:
         for staged in ready:
             self._enqueue(staged, lossless)
         return False
+
+    def _note_missing(self, modules: tuple[int, ...]) -> None:
+        """Modules absent from a train (one source per module): counted, warned once."""
+        self.metrics.rejected("module_missing", len(modules))
+        if modules in self._missing_noted or len(self._missing_noted) >= 8:
+            return
+        self._missing_noted.add(modules)
+        msg = (
+            f"module(s) {list(modules)} missing from trains of {self.spec.source!r}: their "
+            "pixels are masked in those frames"
+        )
+        log.warning("%s", msg)
+        self._warnings.append(msg)
 
     def _check_gap(self, first: int, last: int, n: int) -> None:
         prev = self._last_train
@@ -546,6 +572,7 @@ class Pipeline:
                         m.frames_kept.inc(int(result.keep.sum()))
                         self._t_last = time.monotonic()
                         self._observe_live(result)
+                        self._publish(result)
                         self.novelty.observe(result)
                 if failed:
                     m.dropped("writer_stopped", len(result))
@@ -568,6 +595,26 @@ class Pipeline:
             if not self._live_failed:
                 self._live_failed = True
                 log.exception("live view failed (logged once; the run goes on)")
+
+    def _publish(self, result: ResultBatch) -> None:
+        """Send the batch's decisions out (never blocks); its bugs only log."""
+        if self.decisions is None:
+            return
+        try:
+            self.decisions.publish(result)
+        except Exception:
+            if not self._decisions_failed:
+                self._decisions_failed = True
+                log.exception("publishing decisions failed (logged once; the run goes on)")
+
+    def _decisions_status(self) -> dict[str, Any]:
+        d = self.decisions
+        if d is None:
+            return {}
+        return {
+            "endpoint": d.endpoint, "mode": d.config.mode, "readers": d.readers,
+            "sent": d.sent, "dropped": d.dropped,
+        }  # fmt: skip
 
     def _observe_free_disk(self) -> None:
         """Export the output filesystem's free bytes, at most once per second."""
@@ -638,4 +685,5 @@ class Pipeline:
         s.novelty = self.novelty.status()
         s.feed = self.refusal.status()
         s.detector = self.detector_status()
+        s.decisions = self._decisions_status()
         return s

@@ -18,7 +18,9 @@ class FrameBatch:
     is the monotonic clock reading when the message arrived (for latency).
     """
 
-    frames: np.ndarray  # (B, H, W) float32, C-contiguous
+    # (B, H, W) float32, C-contiguous; from a decoder with ``detector_view`` a (B, modules,
+    # ss, fs) view of the message (any dtype) that the pipeline maps onto the grid first
+    frames: np.ndarray
     train_id: np.ndarray  # (B,) uint64
     pulse_id: np.ndarray  # (B,) uint32
     timestamp: np.ndarray  # (B,) float64

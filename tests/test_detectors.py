@@ -256,3 +256,89 @@ def test_frames_rendered_on_agipd_classify_as_on_the_native_grid(tmp_path: Path)
         accuracy[name] = float(np.mean(labels == run.labels))
     assert accuracy["native"] > 0.9
     assert abs(accuracy["agipd"] - accuracy["native"]) <= 0.01, accuracy
+
+
+# ------------------------------------------------------------ one source per module
+
+
+def _module_message(tid: int, modules: dict[int, np.ndarray]) -> tuple[dict, dict]:
+    data = {f"DET/{m}CH0:xtdf": {"image.data": a} for m, a in modules.items()}
+    data["OTHER/CAM"] = {"image.data": np.zeros((2, 4, 4), np.float32)}
+    meta = {s: {"timestamp.tid": tid} for s in data}
+    return data, meta
+
+
+def test_per_module_sources_are_assembled_in_module_order() -> None:
+    from hitstream.errors import MessageError
+    from streamer.decode import SourceSpec, decode_message
+
+    spec = SourceSpec(source="DET/*CH0:xtdf", axis_order="pulses,ss,fs", modules=4,
+                      detector_view=True)  # fmt: skip
+    mods = {m: np.full((3, 5, 6), m + 1, np.uint16) for m in (0, 1, 3)}  # module 2 is absent
+    out = decode_message(*_module_message(7, mods), spec, now=0.0)
+    frames = out.batch.frames
+    assert frames.shape == (3, 4 * 5, 6) and frames.dtype == np.float32
+    for m in (0, 1, 3):
+        assert (frames[:, m * 5 : (m + 1) * 5] == m + 1).all()
+    assert np.isnan(frames[:, 10:15]).all() and out.missing_modules == (2,)
+    assert out.ignored == ("OTHER/CAM",) and int(out.batch.train_id[0]) == 7
+    mods[1] = np.zeros((4, 5, 6), np.uint16)  # a module with another number of pulses
+    with pytest.raises(MessageError, match="differ"):
+        decode_message(*_module_message(8, mods), spec, now=0.0)
+    with pytest.raises(ConfigError, match=r"exactly one '\*'"):
+        SourceSpec(source="DET/*/*")
+
+
+def test_mock_run_with_all_modules_served_by_karabo_bridge_serve_files(
+    bundle: Path, tmp_path: Path
+) -> None:
+    """extra-data's mock SPB run (raw AGIPD, 16 module files) served by
+    ``karabo-bridge-serve-files``: one source per module, assembled, resampled, written."""
+    import os
+    import subprocess
+    import sys
+
+    from extra_data.tests.make_examples import make_spb_run
+
+    from tests.helpers_stream import wait_for_line
+
+    run_dir = tmp_path / "r0238"
+    run_dir.mkdir()
+    make_spb_run(str(run_dir), raw=True)
+    tool = Path(sys.executable).with_name("karabo-bridge-serve-files")
+    cmd = [str(tool), str(run_dir), "tcp://127.0.0.1:0", "--source", "*/DET/*", "-z", "PUSH"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        endpoint = wait_for_line(proc, "Streamer started on", 30).split()[-1]
+        cfg = load_config(
+            None,
+            {
+                "model": str(bundle), "feed.endpoint": endpoint, "feed.mode": "PULL",
+                "feed.source": "SPB_DET_AGIPD1M-1/DET/*CH0:xtdf",
+                "feed.axis_order": "pulses,data_gain,ss,fs",
+                "output.dir": str(tmp_path / "out"), "output.run": "r",
+                "output.min_free_bytes": 0, "metrics.port": -1,
+                "detector.geometry": "AGIPD1M", "detector.quad_pos": CLOSED_QUADS,
+                "detector.distance_m": 1.465, "detector.photon_energy_ev": 6000.0,
+            },
+        )  # fmt: skip
+        pipeline = Pipeline(cfg)
+        with running_pipeline(pipeline) as run:
+            deadline = time.monotonic() + 120
+            while (
+                pipeline.metrics.value("hitstream_frames_classified_total") < 3 * 64
+                and time.monotonic() < deadline
+            ):
+                time.sleep(0.05)  # poll, bounded by the deadline
+        summary = run.wait(0)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    assert summary.error is None, summary.error
+    assert not any(summary.rejected.values()), summary.rejected
+    assert summary.frames_classified >= 3 * 64 and summary.feed["ignored_sources"] == {}
+    assert summary.detector["low_q_share"] > 0.9  # quadrants closed in: no warning
+    tables = read_run(tmp_path / "out", "r")
+    assert tables.frame_shape == GRID.shape and len(tables.frames) == summary.frames_received
