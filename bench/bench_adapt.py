@@ -28,6 +28,18 @@ import numpy as np
 from trainer.model.quality import ADAPT_SETTINGS, score_bundle
 
 
+def _through_detector(x: np.ndarray, config: Path, model: Path) -> np.ndarray:
+    """The frames as the streamer sees them from the configured detector."""
+    from hitstream.bundle import load_bundle
+    from hitstream.detectors import load_detector
+    from hitstream.qgrid import Resampler
+    from hitstream.resample_run import detector_config_from_toml
+
+    r = Resampler(load_detector(detector_config_from_toml(config)), load_bundle(model).geometry)
+    print(f"through the {r.detector.name}: {r.coverage}")
+    return np.concatenate([r(r.render(x[a : a + 256])) for a in range(0, len(x), 256)])
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, default=Path("models/default"))
@@ -42,7 +54,14 @@ def main(argv: list[str] | None = None) -> int:
         default="new",
         help="new: new_run_config(); new-sample: new_sample_config(); bright: bright_config(); "
         "mask: mask_config(); "
-        "shifted: build-default's dimmer 'test' setting",
+        "shifted: build-default's dimmer 'test' setting; plain: the simulator's defaults",
+    )
+    ap.add_argument(
+        "--detector-config",
+        type=Path,
+        help="a streamer config file: the run is seen through its [detector] (rendered onto "
+        "the detector's pixels and resampled back onto the bundle's grid, as the streamer and "
+        "`trainer resample` do)",
     )
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
@@ -53,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = ADAPT_SETTINGS[args.setting]()
     x, y = simulate_parallel(args.frames, args.seed, cfg, desc="new run")
+    if args.detector_config is not None:
+        x = _through_detector(x, args.detector_config, args.model)
     rng = np.random.default_rng(args.seed)
     picked = np.sort(rng.choice(args.frames, args.labelled, replace=False))
     rest = np.setdiff1d(np.arange(args.frames), picked)

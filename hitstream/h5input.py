@@ -100,10 +100,12 @@ def open_frame_dataset(
     *,
     frame_shape: tuple[int, int] | None = None,
     what: str = "run file",
+    modules: bool = False,
 ) -> tuple[h5py.File, h5py.Dataset]:
     """Open ``path`` and its ``(N, H, W)`` integer/float ``dataset`` (soft links followed).
 
-    ``frame_shape``: the ``(H, W)`` expected, checked. Returns the open file (the caller
+    ``frame_shape``: the ``(H, W)`` expected, checked. ``modules``: ``(N, M, ss, fs)`` is
+    accepted too (a multi-module detector's frames). Returns the open file (the caller
     closes it) and the dataset; nothing is read. Raises InputDataError naming the file, and
     listing its 3-D datasets when ``dataset`` is wrong.
     """
@@ -120,7 +122,7 @@ def open_frame_dataset(
             raise InputDataError(f"{p}: no dataset {dataset!r}; {datasets_hint(f)}")
         if not isinstance(obj, h5py.Dataset):
             raise InputDataError(f"{p}: {dataset!r} is a group, not a dataset; {datasets_hint(f)}")
-        if obj.ndim != 3:
+        if obj.ndim != 3 and not (modules and obj.ndim == 4):
             raise InputDataError(
                 f"{p}: dataset {dataset!r} has shape {obj.shape} ({obj.ndim}-D); frames must "
                 f"be (N, H, W); {datasets_hint(f)}"

@@ -5,13 +5,13 @@ distance, wavelength, beam in the middle) is the q-space grid the model was trai
 pixel ``(i, j)`` sees the scattering direction of the point ``((j - cx) p, (i - cy) p, D)``.
 A :class:`Resampler` maps every pixel of a :class:`~hitstream.detectors.Detector` onto
 that grid once per geometry and energy: a point is taken to q (``q = (k_out - k_in) / 2π``,
-transverse part) and then to the model pixel with that q. By default each pixel's photons
-go whole to the model pixel of its centre (``whole_pixels``: counts stay whole numbers, as
-the model was trained on; right when the detector's pixels are about the grid's size in q
-or smaller); otherwise each pixel is cut into parts that share its photons (smooth, for
-pixels much larger than the grid's). Either way the map is a sparse matrix: resampling a
-frame is one sparse product that keeps the photon count. Coverage is measured with the
-pixels cut into parts no wider than half a model pixel.
+transverse part) and then to the model pixel with that q. When the detector's pixels are
+about the grid's size in q or smaller, each pixel's photons go whole to the model pixel of
+its centre (``whole_pixels``: counts stay whole numbers, as the model was trained on; a
+grid pixel no centre reaches counts as uncovered); larger pixels are cut into parts that
+share their photons (every grid pixel under the detector gets its share). Either way the
+map is a sparse matrix: resampling a frame is one sparse product that keeps the photon
+count. Coverage is measured with the pixels cut into parts no wider than half a model pixel.
 
 Model pixels that the detector covers for less than ``MIN_COVER`` of their area (module
 gaps, outside the detector) get nothing (0 photons, as the model's own gaps) and are
@@ -39,6 +39,7 @@ MIN_COVER = 0.5  # a model pixel covered for less than this share of its area ge
 MIN_GRID_COVER = 0.5  # the detector must cover this share of the model's valid pixels
 MIN_LOW_Q_COVER = 0.9  # below this share of the low-q disc covered: a warning
 LOW_Q_RADIUS = 1 / 3  # the low-q disc: this share of the frame's half-size around the beam
+MAX_WHOLE_PIXEL_AREA = 1.2  # larger detector pixels (in grid pixels) share their photons
 CHUNK = 64  # frames resampled per sparse product (bounds the temporary copies)
 
 
@@ -78,13 +79,15 @@ class Resampler:
     ``(B, H, W)``, photon-conserving (one sparse product per chunk of frames)."""
 
     def __init__(
-        self, detector: Detector, grid: DetectorGeometry, *, whole_pixels: bool = True
+        self, detector: Detector, grid: DetectorGeometry, *, whole_pixels: bool | None = None
     ) -> None:
         self.detector = detector
         self.grid = grid
-        self.whole_pixels = whole_pixels
         h, w = grid.shape
         pixel_area = _pixel_area(detector, grid)  # a detector pixel's area in model pixels
+        if whole_pixels is None:  # whole pixels unless they are larger than the grid's
+            whole_pixels = pixel_area <= MAX_WHOLE_PIXEL_AREA
+        self.whole_pixels = whole_pixels
         # parts no wider than half a model pixel, so that every model pixel is sampled
         self.subpixels = s = max(SUBPIXELS, math.ceil(2 * math.sqrt(pixel_area)))
         parts = [_module_targets(detector, grid, m, s) for m in range(detector.data_shape[0])]
@@ -102,6 +105,9 @@ class Resampler:
         else:  # each part's share goes to the model pixel of the part
             det_index = np.concatenate([p[1] for p in parts])
             weight = 1.0 / s**2
+        if whole_pixels:  # a grid pixel that no pixel centre reaches gets nothing: uncovered
+            reached = np.bincount(target, minlength=h * w) > 0
+            self.covered &= reached.reshape(h, w)
         keep = self.covered.reshape(-1)[target]
         matrix = sp.coo_matrix(
             (np.full(int(keep.sum()), weight, np.float32), (target[keep], det_index[keep])),

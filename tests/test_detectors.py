@@ -19,6 +19,7 @@ from hitstream.detectors import DetectorConfig, load_detector
 from hitstream.errors import ConfigError
 from hitstream.geometry import DetectorGeometry
 from hitstream.qgrid import Resampler
+from hitstream.resample_run import detector_config_from_toml
 from hitstream.simulate import simulate_run
 from streamer.config import load_config
 from streamer.pipeline import Pipeline
@@ -342,3 +343,58 @@ def test_mock_run_with_all_modules_served_by_karabo_bridge_serve_files(
     assert summary.detector["low_q_share"] > 0.9  # quadrants closed in: no warning
     tables = read_run(tmp_path / "out", "r")
     assert tables.frame_shape == GRID.shape and len(tables.frames) == summary.frames_received
+
+
+def test_trainer_resamples_an_archived_run_as_the_streamer_does(tmp_path: Path) -> None:
+    from trainer.cli import main
+    from trainer.data.ingest import open_run, read_frames
+
+    cfg = DetectorConfig(
+        geometry="AGIPD1M", quad_pos=CLOSED_QUADS, distance_m=1.465, photon_energy_ev=6000.0
+    )
+    r = Resampler(load_detector(cfg), GRID)
+    frames = simulate_run(20, seed=9).frames
+    detector_frames = r.render(frames).reshape(20, 16, 512, 128) * 31.0  # in ADU
+    with h5py.File(tmp_path / "agipd.h5", "w") as f:
+        f["INSTRUMENT/data"] = detector_frames.astype(np.float32)
+    (tmp_path / "streamer.toml").write_text(
+        '[detector]\ngeometry = "AGIPD1M"\nquad_pos = '
+        + str(CLOSED_QUADS)
+        + "\ndistance_m = 1.465\nphoton_energy_ev = 6000.0\n"
+    )
+    args = ["resample", str(tmp_path / "agipd.h5"), "--dataset", "INSTRUMENT/data",
+            "--config", str(tmp_path / "streamer.toml"), "--model", str(DEFAULT_BUNDLE),
+            "--photon-unit", "31", "--out", str(tmp_path / "grid.h5")]  # fmt: skip
+    assert main(args) == 0
+    with open_run(tmp_path / "grid.h5", "data") as src:
+        assert src.info().geometry == GRID
+        got = read_frames(src, np.arange(20))
+    np.testing.assert_allclose(got, r(detector_frames / 31.0), rtol=1e-5, atol=1e-5)
+    with h5py.File(tmp_path / "lpd.h5", "w") as f:
+        f["data"] = np.zeros((2, 16, 256, 128), np.float32)  # not an AGIPD's frames
+    bad = [*args[:1], str(tmp_path / "lpd.h5"), "--dataset", "data", *args[4:]]
+    assert main(bad) != 0
+
+
+def test_trainer_simulates_a_run_on_a_detector_and_back(tmp_path: Path) -> None:
+    """``trainer simulate --detector-config``: the run on the grid and on the AGIPD's
+    modules; ``trainer resample`` brings the modules back to the same photons."""
+    from trainer.cli import main
+    from trainer.data.ingest import open_run, read_frames
+
+    (tmp_path / "s.toml").write_text(
+        f'[detector]\ngeometry = "AGIPD1M"\nquad_pos = {CLOSED_QUADS}\n'
+        "distance_m = 1.465\nphoton_energy_ev = 6000.0\n"
+    )
+    assert main(["simulate", str(tmp_path / "run.h5"), "--frames", "12",
+                 "--detector-config", str(tmp_path / "s.toml")]) == 0  # fmt: skip
+    with h5py.File(tmp_path / "run.detector.h5") as f:
+        assert f["data"].shape == (12, 16, 512, 128)
+    assert main(["resample", str(tmp_path / "run.detector.h5"), "--dataset", "data",
+                 "--config", str(tmp_path / "s.toml"), "--model", str(DEFAULT_BUNDLE),
+                 "--out", str(tmp_path / "back.h5")]) == 0  # fmt: skip
+    with open_run(tmp_path / "run.h5", "data") as a, open_run(tmp_path / "back.h5", "data") as b:
+        x, y = read_frames(a, np.arange(12)), read_frames(b, np.arange(12))
+    r = Resampler(load_detector(detector_config_from_toml(tmp_path / "s.toml")), GRID)
+    on = x * r.covered
+    np.testing.assert_allclose(y.sum(axis=(1, 2)), on.sum(axis=(1, 2)), rtol=0.03, atol=3)

@@ -29,6 +29,7 @@ COMMANDS = {
     "evaluate": "trainer.commands.evaluate",
     "finetune": "trainer.commands.finetune",
     "label": "trainer.commands.label",
+    "resample": "trainer.commands.resample",
 }
 # TensorFlow's C++ logging: 3 hides INFO, WARNING and ERROR lines (e.g. node_def_util's);
 # gRPC's own logging likewise. Values already in the environment win.

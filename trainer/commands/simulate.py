@@ -82,6 +82,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-truth", action="store_true", help="CSV with run,index,class only")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--png", type=Path, help="also write a montage of example frames per class")
+    p.add_argument(
+        "--detector-config",
+        type=Path,
+        help="a streamer config file: also render the run onto its [detector]'s pixels "
+        "(OUT stem + .detector.h5, modules as the detector sends them) through the "
+        "streamer's map",
+    )
     from hitstream.simulate import BeamlineConfig, SimConfig
 
     g = p.add_argument_group(
@@ -232,4 +239,13 @@ def run(args: argparse.Namespace) -> int:
     )
     if done.montage is not None:
         print(f"montage {done.montage}", flush=True)
+    if args.detector_config is not None:  # the same frames on a real detector's pixels
+        from hitstream.resample_run import detector_config_from_toml, render_run
+
+        out = Path(done.path).with_suffix(".detector.h5")
+        render_run(
+            Path(done.path), done.dataset, detector_config_from_toml(args.detector_config),
+            config_from_args(args).geometry, out,
+        )  # fmt: skip
+        print(f"rendered onto the detector: {out}:/data (frames, modules, ss, fs)", flush=True)
     return 0

@@ -83,6 +83,7 @@ ADAPT_SETTINGS: dict[str, Callable[[], SimConfig]] = {
     "bright": bright_config,
     "mask": mask_config,
     "shifted": held_out_config,
+    "plain": SimConfig,
 }
 
 
