@@ -283,7 +283,7 @@ def test_mask_augmentation_widens_hole_and_gap_on_a_share_of_frames() -> None:
 
     g = DetectorGeometry()
     ones = tf.ones([64, *g.shape])
-    cfg = AugmentConfig(mask_share=0.5, max_hole_radius_px=16.0, max_gap_rows=14.0)
+    cfg = AugmentConfig(mask_share=0.5, max_hole_radius_px=16.0, max_gap_rows=14.0, cross_share=0.0)
     m = augment_mask(ones, tf.constant([3, 4]), g, cfg).numpy()
     again = augment_mask(ones, tf.constant([3, 4]), g, cfg).numpy()
     np.testing.assert_array_equal(m, again)  # seeded
@@ -295,8 +295,28 @@ def test_mask_augmentation_widens_hole_and_gap_on_a_share_of_frames() -> None:
     assert (m[:, (r >= 16.5) & (np.abs(yy - cy) >= 7.5)] == 1).all()  # never beyond the limits
     assert (m[~changed][:, g.valid_pixels()] == 1).all()
     assert (m[changed][:, ~g.valid_pixels()] == 0).all()  # the hole and gap grow, never shrink
-    off = AugmentConfig(mask_share=0.0)
+    off = AugmentConfig(mask_share=0.0, cross_share=0.0)
     np.testing.assert_array_equal(augment_mask(ones, tf.constant([3, 4]), g, off).numpy(), 1)
+
+
+def test_cross_gaps_cut_bands_through_the_centre_on_a_share_of_frames() -> None:
+    from trainer.model.augment import augment_mask
+
+    g = DetectorGeometry()
+    ones = tf.ones([64, *g.shape])
+    cfg = AugmentConfig(mask_share=0.0, cross_share=0.5, max_cross_px=30.0, cross_offset_px=5.0)
+    m = augment_mask(ones, tf.constant([5, 6]), g, cfg).numpy()
+    cy, cx = g.center_px
+    cut = (m == 0).any(axis=(1, 2))
+    assert 12 <= cut.sum() <= 48  # about half of the frames
+    for frame in m[cut]:
+        rows = np.flatnonzero((frame == 0).all(axis=1))  # the horizontal band: whole rows
+        cols = np.flatnonzero((frame == 0).all(axis=0))
+        for band, c in ((rows, cy), (cols, cx)):
+            if band.size:  # contiguous, within width and offset limits
+                assert band.max() - band.min() + 1 == band.size <= 30
+                assert abs((band.max() + band.min()) / 2 - c) <= 5.5
+    assert (m[~cut] == 1).all()
 
 
 def test_gap_rows_are_filled_from_their_neighbours() -> None:
@@ -503,6 +523,7 @@ def test_augmentation_that_changes_nothing_is_the_exported_preprocessing(
     noop = AugmentConfig(
         rotate=False, mirror=False, shift_px=0.0, zoom_range=(1.0, 1.0), scale_range=(1.0, 1.0),
         background_share=0.0, hot_pixels=0.0, read_noise_share=0.0, mask_share=0.0,
+        cross_share=0.0,
     )  # fmt: skip
     x, m = tf.constant(run.frames), tf.constant(maps)
     a = augmented_inputs(x, tf.constant([1, 2]), cfg.geometry, noop, coarsen, details, m)
