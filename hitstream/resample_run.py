@@ -82,6 +82,27 @@ def resample_run(
     return out
 
 
+def resample_to_file(
+    run: Path,
+    dataset: str,
+    config: Path,
+    model: Path,
+    out: Path,
+    *,
+    out_dataset: str = "data",
+    photon_unit: float = 1.0,
+    progress: bool = True,
+) -> Path:
+    """:func:`resample_run` with the ``[detector]`` of the streamer config file ``config``
+    onto the grid of the bundle at ``model`` (``trainer resample``)."""
+    from hitstream.bundle import load_bundle
+
+    return resample_run(
+        run, dataset, detector_config_from_toml(config), load_bundle(model).geometry, out,
+        out_dataset=out_dataset, photon_unit=photon_unit, progress=progress,
+    )  # fmt: skip
+
+
 def render_run(
     src: Path,
     dataset: str,

@@ -38,6 +38,7 @@ def _trainer_parsers() -> dict[str, argparse.ArgumentParser]:
 def _library(command: str) -> dict[str, tuple[Any, str]]:
     """``{dest: (dataclass or function, field or parameter)}`` of a trainer command's options
     that have a default."""
+    from hitstream.resample_run import resample_to_file
     from hitstream.simulate import simulate_to_file
     from trainer.labelling.server import LabelServer
     from trainer.labelling.session import open_session
@@ -91,6 +92,7 @@ def _library(command: str) -> dict[str, tuple[Any, str]]:
             **same(open_session, "photon_unit", "classes", "page_size", "crop"),
             **same(LabelServer, "host", "port"),
         },
+        "resample": same(resample_to_file, "out_dataset", "photon_unit"),
     }[command]
 
 
@@ -124,6 +126,7 @@ TRAINER_COMMANDS = (
     "evaluate",
     "finetune",
     "label",
+    "resample",
 )
 
 
@@ -186,6 +189,11 @@ CALLS = {
         "trainer.labelling.session",
         "open_session",
         ["r.h5", "--dataset", "d", "--labels", "l.csv"],
+    ),
+    "resample": (
+        "hitstream.resample_run",
+        "resample_to_file",
+        ["r.h5", "--dataset", "d", "--config", "c.toml", "--model", "m", "--out", "o.h5"],
     ),
 }
 

@@ -11,27 +11,25 @@ HELP = "resample a real detector's run (modules) onto a bundle's q grid, as the 
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from hitstream.resample_run import resample_run
+    from hitstream.resample_run import resample_to_file
 
     p.add_argument("run", type=Path, help="HDF5 file with the detector's frames")
     p.add_argument("--dataset", required=True, help="(N, modules, ss, fs) or (N, modules*ss, fs)")
     p.add_argument("--config", type=Path, required=True,
                    help="a streamer config file: its [detector] section")  # fmt: skip
-    p.add_argument("--model", type=Path, default=Path("models/default"),
-                   help="bundle whose grid to resample onto [models/default]")  # fmt: skip
+    p.add_argument("--model", type=Path, required=True,
+                   help="bundle whose grid to resample onto (e.g. models/default)")  # fmt: skip
     p.add_argument("--out", type=Path, required=True, help="output run file (OUT.h5)")
-    add_option(p, resample_run, "out_dataset", "dataset path of the output")
-    add_option(p, resample_run, "photon_unit", "one photon in the file's units (ADU, keV)")
+    add_option(p, resample_to_file, "out_dataset", "dataset path of the output")
+    add_option(p, resample_to_file, "photon_unit", "one photon in the file's units (ADU, keV)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from hitstream.bundle import load_bundle
-    from hitstream.resample_run import detector_config_from_toml, resample_run
+    from hitstream.resample_run import resample_to_file
 
-    out = resample_run(
-        args.run, args.dataset, detector_config_from_toml(args.config),
-        load_bundle(args.model).geometry, args.out, out_dataset=args.out_dataset,
-        photon_unit=args.photon_unit,
+    out = resample_to_file(
+        args.run, args.dataset, args.config, args.model, args.out,
+        out_dataset=args.out_dataset, photon_unit=args.photon_unit,
     )  # fmt: skip
     print(f"wrote {out}")
     return 0
