@@ -74,6 +74,7 @@ def exported() -> tuple[set[str], set[str]]:
     m.dropped("queue_full", 1)
     m.queue_depth.labels(queue="infer").set(1)
     m.model_swaps.labels(result="refused").inc()
+    m.ignored_source_messages.labels(source="DET/1").inc()
     m.model_info.info({"name": "n", "version": "1", "path": "/m"})
     m.engine_info.info({"provider": "CPU", "providers": "CPUExecutionProvider"})
     m.batch_latency.observe(0.01)
