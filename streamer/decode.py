@@ -6,13 +6,16 @@ named by :attr:`SourceSpec.axis_order`, e.g. ``"pulses,H,W"`` (files, our replay
 ``pulses`` (alias ``frames``), ``modules``, ``H`` (alias ``ss``, slow scan = rows),
 ``W`` (alias ``fs``, fast scan = columns), ``data_gain`` (raw AGIPD from files, e.g.
 ``"pulses,data_gain,ss,fs"`` as extra-data names it: entry 0 is the ADC data and is kept,
-entry 1 the gain bits and is dropped). A module axis is assembled *naively*: modules
-are stacked vertically, module 0 on top (``(M, H, W) -> (M*H, W)``), with no geometry,
-so one module passes through unchanged and a multi-module detector gives a tall frame
-(set ``frame_shape`` to catch that).
+entry 1 the gain bits and is dropped). Modules are stacked vertically, module 0 on top
+(``(M, H, W) -> (M*H, W)``); with a detector configured (``SourceSpec.detector_view``) the
+frames stay a ``(P, M, ss, fs)`` view of the message for :class:`hitstream.qgrid.Resampler`,
+which places the modules by their geometry. One source per module: ``SourceSpec.source``
+with a ``*`` where the module number is (``"DET/*CH0:xtdf"``); the modules are assembled in
+module order and a missing one is NaN (masked by the map) and reported.
 
 Frames become float32; a frame holding NaN or Inf is dropped and counted under
-``rejected['nonfinite']`` while the other frames of the message pass. Message-level
+``rejected['nonfinite']`` while the other frames of the message pass (with a detector,
+NaN pixels are bad pixels of corrected data and the map masks them instead). Message-level
 faults raise :class:`~hitstream.errors.MessageError` with reason ``source``, ``key``,
 ``shape``, ``dtype``, ``trainid`` or ``endofrun``.
 
