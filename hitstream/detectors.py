@@ -47,7 +47,9 @@ class DetectorConfig:
     ``distance_m``, ``photon_energy_ev``: sample-detector distance and photon energy (both
     required with a geometry). ``mask_file``: HDF5 with a dataset ``mask`` of the data
     shape (non-zero: a bad pixel), the run's bad-pixel mask; pixels that are NaN in a frame
-    count as masked in that frame.
+    count as masked in that frame. ``wavelength_source``/``wavelength_key``: take the
+    wavelength (nm) from the feed instead, where a source carries it
+    (:mod:`streamer.detector_map`); ``photon_energy_ev`` is then the value until it comes.
     """
 
     geometry: str = ""
@@ -56,6 +58,8 @@ class DetectorConfig:
     distance_m: float = 0.0
     photon_energy_ev: float = 0.0
     mask_file: Path | None = None
+    wavelength_source: str = ""  # a feed source carrying the wavelength ("": from the config)
+    wavelength_key: str = "pulseEnergy.wavelengthUsed"  # its key, in nm (as the XGM sends)
 
     def __post_init__(self) -> None:
         if not self.geometry:

@@ -24,16 +24,15 @@ from typing import Any
 
 import numpy as np
 
-from hitstream.bundle import Bundle, load_bundle
-from hitstream.detectors import Detector, load_detector
-from hitstream.errors import ConfigError, HitstreamError, MessageError
-from hitstream.qgrid import Resampler
+from hitstream.bundle import load_bundle
+from hitstream.errors import HitstreamError, MessageError
 from hitstream.units import MIN_SIGNAL_PIXELS, estimate_photon_unit
 from streamer.batcher import Batcher, StagedBatch
 from streamer.config import ServeConfig, to_dict
 from streamer.decision import decide, keep_mask_for, threshold_vector
 from streamer.decisions_out import DecisionPublisher
 from streamer.decode import SourceSpec, decode_message
+from streamer.detector_map import DetectorMap
 from streamer.engine import Engine
 from streamer.feed import FeedClient
 from streamer.feed_refusal import RefusalWatch
@@ -157,10 +156,10 @@ class Pipeline:
             warnings=self._warnings,
         )
         self.novelty = RunNovelty(self.metrics, self._warnings)
-        self.detector: Detector | None = (
-            load_detector(config.detector) if config.detector.enabled else None
+        self.detector_map: DetectorMap | None = (
+            DetectorMap(config.detector, self._warnings) if config.detector.enabled else None
         )
-        self.resampler: Resampler | None = None
+        det = self.detector_map.detector if self.detector_map is not None else None
         h, w = bundle.frame_shape
         self.refusal = RefusalWatch(
             self.metrics,
@@ -188,11 +187,9 @@ class Pipeline:
             source=config.feed.source,
             key=config.feed.key,
             axis_order=config.feed.axis_order,
-            frame_shape=(
-                self.detector.stacked_shape if self.detector is not None else bundle.frame_shape
-            ),
-            detector_view=self.detector is not None,  # read by the map, NaN pixels masked
-            modules=self.detector.data_shape[0] if self.detector is not None else 0,
+            frame_shape=(det.stacked_shape if det is not None else bundle.frame_shape),
+            detector_view=det is not None,  # read by the map, NaN pixels masked
+            modules=det.data_shape[0] if det is not None else 0,
         )
         self._missing_noted: set[tuple[int, ...]] = set()
         self.writer = RollingWriter(
@@ -236,7 +233,8 @@ class Pipeline:
         )
         if self.live is not None:
             self.live.set_model(b)
-        self._map_detector(b)
+        if self.detector_map is not None:
+            self.detector_map.set_grid(b.geometry)
         self.background.set_model(b.label, b.background_range if engine.takes_background else None)
         self.novelty.set_model(b)
         if engine.takes_background and not self.config.background.enabled:
@@ -248,49 +246,8 @@ class Pipeline:
             if msg not in self._warnings:
                 self._warnings.append(msg)
 
-    def _map_detector(self, bundle: Bundle) -> None:
-        """With a detector configured: the map of its pixels onto this bundle's q grid
-        (computed again only when the grid changes). At start a detector that does not
-        cover the grid is an error; at a model swap it is a warning."""
-        det = self.detector
-        if det is None or (self.resampler is not None and self.resampler.grid == bundle.geometry):
-            return
-        resampler = Resampler(det, bundle.geometry)
-        c = resampler.coverage
-        log.info(
-            "%s (%s): %d pixels -> the model's %s grid, %.0f%% of it covered "
-            "(q up to %.4f /nm; the grid's %.4f /nm), %d parts per pixel",
-            det.name, "x".join(map(str, det.data_shape)), det.n_pixels,
-            "x".join(map(str, bundle.frame_shape)), 100 * c.covered_share,
-            c.detector_q_max, c.model_q_max, resampler.subpixels ** 2,
-        )  # fmt: skip
-        try:
-            resampler.check_coverage()
-        except ConfigError as exc:
-            if self.resampler is None:
-                raise
-            log.warning("%s", exc)
-            self._warnings.append(str(exc))
-        note = resampler.warning()
-        if note is not None and note not in self._warnings:
-            log.warning("%s", note)
-            self._warnings.append(note)
-        self.resampler = resampler
-
-    def detector_status(self) -> dict[str, Any]:
-        r = self.resampler
-        if r is None:
-            return {}
-        return {
-            "name": r.detector.name,
-            "data_shape": list(r.detector.data_shape),
-            "distance_m": r.detector.distance_m,
-            "wavelength_m": r.detector.wavelength_m,
-            "covered_share": r.coverage.covered_share,
-            "low_q_share": r.coverage.low_q_share,
-            "detector_q_max_per_nm": r.coverage.detector_q_max,
-            "model_q_max_per_nm": r.coverage.model_q_max,
-        }
+    def _detector_status(self) -> dict[str, Any]:
+        return self.detector_map.status() if self.detector_map is not None else {}
 
     def _release(self, pool_index: int) -> None:
         if pool_index >= 0:
@@ -311,7 +268,7 @@ class Pipeline:
             "background": self.background.status(),
             "novelty": self.novelty.status(),
             "feed": self.refusal.status(),
-            "detector": self.detector_status(),
+            "detector": self._detector_status(),
             "decisions": self._decisions_status(),
             "config": to_dict(self.config),
         }
@@ -457,8 +414,9 @@ class Pipeline:
                 self._count_reject("empty", 1, "message without frames")
             return False
         self.refusal.accepted()
-        if self.resampler is not None:  # a real detector: onto the model's q grid
-            fb = replace(fb, frames=self.resampler(fb.frames))
+        if self.detector_map is not None:  # a real detector: onto the model's q grid
+            self.detector_map.observe(data)
+            fb = replace(fb, frames=self.detector_map(fb.frames))
         m.frames_received.inc(len(fb))
         m.last_frame_time.set(time.time())
         self._check_gap(int(fb.train_id[0]), int(fb.train_id[-1]), len(fb))
@@ -684,6 +642,6 @@ class Pipeline:
         s.background = self.background.status()
         s.novelty = self.novelty.status()
         s.feed = self.refusal.status()
-        s.detector = self.detector_status()
+        s.detector = self._detector_status()
         s.decisions = self._decisions_status()
         return s

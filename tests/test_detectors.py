@@ -398,3 +398,54 @@ def test_trainer_simulates_a_run_on_a_detector_and_back(tmp_path: Path) -> None:
     r = Resampler(load_detector(detector_config_from_toml(tmp_path / "s.toml")), GRID)
     on = x * r.covered
     np.testing.assert_allclose(y.sum(axis=(1, 2)), on.sum(axis=(1, 2)), rtol=0.03, atol=3)
+
+
+def test_photon_energy_from_the_feed_remaps_the_detector(bundle: Path, tmp_path: Path) -> None:
+    """``detector.wavelength_source``: the XGM's wavelength in the messages; a change
+    rebuilds the map before the message's frames are mapped, an equal one does not."""
+    import zmq
+
+    from streamer.decode import timestamp_metadata
+    from streamer.protocol import serialize
+    from tests.procs import free_endpoint
+
+    xgm = "SA1_XTD2_XGM/XGM/DOOCS"
+    endpoint = free_endpoint()
+    cfg = load_config(
+        None,
+        {
+            "model": str(bundle), "feed.endpoint": endpoint, "feed.mode": "PULL",
+            "feed.source": "DET", "feed.axis_order": "pulses,modules,ss,fs",
+            "output.dir": str(tmp_path / "out"), "output.run": "r",
+            "output.min_free_bytes": 0, "metrics.port": -1,
+            "detector.geometry": "AGIPD1M", "detector.quad_pos": CLOSED_QUADS,
+            "detector.distance_m": 1.465, "detector.photon_energy_ev": 6000.0,
+            "detector.wavelength_source": xgm,
+        },
+    )  # fmt: skip
+    frames = np.random.default_rng(1).poisson(0.1, (2, 16, 512, 128)).astype(np.float32)
+    ctx = zmq.Context()
+    push = ctx.socket(zmq.PUSH)
+    push.setsockopt(zmq.LINGER, 0)
+    push.bind(endpoint)
+    pipeline = Pipeline(cfg)
+    try:
+        with running_pipeline(pipeline) as run:
+            for tid, nm in enumerate([0.2066, 0.2, 0.2, 0.20001], start=1):
+                data = {"DET": {"image.data": frames},
+                        xgm: {"pulseEnergy.wavelengthUsed": nm}}  # fmt: skip
+                meta = {s: timestamp_metadata(s, tid, 0) for s in data}
+                push.send_multipart(serialize(data, meta))
+            deadline = time.monotonic() + 60
+            while (
+                pipeline.metrics.value("hitstream_frames_classified_total") < 8
+                and time.monotonic() < deadline
+            ):
+                time.sleep(0.05)  # poll, bounded by the deadline
+        summary = run.wait(0)
+    finally:
+        push.close()
+        ctx.term()
+    assert summary.error is None and summary.frames_classified == 8
+    assert summary.detector["energy_changes"] == 1  # 0.2066 nm is the config's 6 keV
+    assert summary.detector["wavelength_m"] == pytest.approx(0.2e-9)
