@@ -3,8 +3,9 @@
 By default each with its own small options (a few minutes in all on 2 CPU cores;
 ``models/fast`` where a bundle is needed): the simulator, the CXI writer, the bridge
 protocol, the inference engine, the template bank, the message fuzzer, replay → streamer
-end to end, scale-out over workers, bundle quality on simulated runs, the exported graphs'
-speed and fine-tuning to a new run. These are smoke-sized: compare their numbers within one
+end to end, SIGKILLs of the streamer (what a kill loses, the recovery of its files),
+scale-out over workers, bundle quality on simulated runs, the exported graphs' speed and
+fine-tuning to a new run. These are smoke-sized: compare their numbers within one
 run only. ``--full`` runs every benchmark with its own default settings instead (the
 numbers the README quotes) plus the 30-minute soak (``soak.py``); that takes hours. The GPU
 scripts (``gpu.sh``, ``gpu_profile.sh``) are not run here.
@@ -72,6 +73,7 @@ QUICK = (
         "--frames 1000 --models models/fast --modes PUSH --no-baseline --latency-seconds 2 "
         "--out {tmp} --json {out}/streamer.json",
     ),
+    Bench("crash", "bench_crash.py", "--kills 3 --out {tmp} --json {out}/crash.json"),
     Bench(
         "scaleout",
         "bench_scaleout.py",
@@ -102,6 +104,7 @@ FULL = (
         "--models models/default,models/fast --out {tmp} --json {out}/streamer.json",
         2 * HOUR,
     ),
+    Bench("crash", "bench_crash.py", "--out {tmp} --json {out}/crash.json", HOUR),
     Bench(
         "scaleout",
         "bench_scaleout.py",

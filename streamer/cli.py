@@ -1,4 +1,5 @@
-"""``streamer`` command line: ``serve`` (classify a feed) and ``replay`` (serve an HDF5 run)."""
+"""``streamer`` command line: ``serve`` (classify a feed), ``replay`` (serve an HDF5 run),
+``demo`` and ``index`` (recover a killed streamer's files, rebuild the run index)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ COMMANDS = {
     "serve": "streamer.serve",
     "replay": "streamer.replay",
     "demo": "streamer.demo",
+    "index": "streamer.index_cmd",
 }
 
 

@@ -2,7 +2,10 @@
 
 Files are taken in the order of :func:`list_run_files` (worker, then sequence number), the
 same order as the run index. ``.part`` files (still being written, or left by a killed
-writer) are read in SWMR mode and cut to the rows that are consistent across their datasets.
+writer) are read in SWMR mode and cut to the rows that are consistent across their datasets
+(:func:`consistent_rows`, which :mod:`streamer.recovery` uses to finish orphans). Without
+``include_part``, orphan ``.part`` files (no running streamer holds their worker) are left
+out with an :class:`OrphanFilesWarning`.
 
 The run background each frame was classified with: ``background_level``,
 ``background_warm`` and ``background`` (an index into :attr:`RunTables.background_versions`,
@@ -14,6 +17,7 @@ read NaN, False and -1.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,8 +40,14 @@ from streamer.cxi_layout import (
     PART_SUFFIX,
     file_pattern,
 )
+from streamer.worker_lock import is_locked
 
 log = logging.getLogger(__name__)
+
+
+class OrphanFilesWarning(UserWarning):
+    """A run has ``.part`` files that no running streamer writes (a writer was killed):
+    :func:`read_run` leaves them out; ``streamer index OUT RUN`` recovers them."""
 
 
 def list_run_files(
@@ -64,7 +74,7 @@ def open_cxi(path: Path) -> h5py.File:
         if path.name.endswith(PART_SUFFIX):
             return h5py.File(path, "r", libver="latest", swmr=True)
         return h5py.File(path, "r")
-    except OSError as exc:
+    except (OSError, RuntimeError) as exc:  # RuntimeError: e.g. a bad superblock
         raise InputDataError(f"{path}: cannot open as HDF5 ({exc})") from exc
 
 
@@ -172,8 +182,21 @@ def _present(group: h5py.Group, columns: dict[str, np.dtype]) -> list[str]:
     return [c for c in columns if c not in BACKGROUND_COLUMNS or c in group]
 
 
+@dataclass(frozen=True)
+class ConsistentRows:
+    """Rows of a file that are complete and agree with each other: every frame row refers
+    to a kept row, model and background map that are there, and every kept row is referred
+    to by a frame row. A finished file's are all its rows; a ``.part`` file's may be fewer
+    (its datasets are flushed one after the other, and its writer may have died between)."""
+
+    frames: int  # rows of the all-frames table
+    kept: int  # rows of the kept table and of the kept data
+    models: int  # entries of /entry_1/models
+    maps: int  # run-background maps and their versions
+
+
 def _consistent_counts(h5: h5py.File) -> tuple[int, int]:
-    """Rows of the all-frames table and of the kept data that are complete and consistent."""
+    """Rows of the all-frames table and of the kept data present in every column."""
     kept_group, frames_group = h5[KEPT_GROUP], h5[FRAMES_GROUP]
     n_kept = min(
         [h5[DATA_PATH].shape[0], *(kept_group[c].shape[0] for c in _present(kept_group, COLUMNS))]
@@ -182,6 +205,45 @@ def _consistent_counts(h5: h5py.File) -> tuple[int, int]:
         frames_group[c].shape[0] for c in _present(frames_group, COLUMNS | FRAME_ONLY_COLUMNS)
     )
     return n_frames, n_kept
+
+
+def _n_maps(h5: h5py.File) -> int:
+    if BACKGROUND_MAPS not in h5:
+        return 0
+    return int(min(h5[BACKGROUND_MAPS].shape[0], h5[BACKGROUND_VERSION].shape[0]))
+
+
+def _first_bad(bad: np.ndarray, n: int) -> int:
+    where = np.flatnonzero(bad)
+    return int(where[0]) if len(where) else n
+
+
+def _cut(
+    frames: dict[str, np.ndarray], kept: dict[str, np.ndarray], n_kept: int, models: int, maps: int
+) -> ConsistentRows:
+    """Cut the rows read (``frames``: at least kept_index and model; ``kept``: model;
+    background where the file has it) where they refer to something not there yet."""
+
+    def refs_missing(t: dict[str, np.ndarray]) -> np.ndarray:
+        bad = t["model"] >= models
+        return bad | (t["background"] >= maps) if "background" in t else bad
+
+    n_kept = min(n_kept, _first_bad(refs_missing(kept), len(kept["model"])))
+    ki = frames["kept_index"]
+    n_frames = _first_bad((ki >= n_kept) | refs_missing(frames), len(ki))
+    return ConsistentRows(n_frames, int((ki[:n_frames] >= 0).sum()), models, maps)
+
+
+def consistent_rows(h5: h5py.File) -> ConsistentRows:
+    """The consistent rows of an open file (see :class:`ConsistentRows`).
+
+    Raises KeyError when the file lacks the layout.
+    """
+    n_frames, n_kept = _consistent_counts(h5)
+    fg, kg = h5[FRAMES_GROUP], h5[KEPT_GROUP]
+    frames = {c: fg[c][:n_frames] for c in ("kept_index", "model", "background") if c in fg}
+    kept = {c: kg[c][:n_kept] for c in ("model", "background") if c in kg}
+    return _cut(frames, kept, n_kept, int(h5[MODELS_PATH].shape[0]), _n_maps(h5))
 
 
 def _read_table(group: h5py.Group, columns: dict[str, np.dtype], n: int) -> dict[str, np.ndarray]:
@@ -205,27 +267,18 @@ def _read_file(path: Path) -> _FileTables:
             n_frames, n_kept = _consistent_counts(h5)
             frames = _read_table(h5[FRAMES_GROUP], COLUMNS | FRAME_ONLY_COLUMNS, n_frames)
             kept = _read_table(h5[KEPT_GROUP], COLUMNS, n_kept)
+            n_maps = _n_maps(h5)
             versions = np.zeros(0, np.int64)
-            if BACKGROUND_MAPS in h5:
-                n_maps = min(h5[BACKGROUND_MAPS].shape[0], h5[BACKGROUND_VERSION].shape[0])
+            if n_maps:
                 versions = h5[BACKGROUND_VERSION][:n_maps].astype(np.int64)
-    except (KeyError, OSError) as exc:
+    except (KeyError, OSError, RuntimeError) as exc:
         raise InputDataError(f"{path}: not a hitstream CXI file ({exc})") from exc
     # A .part file may show a row whose kept frame, model or map is not flushed yet: cut there.
-    n_maps = len(versions)
-    bad = np.flatnonzero(
-        (frames["kept_index"] >= n_kept)
-        | (frames["model"] >= len(models))
-        | (frames["background"] >= n_maps)
-    )
-    if len(bad):
-        frames = {c: a[: bad[0]] for c, a in frames.items()}
-    bad = np.flatnonzero((kept["model"] >= len(models)) | (kept["background"] >= n_maps))
-    if len(bad):
-        n_kept = int(bad[0])
-        kept = {c: a[:n_kept] for c, a in kept.items()}
+    rows = _cut(frames, kept, n_kept, len(models), n_maps)
+    frames = {c: a[: rows.frames] for c, a in frames.items()}
+    kept = {c: a[: rows.kept] for c, a in kept.items()}
     shape = (frame_shape[0], frame_shape[1])
-    return _FileTables(classes, models, shape, n_kept, frames, kept, versions)
+    return _FileTables(classes, models, shape, rows.kept, frames, kept, versions)
 
 
 def _empty_table(c: int) -> dict[str, np.ndarray]:
@@ -242,10 +295,16 @@ def read_run(
     ``kept_index`` to rows of the run's kept table. Raises :class:`InputDataError` when
     there is no file or the files disagree on classes or frame shape. A ``.part`` file
     that cannot be read (just created, or its writer was killed before the first flush) is
-    skipped with a warning.
+    skipped with a warning. Without ``include_part``, ``.part`` files that no running
+    streamer holds (see :mod:`streamer.worker_lock`) are orphans of a killed writer: they
+    are named in an :class:`OrphanFilesWarning`.
     """
+    listed = list_run_files(out_dir, run, worker=worker, include_part=True)
+    if not include_part:
+        _warn_orphans(out_dir, run, [p for p in listed if _is_part(p)])
+        listed = [p for p in listed if not _is_part(p)]
     loaded: list[tuple[Path, _FileTables]] = []
-    for path in list_run_files(out_dir, run, worker=worker, include_part=include_part):
+    for path in listed:
         try:
             loaded.append((path, _read_file(path)))
         except InputDataError as exc:
@@ -308,6 +367,29 @@ def read_run(
     )
 
 
+def _warn_orphans(out_dir: Path, run: str, parts: list[Path]) -> None:
+    """Warn about the ``parts`` whose worker no running streamer holds."""
+    pattern = file_pattern(run)
+    live: dict[str, bool] = {}
+    orphans = []
+    for p in parts:
+        m = pattern.fullmatch(p.name)
+        assert m is not None  # listed by list_run_files
+        w = m["worker"]
+        if w not in live:
+            live[w] = is_locked(out_dir, run, w)
+        if not live[w]:
+            orphans.append(p.name)
+    if orphans:
+        warnings.warn(
+            f"{out_dir}: {len(orphans)} unfinished file(s) of run {run!r} that no running "
+            f"streamer writes were left out: {', '.join(orphans)}; run `streamer index "
+            f"{out_dir} {run}` to recover them (or read them as they are with include_part=True)",
+            OrphanFilesWarning,
+            stacklevel=3,
+        )
+
+
 def _worker_note(worker: str | None) -> str:
     return f" (worker {worker!r})" if worker is not None else ""
 
@@ -324,8 +406,8 @@ def _kept_files(
     for path in list_run_files(out_dir, run, worker=worker, include_part=include_part):
         try:
             with open_cxi(path) as h5:
-                out.append((path, _consistent_counts(h5)[1]))
-        except (InputDataError, KeyError, OSError) as exc:
+                out.append((path, consistent_rows(h5).kept))
+        except (InputDataError, KeyError, OSError, RuntimeError) as exc:
             if not _is_part(path):
                 raise InputDataError(f"{path}: not a hitstream CXI file ({exc})") from exc
             log.warning("skipping %s: %s", path.name, exc)
