@@ -1,7 +1,8 @@
 """The streamer's HTTP endpoint: ``/metrics`` (Prometheus), ``/ready``, ``/healthz``, ``/status``.
 
 An :class:`hitstream.http_base.HttpServer` (its security policy: loopback by default, Host
-check, control requests same-origin JSON and, beyond loopback, with a token). Extra routes
+check, control requests same-origin JSON and, beyond loopback, with a token; malformed
+requests answered 4xx; slow requests timed out; connections capped). Extra routes
 (the live view, ``POST /model``) register through :meth:`StatusServer.route` and
 :meth:`StatusServer.post_route`. Runs in its own daemon thread, off the hot path.
 """
@@ -15,7 +16,7 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from hitstream.http_base import HttpServer, Request, Response
+from hitstream.http_base import MAX_CONNECTIONS, TIMEOUT_S, HttpServer, Request, Response
 from streamer.metrics import Metrics
 
 Handler = Callable[[str], tuple[int, str, bytes]]  # query string -> (status, type, body)
@@ -33,8 +34,17 @@ class StatusServer(HttpServer):
         port: int = 9108,
         *,
         token: str | None = None,
+        timeout_s: float = TIMEOUT_S,
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
-        super().__init__(host, port, name="http", token=token)
+        super().__init__(
+            host,
+            port,
+            name="http",
+            token=token,
+            timeout_s=timeout_s,
+            max_connections=max_connections,
+        )
         self.metrics = metrics
         self.ready = threading.Event()
         self.status: Callable[[], dict[str, Any]] = dict

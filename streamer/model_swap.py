@@ -7,6 +7,12 @@ per class), and a test inference. A refused bundle is logged and counted; the ru
 keeps going. Triggers: :meth:`ModelSwapper.request` (HTTP ``POST /model``, SIGHUP) and,
 optionally, watching the configured bundle path for a new manifest.
 
+``POST /model`` takes only bundles under the model roots (``metrics.model_roots``; by
+default the directory that holds the configured model): the requested path, resolved
+(symlinks followed, ``..`` collapsed), must lie under one of them, else the request is
+refused and counted like any refused swap. SIGHUP and the watcher reload the configured
+path itself and need no root.
+
 A bundle that takes the run's background and one that does not may replace each other: the
 estimate lives in the pipeline (:mod:`streamer.run_background`), goes on across a swap, and
 each engine takes what its graph needs (the test inference runs both ways).
@@ -16,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,9 +40,32 @@ class SwapResult:
     ok: bool
     model: str
     message: str
+    #: set when the path was refused for lying outside these (resolved) model roots
+    allowed_roots: tuple[str, ...] | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "model": self.model, "message": self.message}
+        out: dict[str, Any] = {"ok": self.ok, "model": self.model, "message": self.message}
+        if self.allowed_roots is not None:
+            out["allowed_roots"] = list(self.allowed_roots)
+        return out
+
+
+def model_roots(model: str | Path, roots: Sequence[str | Path] | None) -> tuple[Path, ...]:
+    """The directories ``POST /model`` takes bundles from, resolved: ``roots``, or (None)
+    the directory holding the configured ``model`` (its model store: the parent of the
+    path as configured, so a ``current`` symlink still names the store it lies in)."""
+    chosen = [Path(model).absolute().parent] if roots is None else [Path(r) for r in roots]
+    return tuple(r.resolve() for r in chosen)
+
+
+def resolve_within(path: str | Path, roots: Sequence[Path]) -> Path | None:
+    """``path`` resolved (symlinks followed, ``..`` collapsed) if that lies under one of
+    ``roots`` (already resolved), else None (also for a path that cannot be resolved)."""
+    try:
+        real = Path(path).resolve()
+    except (OSError, RuntimeError, ValueError):  # a symlink loop, a NUL byte
+        return None
+    return real if any(real.is_relative_to(r) for r in roots) else None
 
 
 def validate_engine(
@@ -82,10 +111,25 @@ class ModelSwapper:
         self._seen = self._manifest_digest()
         self._thread: threading.Thread | None = None
 
-    def request(self, path: str | Path) -> SwapResult:
-        """Validate ``path`` and, if it passes, switch to it before the next batch."""
+    def request(self, path: str | Path, *, roots: Sequence[Path] | None = None) -> SwapResult:
+        """Validate ``path`` and, if it passes, switch to it before the next batch.
+
+        With ``roots`` (resolved directories, see :func:`model_roots`) the path must lie
+        under one of them once resolved; the resolved path is what is loaded."""
         with self._lock:
             running = self._current()
+            if roots is not None:
+                inside = resolve_within(path, roots)
+                if inside is None:
+                    self._metrics.model_swaps.labels(result="refused").inc()
+                    allowed = tuple(str(r) for r in roots)
+                    message = (
+                        f"{str(path)[:300]!r} is not under the model roots "
+                        f"({', '.join(allowed) or 'none'}): not loaded"
+                    )
+                    log.warning("model swap refused, keeping %s: %s", running.bundle.label, message)
+                    return SwapResult(False, running.bundle.label, message, allowed)
+                path = inside
             try:
                 engine = validate_engine(
                     Path(path),
@@ -138,6 +182,9 @@ def parse_swap_body(body: bytes) -> Path:
 
     try:
         data = json.loads(body.decode("utf-8"))
-        return Path(data["path"])
+        path = data["path"]
     except (UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
         raise ConfigError('expected a JSON body {"path": "<bundle directory>"}') from exc
+    if not isinstance(path, str) or not path or "\0" in path:
+        raise ConfigError('"path" must be a non-empty string (a bundle directory)')
+    return Path(path)

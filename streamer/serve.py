@@ -25,7 +25,7 @@ from streamer.config import (
 from streamer.engine import PROVIDER_CHOICES
 from streamer.http_server import StatusServer
 from streamer.metrics import Metrics
-from streamer.model_swap import parse_swap_body
+from streamer.model_swap import model_roots, parse_swap_body
 from streamer.pipeline import Pipeline, RunSummary
 
 HELP = "classify frames from a ZeroMQ (Karabo bridge 2.2) feed and write rolling CXI files"
@@ -111,20 +111,9 @@ def run(args: argparse.Namespace) -> int:
     log.debug("config: %s", json.dumps(to_dict(config)))
     metrics = Metrics()
     pipeline = Pipeline(config, metrics=metrics)
-    server = None
-    if config.metrics.port >= 0:
-        server = StatusServer(
-            metrics,
-            config.metrics.host,
-            config.metrics.port,
-            token=read_token(config.metrics.token_file),
-        ).start()
-        server.status = pipeline.status
-        server.not_ready = pipeline.not_ready_reason
-        server.post_route("/model", lambda body: _swap_answer(pipeline, body))
-        if pipeline.live is not None:
-            for path, handler in pipeline.live.routes().items():
-                server.route(path, handler)
+    server = status_server(pipeline)
+    if server is not None:
+        server.start()
     stop_signals = _install_signal_handlers(pipeline)
     try:
         summary = _run_with_ready_line(pipeline, server)
@@ -134,6 +123,25 @@ def run(args: argparse.Namespace) -> int:
             server.stop()
     _report(summary, args.summary_json)
     return 1 if summary.error else 0
+
+
+def status_server(pipeline: Pipeline) -> StatusServer | None:
+    """The HTTP endpoint of ``streamer serve`` for ``pipeline`` (None with metrics.port -1),
+    every route registered, not started: metrics, readiness, status, the live view and
+    ``POST /model`` (bundles under the model roots only; beyond loopback with the token)."""
+    m = pipeline.config.metrics
+    if m.port < 0:
+        return None
+    roots = model_roots(pipeline.config.model, m.model_roots)
+    server = StatusServer(pipeline.metrics, m.host, m.port, token=read_token(m.token_file))
+    server.status = pipeline.status
+    server.not_ready = pipeline.not_ready_reason
+    server.post_route("/model", lambda body: _swap_answer(pipeline, body, roots))
+    log.info("POST /model takes bundles under %s", ", ".join(map(str, roots)) or "no directory")
+    if pipeline.live is not None:
+        for path, handler in pipeline.live.routes().items():
+            server.route(path, handler)
+    return server
 
 
 def _run_with_ready_line(pipeline: Pipeline, server: StatusServer | None) -> RunSummary:
@@ -148,13 +156,17 @@ def _run_with_ready_line(pipeline: Pipeline, server: StatusServer | None) -> Run
     return pipeline.run()
 
 
-def _swap_answer(pipeline: Pipeline, body: bytes) -> tuple[int, str, bytes]:
-    """``POST /model {"path": ...}``: validate and switch; 409 with the reason if refused."""
+def _swap_answer(
+    pipeline: Pipeline, body: bytes, roots: tuple[Path, ...]
+) -> tuple[int, str, bytes]:
+    """``POST /model {"path": ...}``: validate and switch. 400: a malformed body; 403: the
+    path lies outside ``roots`` (the answer names them); 409: the bundle was refused."""
     try:
-        result = pipeline.swapper.request(parse_swap_body(body))
+        result = pipeline.swapper.request(parse_swap_body(body), roots=roots)
     except ConfigError as exc:
         return 400, "application/json", json.dumps({"ok": False, "message": str(exc)}).encode()
-    return (200 if result.ok else 409), "application/json", json.dumps(result.as_dict()).encode()
+    status = 200 if result.ok else 403 if result.allowed_roots is not None else 409
+    return status, "application/json", json.dumps(result.as_dict()).encode()
 
 
 def _install_signal_handlers(pipeline: Pipeline) -> Any:

@@ -28,12 +28,14 @@ import zmq
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from hitstream.http_base import TOKEN_ENV
 from streamer import replay as replay_cmd
 from streamer import serve as serve_cmd
 from streamer.config import MetricsConfig, load_config
 from streamer.decode import END_OF_RUN_SOURCE
 from streamer.http_server import StatusServer
 from streamer.metrics import Metrics
+from streamer.model_swap import model_roots
 from streamer.pipeline import Pipeline
 from streamer.protocol import serialize
 from tests.helpers_stream import running_pipeline
@@ -387,6 +389,89 @@ def test_kubernetes_manifests(tmp_path: Path, http: StatusServer) -> None:
     if workload["kind"] == "StatefulSet":
         assert workload["spec"]["serviceName"] == svc["metadata"]["name"]
     assert workload["spec"]["selector"]["matchLabels"].items() <= labels.items()
+
+
+# -- control locked as shipped -------------------------------------------------------------
+
+# what a committed secret would look like: a bearer value, the token variable set to a value
+TOKEN_LITERAL = re.compile(
+    rf"Bearer\s+[\w.~+/-]{{8,}}|{TOKEN_ENV}\s*[=:]\s*[\"']?[\w.~+/-]{{4,}}", re.IGNORECASE
+)
+
+
+def test_no_token_value_is_committed_in_deploy() -> None:
+    files = [p for p in DEPLOY.rglob("*") if p.is_file()]
+    assert CONTAINERFILE in files and K8S / "configmap.yaml" in files
+    for path in files:
+        text = path.read_text(encoding="utf-8", errors="replace")
+        assert not TOKEN_LITERAL.search(text), (path, TOKEN_LITERAL.search(text))
+    assert TOKEN_LITERAL.search("Authorization: Bearer 0a1b2c3d4e5f")  # the check can fail
+    assert TOKEN_LITERAL.search(f"{TOKEN_ENV}=s3cret")
+    assert not TOKEN_LITERAL.search('"Authorization: Bearer <token>"')
+
+
+def test_kubernetes_control_is_locked_until_a_secret_is_mounted(tmp_path: Path) -> None:
+    """The pods listen on the pod IP; POST /model needs the token of a Secret mounted as a
+    file (optional: without it control is refused, the pods still start), takes bundles on
+    the read-only models volume only, and the streamer runs as non-root."""
+    objs = k8s_objects()
+    assert not [o for o in objs if o["kind"] == "Secret"]  # created by hand, never committed
+    (workload,) = [o for o in objs if o["kind"] in ("StatefulSet", "Deployment")]
+    spec = workload["spec"]["template"]["spec"]
+    (c,) = spec["containers"]
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert spec["securityContext"]["runAsUser"] not in (0, None)
+    assert c.get("securityContext", {}).get("runAsUser", 1) != 0
+    for e in c.get("env", []):  # the token never as a literal value
+        assert e["name"] != TOKEN_ENV or "valueFrom" in e, e
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    secrets = {p: volumes[m["name"]]["secret"] for p, m in mounts.items()
+               if "secret" in volumes[m["name"]]}  # fmt: skip
+    assert secrets and all(s.get("optional") is True for s in secrets.values()), secrets
+    assert all(mounts[p].get("readOnly") for p in secrets)
+
+    (cm,) = [o for o in objs if o["kind"] == "ConfigMap"]
+    text = cm["data"]["streamer.toml"]
+    (tmp_path / "s.toml").write_text(text, encoding="utf-8")
+    cfg = load_config(tmp_path / "s.toml")
+    assert cfg.metrics.host == "0.0.0.0"
+    # the token file: unset (control refused) or on the mounted Secret; the documented one too
+    documented = re.findall(r'^\s*#\s*token_file\s*=\s*"([^"]+)"', text, re.M)
+    assert documented, "the ConfigMap documents token_file"
+    for token_file in [*documented, *([cfg.metrics.token_file] if cfg.metrics.token_file else [])]:
+        assert any(Path(token_file).is_relative_to(p) for p in secrets), token_file
+    for name in {s["secretName"] for s in secrets.values()}:
+        assert f"kubectl create secret generic {name}" in text  # how to make it
+    # POST /model: the models volume only, mounted read-only, the model on it
+    (root,) = cfg.metrics.model_roots or []
+    assert str(root) in mounts and mounts[str(root)].get("readOnly") is True
+    assert "persistentVolumeClaim" in volumes[mounts[str(root)]["name"]]
+    assert cfg.model.is_relative_to(root)
+
+
+def test_container_control_is_locked_until_a_token_is_given() -> None:
+    """The image's command binds 0.0.0.0 with no token (control refused) and POST /model
+    limited to the image's model store; nothing token-like is copied or set."""
+    ins = instructions(CONTAINERFILE)
+    cmd = parse_serve(json.loads(next(a for i, a in ins if i == "CMD")))
+    assert cmd.metrics_host == "0.0.0.0"
+    cfg = load_config(DEPLOY / "streamer.toml", {"model": cmd.model})
+    assert cfg.metrics.token_file is None
+    assert not [a for i, a in ins if i in ("ENV", "ARG") and TOKEN_ENV in a]
+    copies = [a.split() for i, a in ins if i == "COPY"]
+    assert not [c for c in copies if any("token" in part.lower() for part in c)]
+    assert ["models", "/opt/hitstream/models"] in copies
+    assert Path(cmd.model).parent == Path("/opt/hitstream/models")
+    assert model_roots(cmd.model, cfg.metrics.model_roots) == (
+        Path("/opt/hitstream/models").resolve(),
+    )
+    (user,) = [a for i, a in ins if i == "USER"]
+    assert user.split(":")[0] not in ("root", "0")
+    # deploy/streamer.toml documents the keys that lock control
+    text = (DEPLOY / "streamer.toml").read_text(encoding="utf-8")
+    metrics = text.split("[metrics]", 1)[1].split("\n[", 1)[0]
+    assert "# token_file = " in metrics and "# model_roots = " in metrics
 
 
 # -- command lines -------------------------------------------------------------------------

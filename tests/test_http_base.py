@@ -4,13 +4,24 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
 import socket
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from hitstream.errors import ConfigError
-from hitstream.http_base import BadRequest, HttpServer, Request, Response, read_token
+from hitstream.http_base import (
+    MAX_CONNECTIONS,
+    BadRequest,
+    HttpServer,
+    Request,
+    Response,
+    read_token,
+)
 
 
 @pytest.fixture
@@ -85,15 +96,156 @@ def test_control_requests_same_origin_and_json_only(server: HttpServer) -> None:
     assert not [r for r in server.seen if r.body == b"a=1"]  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize("length", ["abc", "-1", "1e3", "99999999"])
+def wait_until(cond: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"not in {timeout} s: {what}"
+        time.sleep(0.02)  # poll, bounded by the deadline
+
+
+def raw(port: int, data: bytes, *, half_close: bool = True) -> bytes:
+    """Send ``data`` on a fresh connection and read until the server closes it."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(data)
+        if half_close:
+            sock.shutdown(socket.SHUT_WR)
+        return read_to_end(sock)
+
+
+def read_to_end(sock: socket.socket) -> bytes:
+    out = b""
+    while chunk := sock.recv(65536):
+        out += chunk
+    return out
+
+
+def parse_answers(data: bytes, method: str = "GET") -> list[tuple[int, dict[str, str], bytes]]:
+    """Every HTTP/1.1 answer in ``data`` (status, headers, body); fails on anything else:
+    a missing status line, a missing Content-Length, a body of another length, trailing
+    bytes."""
+    answers = []
+    while data:
+        head, sep, data = data.partition(b"\r\n\r\n")
+        assert sep, f"no end of headers in {head[:200]!r}"
+        status_line, *lines = head.decode("latin-1").split("\r\n")
+        version, code, _reason = status_line.split(" ", 2)
+        assert version == "HTTP/1.1" and code.isdigit() and len(code) == 3, status_line
+        headers = {}
+        for line in lines:
+            name, colon, value = line.partition(":")
+            assert colon and name.strip() == name, line
+            headers[name.lower()] = value.strip()
+        n = 0 if method == "HEAD" else int(headers["content-length"])
+        body, data = data[:n], data[n:]
+        assert len(body) == n, (status_line, len(body), n)
+        answers.append((int(code), headers, body))
+    return answers
+
+
+def host(port: int) -> str:
+    return f"Host: 127.0.0.1:{port}\r\n"
+
+
+@pytest.mark.parametrize("length", ["abc", "-1", "1e3", "+2", " 2_0", "٢", "99999999", "9" * 400])
 def test_malformed_or_huge_content_length(server: HttpServer, length: str) -> None:
-    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
-        sock.sendall(
-            f"POST /echo HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n{{}}".encode()
-        )
-        reply = sock.recv(4096).decode()
-    assert reply.split(" ", 2)[1] in ("400", "413"), reply
+    req = (
+        f"POST /echo HTTP/1.1\r\n{host(server.port)}Content-Type: application/json\r\n"
+        f"Content-Length: {length}\r\n\r\n{{}}"
+    )
+    ((code, headers, body),) = parse_answers(raw(server.port, req.encode()))
+    assert code == (413 if length.isascii() and length.isdigit() else 400), body
+    assert headers["connection"] == "close" and "error" in json.loads(body)
+    assert not server.seen  # type: ignore[attr-defined]  # no route saw it
+
+
+MALFORMED = {
+    "Content-Length twice": (
+        "POST /echo HTTP/1.1\r\n{host}Content-Type: application/json\r\n"
+        "Content-Length: 2\r\nContent-Length: 2\r\n\r\n{{}}",
+        400,
+    ),
+    "chunked body": (
+        "POST /echo HTTP/1.1\r\n{host}Content-Type: application/json\r\n"
+        "Transfer-Encoding: chunked\r\n\r\n2\r\n{{}}\r\n0\r\n\r\n",
+        400,
+    ),
+    "body shorter than declared": (
+        "POST /echo HTTP/1.1\r\n{host}Content-Type: application/json\r\n"
+        "Content-Length: 10\r\n\r\n{{}}",
+        400,
+    ),
+    "garbage request line": ("\x00\x01\xff garbage \x7f here\r\n\r\n", 400),
+    "one word": ("HELLO\r\n\r\n", 400),
+    "HTTP/2.0": ("GET /hello HTTP/2.0\r\n{host}\r\n", 400),
+    "HTTP/2 preface": ("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 400),
+    "HTTP/x.y": ("GET /hello HTTP/x.y\r\n{host}\r\n", 400),
+    "HTTP/1.1.1": ("GET /hello HTTP/1.1.1\r\n{host}\r\n", 400),
+    "HTTP/0.9": ("GET /hello\r\n\r\n", 400),
+    "PUT": ("PUT /echo HTTP/1.1\r\n{host}Content-Length: 0\r\n\r\n", 405),
+    "DELETE": ("DELETE /hello HTTP/1.1\r\n{host}\r\n", 405),
+    "PATCH": ("PATCH /echo HTTP/1.1\r\n{host}\r\n", 405),
+    "OPTIONS": ("OPTIONS * HTTP/1.1\r\n{host}\r\n", 405),
+    "CONNECT": ("CONNECT 127.0.0.1:22 HTTP/1.1\r\n{host}\r\n", 405),
+    "lower-case get": ("get /hello HTTP/1.1\r\n{host}\r\n", 405),
+    "URL of 10 KB": ("GET /hello?" + "a" * 10_000 + " HTTP/1.1\r\n{host}\r\n", 414),
+    "request line of 70 KB": ("GET /" + "a" * 70_000 + " HTTP/1.1\r\n{host}\r\n", 414),
+    "header of 70 KB": ("GET /hello HTTP/1.1\r\n{host}X-Big: " + "a" * 70_000 + "\r\n\r\n", 431),
+    "200 headers": ("GET /hello HTTP/1.1\r\n{host}" + "X-A: b\r\n" * 200 + "\r\n", 431),
+    "Host twice": ("GET /hello HTTP/1.1\r\n{host}{host}\r\n", 400),
+    "no Host": ("GET /hello HTTP/1.1\r\n\r\n", 403),
+}
+
+
+@pytest.mark.parametrize("name", MALFORMED)
+def test_malformed_requests_get_a_4xx_answer(
+    server: HttpServer, name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each gets one well-formed 4xx answer (JSON, the connection closed), nothing else:
+    no 5xx, no empty reply, nothing logged at ERROR; the server serves on."""
+    text, want = MALFORMED[name]
+    with caplog.at_level(logging.DEBUG):
+        data = raw(server.port, text.format(host=host(server.port)).encode("latin-1"))
+    ((code, headers, body),) = parse_answers(data)
+    assert code == want, (name, body)
+    assert headers["content-type"] == "application/json" and "error" in json.loads(body)
+    assert headers["connection"] == "close"
+    if code == 405:
+        assert set(headers["allow"].split(", ")) <= {"GET", "HEAD", "POST"}, headers
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert not server.seen  # type: ignore[attr-defined]
+    assert request(server, "GET", "/hello?x")[0] == 200
+
+
+def test_head_is_get_without_the_body(server: HttpServer) -> None:
+    data = raw(server.port, f"HEAD /hello?q HTTP/1.1\r\n{host(server.port)}\r\n".encode())
+    ((code, headers, body),) = parse_answers(data, "HEAD")
+    assert code == 200 and body == b"" and headers["content-length"] == str(len(b"hi q"))
+    data = raw(server.port, f"HEAD /echo HTTP/1.1\r\n{host(server.port)}\r\n".encode())
+    ((code, headers, _),) = parse_answers(data, "HEAD")
+    assert code == 405 and headers["allow"] == "POST"
+
+
+def test_a_body_nobody_reads_is_never_taken_for_a_request(server: HttpServer) -> None:
+    """A GET (or a refused POST) with a body: one answer, then the connection closes, so
+    the body cannot smuggle in a second request."""
+    h = host(server.port)
+    hidden = f"GET /files/smuggled HTTP/1.1\r\n{h}\r\n"
+    for first in (
+        f"GET /hello HTTP/1.1\r\n{h}Content-Length: {len(hidden)}\r\n\r\n",
+        f"POST /nope HTTP/1.1\r\n{h}Content-Length: {len(hidden)}\r\n\r\n",
+        f"POST /echo HTTP/1.1\r\n{h}Content-Type: text/plain\r\n"
+        f"Content-Length: {len(hidden)}\r\n\r\n",
+    ):
+        data = raw(server.port, (first + hidden).encode(), half_close=False)
+        ((code, headers, _),) = parse_answers(data)
+        assert code in (200, 404, 415) and headers["connection"] == "close"
+    # a POST read in full keeps the connection: the next request on it is answered
+    two = (
+        f"POST /echo HTTP/1.1\r\n{h}Content-Type: application/json\r\nContent-Length: 2\r\n"
+        f"\r\n{{}}GET /hello HTTP/1.1\r\n{h}Connection: close\r\n\r\n"
+    )
+    answers = parse_answers(raw(server.port, two.encode(), half_close=False))
+    assert [a[0] for a in answers] == [200, 200] and answers[1][2] == b"hi "
 
 
 def test_half_sent_requests_time_out(server: HttpServer) -> None:
@@ -105,10 +257,109 @@ def test_half_sent_requests_time_out(server: HttpServer) -> None:
             "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{".encode()
         )
         socks.append(s)
-    for s in socks:  # the server closes each after its 0.5 s timeout: recv gives b"" well
-        assert s.recv(4096) == b""  # before the client's own 5 s timeout would raise
+    for s in socks:  # the server closes each after its 0.5 s timeout (answering 408), well
+        ((code, _, _),) = parse_answers(read_to_end(s))  # before the client's own 5 s
+        assert code == 408
         s.close()
     assert request(server, "GET", "/hello")[0] == 200
+
+
+def test_a_request_trickled_in_is_cut_off_at_the_deadline(server: HttpServer) -> None:
+    """One byte every 0.1 s never trips a per-read timeout; the request's deadline (0.5
+    s for all of it) closes the connection all the same."""
+    line = f"GET /hello HTTP/1.1\r\n{host(server.port)}X-Slow: {'a' * 100}\r\n\r\n".encode()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        start = time.monotonic()
+        with pytest.raises(OSError):  # the server hangs up: EPIPE or a reset
+            for byte in line:
+                sock.sendall(bytes([byte]))
+                time.sleep(0.1)  # the trickle itself, not a wait for the server
+        took = time.monotonic() - start
+    assert 0.5 <= took < 3.0, took
+
+
+def test_an_idle_kept_alive_connection_is_closed(server: HttpServer) -> None:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(f"GET /hello?a HTTP/1.1\r\n{host(server.port)}\r\n".encode())
+        start = time.monotonic()
+        answers = parse_answers(read_to_end(sock))
+        took = time.monotonic() - start
+    assert [a[0] for a in answers] == [200, 408] and answers[0][2] == b"hi a"
+    assert 0.5 <= took < 3.0, took
+
+
+def test_sixty_half_sent_requests_hold_no_more_than_the_cap() -> None:
+    """60 half-sent requests (headers without their end, POST bodies half sent) against
+    the default cap of 32: /healthz is answered at once all the same (the oldest waiting
+    connection gives way), at most 32 threads are held, the half-sent ones are closed at
+    their deadline and the threads end."""
+    assert MAX_CONNECTIONS == 32
+    threads_before = threading.active_count()
+    with HttpServer("127.0.0.1", 0, name="cap", timeout_s=2.0) as s:
+        s.route("/healthz", lambda _r: (200, "text/plain", b"ok\n"))
+        s.route("/echo", lambda r: Response.json(200, r.json()), methods=("POST",))
+        h = host(s.port)
+        half = [
+            f"GET /healthz HTTP/1.1\r\n{h}X-Waiting: 1\r\n",
+            f"POST /echo HTTP/1.1\r\n{h}Content-Type: application/json\r\n"
+            'Content-Length: 40\r\n\r\n{"a": "01234',
+        ]
+        start = time.monotonic()
+        socks = []
+        for i in range(60):
+            c = socket.create_connection(("127.0.0.1", s.port), timeout=10)
+            c.sendall(half[i % 2].encode())
+            socks.append(c)
+        wait_until(lambda: s.open_connections == 32, what="32 connections held")
+        wait_until(  # the threads of the connections given way end at once
+            lambda: threading.active_count() <= threads_before + 1 + 32, what="32 threads"
+        )
+        for _ in range(3):  # answered long before any half-sent request's deadline
+            t0 = time.monotonic()
+            assert request(s, "GET", "/healthz") == (200, b"ok\n")
+            assert time.monotonic() - t0 < 0.5
+        assert time.monotonic() - start < 2.0
+        codes = []
+        for c in socks:
+            codes += [a[0] for a in parse_answers(read_to_end(c))]
+            c.close()
+        took = time.monotonic() - start
+        assert sorted(set(codes)) == [408, 503] and len(codes) == 60, codes
+        assert codes.count(408) <= 32
+        assert 2.0 <= took < 5.0, took  # the last ones at their 2 s deadline
+        wait_until(lambda: s.open_connections == 0, what="no connection left")
+        wait_until(
+            lambda: threading.active_count() <= threads_before + 1, what="handler threads end"
+        )
+    wait_until(lambda: threading.active_count() <= threads_before, what="server thread ends")
+
+
+def test_connections_busy_in_routes_refuse_the_next_one() -> None:
+    """With every connection inside a route, one more is answered 503 at once, without a
+    thread; the busy ones finish normally."""
+    go = threading.Event()
+    with HttpServer("127.0.0.1", 0, name="busy", max_connections=2, timeout_s=0.5) as s:
+        s.route("/block", lambda _r: (200, "text/plain", b"done" if go.wait(10) else b"late"))
+        s.route("/hello", lambda _r: (200, "text/plain", b"hi"))
+        results: list[tuple[int, bytes]] = []
+        workers = [
+            threading.Thread(target=lambda: results.append(request(s, "GET", "/block")))
+            for _ in range(2)
+        ]
+        for w in workers:
+            w.start()
+        wait_until(lambda: s.open_connections == 2, what="two requests inside the route")
+        time.sleep(0.6)  # past the 0.5 s request deadline: busy connections are not cut
+        threads = threading.active_count()
+        data = raw(s.port, f"GET /hello HTTP/1.1\r\n{host(s.port)}\r\n".encode())
+        ((code, headers, _),) = parse_answers(data)
+        assert code == 503 and headers["retry-after"] == "1"
+        assert threading.active_count() == threads  # no thread for the refused one
+        go.set()
+        for w in workers:
+            w.join(10)
+        assert results == [(200, b"done"), (200, b"done")]
+        assert request(s, "GET", "/hello") == (200, b"hi")
 
 
 def test_beyond_loopback_control_needs_the_token() -> None:
@@ -119,8 +370,8 @@ def test_beyond_loopback_control_needs_the_token() -> None:
         s.loopback = False
         assert request(s, "GET", "/read", headers={"Host": "hitstream.example:9108"})[0] == 200
         assert request(s, "POST", "/echo", b"{}")[0] == 401
-        bad = {"Authorization": "Bearer nope"}
-        assert request(s, "POST", "/echo", b"{}", bad)[0] == 401
+        for wrong in ("Bearer nope", "s3cret", "Basic s3cret", "Bearer s3cret2", "Bearer"):
+            assert request(s, "POST", "/echo", b"{}", {"Authorization": wrong})[0] == 401
         good = {"Authorization": "Bearer s3cret"}
         assert request(s, "POST", "/echo", b"{}", good) == (200, b"{}")
     with HttpServer("127.0.0.1", 0, name="t") as s:  # no token: control refused outright
@@ -129,7 +380,7 @@ def test_beyond_loopback_control_needs_the_token() -> None:
         assert request(s, "POST", "/echo", b"{}", {"Authorization": "Bearer "})[0] == 403
 
 
-def test_read_token(tmp_path, monkeypatch) -> None:
+def test_read_token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("HITSTREAM_HTTP_TOKEN", raising=False)
     assert read_token(None) is None
     monkeypatch.setenv("HITSTREAM_HTTP_TOKEN", "from-env")

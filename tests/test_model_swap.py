@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 
+from hitstream.errors import ConfigError
 from streamer.config import load_config
+from streamer.http_server import StatusServer
+from streamer.model_swap import model_roots, parse_swap_body, resolve_within
 from streamer.pipeline import Pipeline
 from streamer.readback import read_run
 from streamer.replay import ReplayConfig, ReplayServer
+from streamer.serve import _install_signal_handlers, status_server
 from tests.helpers_stream import running_pipeline, wait_for_line
 from tests.procs import command, free_endpoint
 from tests.tiny_bundle import make_tiny_bundle
@@ -34,7 +40,7 @@ def run_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def wait_until(cond, timeout: float = 30.0) -> None:
+def wait_until(cond: Callable[[], bool], timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not cond():
         assert time.monotonic() < deadline, "condition not met in time"
@@ -137,7 +143,7 @@ def test_swap_over_http_and_by_watching_the_model_path(run_file: Path, tmp_path:
         base = url.rsplit("/", 1)[0]
         wait_for_line(replay, "ready", 60)
 
-        def post(path: str) -> tuple[int, dict]:
+        def post(path: str | Path) -> tuple[int, dict]:
             req = urllib.request.Request(
                 f"{base}/model",
                 data=json.dumps({"path": str(path)}).encode(),
@@ -167,3 +173,142 @@ def test_swap_over_http_and_by_watching_the_model_path(run_file: Path, tmp_path:
         wait_until(lambda: model_version() == "3")
         serve.terminate()
         assert serve.wait(timeout=60) == 0
+
+
+# -- POST /model: bundles under the model roots only ---------------------------------------
+
+
+def post_model(server: StatusServer, path: str | Path) -> tuple[int, dict]:
+    """``POST /model {"path": ...}`` over HTTP, as an operator's curl would send it."""
+    req = urllib.request.Request(
+        f"{server.url}/model",
+        data=json.dumps({"path": str(path)}).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def swaps(pipeline: Pipeline, result: str) -> float:
+    return pipeline.metrics.value("hitstream_model_swaps_total", result=result)
+
+
+def test_post_model_takes_bundles_under_the_model_roots_only(tmp_path: Path) -> None:
+    """Default roots: the configured model's store. Paths that leave it once resolved (a
+    symlink, ``..``, ``..`` through a symlink) are refused with 403 naming the roots and
+    counted; a path inside (also through a symlink inside) is swapped in."""
+    store = tmp_path / "store"
+    v1 = make_tiny_bundle(store / "v1", version="1")
+    make_tiny_bundle(store / "v2", version="2")
+    evil = make_tiny_bundle(tmp_path / "elsewhere" / "evil", version="666")
+    (tmp_path / "elsewhere" / "sub").mkdir()
+    (store / "link").symlink_to(evil, target_is_directory=True)
+    (store / "hop").symlink_to(tmp_path / "elsewhere" / "sub", target_is_directory=True)
+    (store / "current").symlink_to(store / "v2", target_is_directory=True)
+    cfg = load_config(
+        None, {"model": str(v1), "output.dir": str(tmp_path / "out"), "metrics.port": 0}
+    )
+    pipeline = Pipeline(cfg)
+    server = status_server(pipeline)
+    assert server is not None
+    with server:
+        escapes: list[str | Path] = [
+            evil,  # a valid bundle, elsewhere
+            store / "link",  # a symlink out of the store
+            store / "v1" / ".." / ".." / "elsewhere" / "evil",  # `..` out of the store
+            store / "hop" / ".." / "evil",  # lexically in the store; really not
+            "/",
+        ]
+        for path in escapes:
+            code, answer = post_model(server, path)
+            assert code == 403, (path, answer)
+            assert answer["allowed_roots"] == [str(store.resolve())] and not answer["ok"]
+            assert answer["model"] == "tiny:1"
+        assert swaps(pipeline, "refused") == len(escapes) and swaps(pipeline, "ok") == 0
+        assert pipeline.model.version == "tiny:1"
+
+        code, answer = post_model(server, store / "nothing-here")  # inside, not a bundle
+        assert code == 409 and "allowed_roots" not in answer
+        assert swaps(pipeline, "refused") == len(escapes) + 1
+        code, answer = post_model(server, store / "current")  # a symlink inside the store
+        assert (code, answer["model"]) == (200, "tiny:2")
+        code, answer = post_model(server, store / "v2" / ".." / "v1")
+        assert (code, answer["model"]) == (200, "tiny:1")
+    assert swaps(pipeline, "ok") == 2
+
+
+def test_configured_model_roots_and_reloads_of_the_configured_path(tmp_path: Path) -> None:
+    """``metrics.model_roots`` replaces the default: the configured model's own store is
+    then refused over HTTP, while SIGHUP (the real handler) still reloads the configured
+    path. ``model_roots = []`` refuses every path."""
+    v1 = make_tiny_bundle(tmp_path / "store" / "v1", version="1")
+    other = make_tiny_bundle(tmp_path / "approved" / "v5", version="5")
+    cfg = load_config(
+        None,
+        {
+            "model": str(v1),
+            "output.dir": str(tmp_path / "out"),
+            "metrics.port": 0,
+            "metrics.model_roots": [str(tmp_path / "approved")],
+        },
+    )
+    pipeline = Pipeline(cfg)
+    server = status_server(pipeline)
+    assert server is not None
+    with server:
+        code, answer = post_model(server, v1)
+        assert code == 403 and answer["allowed_roots"] == [str((tmp_path / "approved").resolve())]
+        code, answer = post_model(server, other)
+        assert (code, answer["model"]) == (200, "tiny:5")
+    restore = _install_signal_handlers(pipeline)
+    try:
+        os.kill(os.getpid(), signal.SIGHUP)  # reload the configured model: tiny:1 again
+        wait_until(lambda: pipeline.model.version == "tiny:1")
+    finally:
+        restore()
+    assert swaps(pipeline, "ok") == 2 and swaps(pipeline, "refused") == 1
+
+    nothing = Pipeline(
+        load_config(
+            None,
+            {
+                "model": str(v1),
+                "output.dir": str(tmp_path / "o2"),
+                "metrics.port": 0,
+                "metrics.model_roots": [],
+            },
+        )
+    )
+    server = status_server(nothing)
+    assert server is not None
+    with server:
+        code, answer = post_model(server, v1)
+    assert code == 403 and answer["allowed_roots"] == [] and "none" in answer["message"]
+
+
+def test_model_roots_resolution(tmp_path: Path) -> None:
+    (tmp_path / "models" / "v1").mkdir(parents=True)
+    (tmp_path / "models" / "current").symlink_to(tmp_path / "models" / "v1")
+    # the store is where the configured path lies, not where its symlink points
+    assert model_roots(tmp_path / "models" / "current", None) == ((tmp_path / "models").resolve(),)
+    assert model_roots("m/x", None) == ((Path.cwd() / "m").resolve(),)
+    assert model_roots("m/x", [tmp_path / "a" / ".." / "b"]) == ((tmp_path / "b").resolve(),)
+    roots = model_roots(tmp_path / "models" / "v1", None)
+    assert (
+        resolve_within(tmp_path / "models" / "current", roots)
+        == (tmp_path / "models" / "v1").resolve()
+    )
+    assert resolve_within(tmp_path / "models" / ".." / "models2", roots) is None
+    loop = tmp_path / "models" / "loop"
+    loop.symlink_to(loop)
+    found = resolve_within(loop, roots)  # None, or the loop itself: loading then fails
+    assert found is None or found.parent == roots[0]
+    assert resolve_within(tmp_path / "models" / "a\0b", roots) is None
+    for body in (b'{"path": "a\\u0000b"}', b'{"path": 5}', b'{"path": ""}', b"[]", b"\xff"):
+        with pytest.raises(ConfigError):
+            parse_swap_body(body)
+    assert parse_swap_body(b'{"path": "models/v1"}') == Path("models/v1")

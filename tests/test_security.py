@@ -1,10 +1,13 @@
 """Security options and guards: no unsafe deserialisation, bounded messages, CurveZMQ,
-loopback-only metrics, run names that cannot leave the output directory."""
+loopback-only metrics, control beyond loopback only with the token, run names that cannot
+leave the output directory."""
 
 from __future__ import annotations
 
 import argparse
 import ast
+import http.client
+import json
 import socket
 import time
 from pathlib import Path
@@ -16,6 +19,7 @@ import pytest
 import zmq
 
 from hitstream.errors import ConfigError
+from hitstream.http_base import TOKEN_ENV
 from streamer.config import load_config
 from streamer.decode import END_OF_RUN_SOURCE
 from streamer.feed import FeedClient
@@ -26,6 +30,7 @@ from streamer.protocol import serialize
 from streamer.readback import read_run
 from streamer.replay import ReplayConfig, ReplayServer, add_arguments, config_from_args
 from streamer.security import create_keypair, curve_available
+from streamer.serve import status_server
 from tests.helpers_stream import read_run as read_feed
 from tests.helpers_stream import running_pipeline
 from tests.procs import command, free_endpoint
@@ -311,3 +316,60 @@ def test_names_cannot_escape_the_output_directory(tmp_path: Path, flag: str) -> 
     assert "name '../evil'" in err and "Traceback" not in err, err
     assert not list(tmp_path.rglob("*evil*"))
     assert not out.exists()
+
+
+# -- the streamer's control endpoint beyond loopback -------------------------------------------
+
+
+def _http(server: StatusServer, method: str, path: str, headers: dict[str, str] | None = None,
+          body: bytes | None = None) -> int:  # fmt: skip
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:  # a name as seen from outside the host: the Host check is off beyond loopback
+        h = {"Host": f"hitstream-0.example.org:{server.port}", **(headers or {})}
+        conn.request(method, path, body=body, headers=h)
+        r = conn.getresponse()
+        r.read()
+        return r.status
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("source", ["file", "env", "none"])
+def test_streamer_control_beyond_loopback_needs_the_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: str
+) -> None:
+    """``streamer serve``'s endpoint judged as bound beyond loopback (tests bind loopback
+    only): the read-only routes stay open; ``POST /model`` needs the token of
+    ``metrics.token_file`` or ``$HITSTREAM_HTTP_TOKEN`` and, without either, is refused."""
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    v1 = make_tiny_bundle(tmp_path / "models" / "v1", version="1")
+    v2 = make_tiny_bundle(tmp_path / "models" / "v2", version="2")
+    overrides = {"model": str(v1), "output.dir": str(tmp_path / "out"), "metrics.port": 0}
+    token = f"token-from-{source}"
+    if source == "file":
+        (tmp_path / "token").write_text(token + "\n")
+        overrides["metrics.token_file"] = str(tmp_path / "token")
+        monkeypatch.setenv(TOKEN_ENV, "the-file-wins")
+    elif source == "env":
+        monkeypatch.setenv(TOKEN_ENV, token)
+    pipeline = Pipeline(load_config(None, overrides))
+    server = status_server(pipeline)
+    assert server is not None
+    server.loopback = False
+    server.ready.set()
+    body = json.dumps({"path": str(v2)}).encode()
+    as_json = {"Content-Type": "application/json"}
+    with server:
+        for path in ("/metrics", "/ready", "/healthz", "/status", "/live", "/live/data.json"):
+            assert _http(server, "GET", path) == 200, path
+        refused = 403 if source == "none" else 401
+        wrong = ["", "Bearer wrong", token, f"Basic {token}", "Bearer ", f"Bearer {token}x"]
+        for auth in [{"Authorization": a} if a else {} for a in wrong]:
+            assert _http(server, "POST", "/model", as_json | auth, body) == refused, auth
+        assert pipeline.model.version == "tiny:1"
+        good = _http(server, "POST", "/model", as_json | {"Authorization": f"Bearer {token}"}, body)
+    if source == "none":
+        assert good == 403 and pipeline.model.version == "tiny:1"
+    else:
+        assert good == 200 and pipeline.model.version == "tiny:2"
+    assert pipeline.metrics.value("hitstream_model_swaps_total", result="refused") == 0
