@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
             if tables is not None
             else []
         )
-    problems = run.tally.check(s.rejected) if s is not None else ["no summary: run failed"]
+    problems = run.tally.check(s.refusals()) if s is not None else ["no summary: run failed"]
     good = sorted(run.tally.good)
     if s is None or s.error is not None:
         problems.append(f"run error: {s.error if s else 'none returned'}")
@@ -64,11 +64,14 @@ def main(argv: list[str] | None = None) -> int:
         problems.append(f"{len(written)} frames written, {len(good)} good frames sent")
     if s is not None and s.dropped:
         problems.append(f"frames dropped: {s.dropped}")
+    if s is not None and not s.accounting.get("balanced"):
+        problems.append(f"the frame balance does not hold: {s.accounting}")
     report = {
         "messages": run.tally.messages,
         "bad_messages": run.tally.bad_messages,
         "expected_rejections": run.tally.rejections,
-        "rejected_by_reason": {k: int(v) for k, v in sorted((s.rejected if s else {}).items())},
+        "rejected_by_reason": {k: int(v) for k, v in sorted((s.refusals() if s else {}).items())},
+        "accounting": s.accounting if s else {},
         "kinds_sent": dict(sorted(run.sent.items())),
         "good_frames_sent": len(good),
         "good_frames_written": len(written),

@@ -57,6 +57,7 @@ class FeedConfig:
     max_message_bytes: int = 2 << 30  # one train: AGIPD 1M × 352 pulses float32 is 1.48 GB
     max_queue_bytes: int = 4 << 30  # the receive queue's bound in bytes
     refuse_after: int = 8  # refused messages in a row (none accepted) -> the feed is refused
+    silence_s: float = 10.0  # no frames for this long: the feed is silent (warning, not ready)
     curve_server_key: Path | None = None  # CurveZMQ: the server's public key file
     curve_secret_key: Path | None = None  # CurveZMQ: this client's secret key file
 
@@ -72,6 +73,8 @@ class FeedConfig:
             )
         if self.hwm < 1 or self.refuse_after < 1:
             raise ConfigError("feed.hwm and feed.refuse_after must be ≥ 1")
+        if self.silence_s <= 0:
+            raise ConfigError(f"feed.silence_s={self.silence_s}: must be > 0")
 
     @property
     def queue_messages(self) -> int:
@@ -111,6 +114,9 @@ class MetricsConfig:
     host: str = "127.0.0.1"
     port: int = 9108
     token_file: Path | None = None
+    # POST /model takes only bundles under these directories (None: the configured
+    # model's parent directory, i.e. the model store it was taken from)
+    model_roots: list[Path] | None = None
 
 
 @dataclass(frozen=True)

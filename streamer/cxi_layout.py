@@ -65,6 +65,8 @@ BACKGROUND_MAPS = "/entry_1/background/maps"
 BACKGROUND_VERSION = "/entry_1/background/version"
 FILE_SUFFIX = ".cxi"
 PART_SUFFIX = ".part"
+CORRUPT_SUFFIX = ".corrupt"  # an unreadable orphan part, kept aside by streamer.recovery
+_CORRUPT_TAIL = re.compile(re.escape(CORRUPT_SUFFIX) + r"(-\d+)?$")
 
 #: Columns of both tables (name -> dtype); ``probabilities`` is 2-D (rows, classes).
 COLUMNS: dict[str, np.dtype] = {
@@ -135,7 +137,7 @@ def next_sequence(out_dir: Path, run: str, worker: str) -> int:
     pattern = file_pattern(run, worker)
     seqs = [
         int(m["seq"])
-        for entry in os.scandir(out_dir)
-        if (m := pattern.fullmatch(entry.name)) is not None
+        for entry in os.scandir(out_dir)  # a part kept aside as unreadable still has its number
+        if (m := pattern.fullmatch(_CORRUPT_TAIL.sub("", entry.name))) is not None
     ]
     return max(seqs) + 1 if seqs else 0

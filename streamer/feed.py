@@ -96,6 +96,8 @@ class FeedClient:
         self.messages = 0  # messages received
         self.bytes = 0  # bytes received
         self.dropped_connections = 0  # connections ZeroMQ dropped for good (and we renewed)
+        self.connected = False  # a peer is connected (as the socket monitor last said)
+        self._resets = 0  # REQ sockets recreated since the last reply
         self._monitor: zmq.Socket | None = None
         self._dropped_at: float | None = None  # when the connection was lost, until retried
         self._own_context = context is None
@@ -152,6 +154,12 @@ class FeedClient:
         while monitor.poll(0):
             event = recv_monitor_message(monitor)["event"]
             self._dropped_at = now if event == zmq.EVENT_DISCONNECTED else None
+            if event == zmq.EVENT_CONNECTED:
+                log.info("%s: connected (%s)", self.endpoint, self.mode)
+                self.connected = True
+            elif event == zmq.EVENT_DISCONNECTED:
+                log.info("%s: connection lost; ZeroMQ reconnects", self.endpoint)
+                self.connected = False
         if self._dropped_at is not None and now - self._dropped_at >= _GIVE_UP_S:
             self._dropped_at = None
             self.dropped_connections += 1
@@ -168,7 +176,15 @@ class FeedClient:
         self._close_socket()
         self._pending = False
         self._socket = self._make_socket()
-        log.debug("REQ socket to %s recreated after a timeout", self.endpoint)
+        self.connected = False
+        self._resets += 1
+        level = logging.INFO if self._resets == 1 else logging.DEBUG  # once per outage
+        log.log(
+            level,
+            "%s: no reply for %s s, reconnecting with a new REQ socket (producer gone?)",
+            self.endpoint,
+            self.timeout_s,
+        )
 
     def _request(self, sock: zmq.Socket) -> None:
         try:
@@ -205,6 +221,10 @@ class FeedClient:
             raise TimeoutError(f"no message from {self.endpoint} ({self.mode}) in {timeout} s")
         parts = sock.recv_multipart(copy=False)
         self._pending = False
+        self.connected = True
+        if self._resets:
+            log.info("%s: answering again after %d reconnect(s)", self.endpoint, self._resets)
+            self._resets = 0
         if self.prefetch:  # ask for the next message now: the server works while we decode
             with contextlib.suppress(TimeoutError):  # the next recv_parts asks again
                 self._request(sock)

@@ -146,6 +146,8 @@ class LiveView:
         self._next_id = 0
         self._started = clock()
         self.warnings: list[str] = []  # shown above the page (the pipeline appends to it)
+        #: what is wrong right now (feed silent, output paused): a banner while it lasts
+        self.alerts: Callable[[], list[str]] = list
         self._background: BackgroundSnapshot | None = None  # of the last written batch
         self._background_png: tuple[int, bytes] | None = None  # (version, PNG)
         self._reset(())
@@ -293,6 +295,8 @@ class LiveView:
             },
             "dropped": m.dropped_by_reason(),
             "rejected": m.rejected_by_reason(),
+            "balance": m.balance(),
+            "alerts": self.alerts(),
             "up": m.value("hitstream_up") > 0,
             "series": {
                 "t": (secs - sec).tolist(),  # seconds relative to now (0: the current second)

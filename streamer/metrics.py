@@ -31,16 +31,67 @@ class Metrics:
         self.frames_classified = Counter(
             "hitstream_frames_classified", "Frames labelled by the model", registry=r
         )
+        # The balance, in frames: received = classified + rejected + dropped + in flight.
         self.frames_rejected = Counter(
             "hitstream_frames_rejected",
-            "Frames or messages refused, by reason",
+            "Received frames refused (e.g. non-finite pixels, a failed inference), by reason",
             ["reason"],
             registry=r,
         )
         self.frames_dropped = Counter(
             "hitstream_frames_dropped",
-            "Frames lost: queue overflow in live mode, or gaps in train ids",
+            "Received frames not classified: no room in a queue in live mode, by reason",
             ["reason"],
+            registry=r,
+        )
+        self.messages_rejected = Counter(
+            "hitstream_messages_rejected",
+            "Messages refused as a whole (malformed, too large, no frames), by reason; "
+            "their frames were never received",
+            ["reason"],
+            registry=r,
+        )
+        self.frames_missed = Counter(
+            "hitstream_frames_missed",
+            "Frames the feed never delivered, estimated from gaps in train ids",
+            ["reason"],
+            registry=r,
+        )
+        self.modules_missing = Counter(
+            "hitstream_modules_missing",
+            "Detector modules absent from a train (their pixels are masked; frames classified)",
+            registry=r,
+        )
+        self.labels_unrecorded = Counter(
+            "hitstream_labels_unrecorded",
+            "Classified frames whose labels did not reach a file: the disk-full backlog "
+            "overflowed, or a file was abandoned after a write error, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.kept_not_written = Counter(
+            "hitstream_kept_not_written",
+            "Frames the model kept whose pixels were not written (output disk full)",
+            registry=r,
+        )
+        self.writer_paused = Gauge(
+            "hitstream_writer_paused",
+            "1 while the output disk is full: classification goes on, frames are not kept",
+            registry=r,
+        )
+        self.labels_backlog = Gauge(
+            "hitstream_labels_backlog",
+            "Label rows held in memory while the output disk is full",
+            registry=r,
+        )
+        self.feed_silent = Gauge(
+            "hitstream_feed_silent",
+            "1 while no frame arrived for feed.silence_s seconds (producer gone or stalled)",
+            registry=r,
+        )
+        self.feed_silence_seconds = Gauge(
+            "hitstream_feed_silence_seconds",
+            "Seconds since the last frame arrived (or since the feed was connected)",
             registry=r,
         )
         self.feed_refused = Gauge(
@@ -237,6 +288,29 @@ class Metrics:
 
     def dropped_by_reason(self) -> dict[str, float]:
         return self._by_label("hitstream_frames_dropped_total", "reason")
+
+    def messages_rejected_by_reason(self) -> dict[str, float]:
+        return self._by_label("hitstream_messages_rejected_total", "reason")
+
+    def missed_by_reason(self) -> dict[str, float]:
+        return self._by_label("hitstream_frames_missed_total", "reason")
+
+    def unrecorded_by_reason(self) -> dict[str, float]:
+        return self._by_label("hitstream_labels_unrecorded_total", "reason")
+
+    def balance(self) -> dict[str, int]:
+        """The frame balance: ``received = classified + rejected + dropped + in_flight``."""
+        received = int(self.value("hitstream_frames_received_total"))
+        classified = int(self.value("hitstream_frames_classified_total"))
+        rejected = int(sum(self.rejected_by_reason().values()))
+        dropped = int(sum(self.dropped_by_reason().values()))
+        return {
+            "received": received,
+            "classified": classified,
+            "rejected": rejected,
+            "dropped": dropped,
+            "in_flight": received - classified - rejected - dropped,
+        }
 
     def _by_label(self, sample: str, label: str) -> dict[str, float]:
         out: dict[str, float] = {}

@@ -18,7 +18,7 @@ import shutil
 import threading
 import time
 from collections import Counter as Tally
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -36,53 +36,26 @@ from streamer.detector_map import DetectorMap
 from streamer.engine import Engine
 from streamer.feed import FeedClient
 from streamer.feed_refusal import RefusalWatch
+from streamer.feed_silence import FeedSilence
 from streamer.live_view import LiveView
 from streamer.metrics import Metrics
 from streamer.model_swap import ModelSwapper
+from streamer.output_guard import OutputGuard
 from streamer.protocol import Limits, deserialize
+from streamer.recovery import RecoveryReport, recover_orphans
 from streamer.run_background import InUse, StreamBackground, state_path
 from streamer.run_index import build_run_index
 from streamer.run_novelty import RunNovelty
+from streamer.run_summary import RunSummary, frame_accounting
 from streamer.types import EndOfRun, ResultBatch
-from streamer.writer import RollingWriter
+from streamer.worker_lock import WorkerLock
+from streamer.writer import RollingWriter, WriterConfig
 
 log = logging.getLogger(__name__)
 
 _STOP = object()  # queue sentinel
 UNITS_CHECK_FRAMES = 32  # frames of a batch looked at for the photon-unit check
 UNITS_CHECK_TRIES = 50  # batches tried until one has enough lit pixels to tell
-
-
-@dataclass
-class RunSummary:
-    """What a run did, for the log, the demo and tests."""
-
-    run: str
-    model: str
-    provider: str
-    frames_received: int = 0
-    frames_classified: int = 0
-    frames_kept: int = 0
-    rejected: dict[str, float] = field(default_factory=dict)
-    dropped: dict[str, float] = field(default_factory=dict)
-    per_class: dict[str, int] = field(default_factory=dict)
-    hit_rate: float = 0.0
-    elapsed_s: float = 0.0
-    frames_per_s: float = 0.0
-    files: list[str] = field(default_factory=list)
-    index: str | None = None
-    latency: dict[str, float] = field(default_factory=dict)
-    end_of_run: dict[str, Any] | None = None
-    error: str | None = None
-    warnings: list[str] = field(default_factory=list)  # e.g. frames not in photons
-    background: dict[str, Any] = field(default_factory=dict)  # level, warm, frames, version
-    novelty: dict[str, Any] = field(default_factory=dict)  # frames unlike the training data?
-    feed: dict[str, Any] = field(default_factory=dict)  # refusal, ignored sources
-    detector: dict[str, Any] = field(default_factory=dict)  # geometry and q-grid coverage
-    decisions: dict[str, Any] = field(default_factory=dict)  # decisions out: sent, dropped
-
-    def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
 
 
 class _Model:
@@ -156,6 +129,7 @@ class Pipeline:
             warnings=self._warnings,
         )
         self.novelty = RunNovelty(self.metrics, self._warnings)
+        self.silence = FeedSilence(self.metrics, config.feed.endpoint, config.feed.silence_s)
         self.detector_map: DetectorMap | None = (
             DetectorMap(config.detector, self._warnings) if config.detector.enabled else None
         )
@@ -192,13 +166,27 @@ class Pipeline:
             modules=det.data_shape[0] if det is not None else 0,
         )
         self._missing_noted: set[tuple[int, ...]] = set()
-        self.writer = RollingWriter(
-            config.output,
-            classes=bundle.classes,
-            frame_shape=bundle.frame_shape,
-            geometry=bundle.geometry,
-            attrs={"model": bundle.label, "provider": engine.provider},
+        # one writer per run and worker; a killed predecessor's unfinished files first
+        config.output.dir.mkdir(parents=True, exist_ok=True)
+        self._lock = WorkerLock(out.dir, out.run, out.worker)
+        self.recovered = self._recover()
+        self.writer = self._make_writer(config.output)
+        labels_dir = config.output.labels_dir
+        self.output = OutputGuard(
+            self.writer,
+            self.metrics,
+            backlog_frames=config.output.backlog_frames,
+            retry_s=config.output.retry_s,
+            labels_dir=labels_dir,
+            fallback=(
+                None
+                if labels_dir is None
+                else lambda: self._make_writer(replace(config.output, dir=labels_dir))
+            ),
         )
+        self.output.check_at_start()  # free space, before the service says it is ready
+        if self.live is not None:
+            self.live.alerts = self.alerts
         q = config.pipeline.queue_size
         self._infer_q: queue.Queue[Any] = queue.Queue(maxsize=q)
         self._write_q: queue.Queue[Any] = queue.Queue(maxsize=q)
@@ -220,6 +208,27 @@ class Pipeline:
             DecisionPublisher(config.decisions, self.metrics) if config.decisions.endpoint else None
         )
         self._decisions_failed = False
+
+    def _recover(self) -> RecoveryReport:
+        """Finish the ``.part`` files a killed run of this worker left; index them."""
+        out = self.config.output
+        report = recover_orphans(out.dir, out.run, out.worker)
+        if report.recovered:
+            build_run_index(out.dir, out.run)
+        for bad in report.corrupt:
+            self._warnings.append(f"unreadable unfinished file kept aside: {bad.path or bad.part}")
+        return report
+
+    def _make_writer(self, cfg: WriterConfig) -> RollingWriter:
+        engine = self.model.engine
+        b = engine.bundle
+        return RollingWriter(
+            cfg,
+            classes=b.classes,
+            frame_shape=b.frame_shape,
+            geometry=b.geometry,
+            attrs={"model": b.label, "provider": engine.provider},
+        )
 
     # -- control -------------------------------------------------------------------------
 
@@ -270,13 +279,31 @@ class Pipeline:
             "feed": self.refusal.status(),
             "detector": self._detector_status(),
             "decisions": self._decisions_status(),
+            "accounting": self.metrics.balance(),
+            "feed_silence": self.silence.status(),
+            "output": self.output.status(),
+            "alerts": self.alerts(),
             "config": to_dict(self.config),
         }
 
     def not_ready_reason(self) -> str | None:
-        """Why ``/ready`` should say no although the pipeline runs: the feed is refused."""
+        """Why ``/ready`` says no although the process runs: the feed is refused, the feed
+        has been silent for ``feed.silence_s`` (see :mod:`streamer.feed_silence`), or the
+        output is paused (disk full)."""
         refusal = self.refusal.active
-        return refusal.message if refusal is not None else None
+        if refusal is not None:
+            return refusal.message
+        silent = self.silence.reason()
+        if silent is not None:
+            return silent
+        if self.output.paused is not None:
+            return f"output paused: {self.output.paused}"
+        return None
+
+    def alerts(self) -> list[str]:
+        """What is wrong right now (a banner on the live page; gone when it is over)."""
+        out = [self.silence.reason(), self.output.alert()]
+        return [a for a in out if a is not None]
 
     def run(self) -> RunSummary:
         lossless = self.config.pipeline.mode == "lossless"
@@ -310,7 +337,10 @@ class Pipeline:
                 self.decisions.close()
             self.swapper.stop()
             self.metrics.up.set(0)
-        return self._summary()
+        try:
+            return self._summary()
+        finally:
+            self._lock.release()  # after the index: another worker process may start now
 
     # -- stages --------------------------------------------------------------------------
 
@@ -328,6 +358,7 @@ class Pipeline:
             curve_server_key=cfg.feed.curve_server_key,
             curve_secret_key=cfg.feed.curve_secret_key,
         ) as feed:
+            self.silence.start()
             self.ready.set()
             log.info(
                 "receiving from %s (%s, %s mode; queue of %d messages of at most %d bytes)",
@@ -346,7 +377,9 @@ class Pipeline:
                     parts = None
                 if feed.dropped_connections != dropped:  # ZeroMQ refused a message
                     n, dropped = feed.dropped_connections - dropped, feed.dropped_connections
-                    self._count_reject("connection", n, "feed connection dropped by ZeroMQ")
+                    self._count_reject(
+                        "connection", n, "feed connection dropped by ZeroMQ", message=True
+                    )
                     self.refusal.refused(
                         "connection",
                         f"ZeroMQ dropped the connection {n} time(s): a message part over "
@@ -354,6 +387,7 @@ class Pipeline:
                         n,
                     )
                 now = time.monotonic()
+                self.silence.check(now)
                 if parts is not None:
                     last_activity = now
                     if self._handle_message(parts, limits, lossless) and cfg.pipeline.stop_at_end:
@@ -388,14 +422,17 @@ class Pipeline:
             data, meta = deserialize(parts, limits=limits)
             decoded = decode_message(data, meta, self.spec, now=time.time())
         except MessageError as exc:
-            self._count_reject(exc.reason, 1, exc.detail)
+            self._count_reject(exc.reason, 1, exc.detail, message=True)
             self.refusal.refused(exc.reason, exc.detail)
             return False
         except Exception as exc:  # a decoder bug must not end the run: count, log, go on
             if self._reject_logged["internal"] < 5:
                 log.exception("message decoding failed unexpectedly")
-            self._count_reject("internal", 1, f"{type(exc).__name__}: {exc}")
+            self._count_reject("internal", 1, f"{type(exc).__name__}: {exc}", message=True)
             return False
+        n_refused = sum(decoded.rejected.values())
+        if n_refused:  # frames received and refused: part of the balance
+            m.frames_received.inc(n_refused)
         for reason, n in decoded.rejected.items():
             self._count_reject(reason, n, "frames refused inside a message")
         if decoded.ignored:
@@ -404,6 +441,7 @@ class Pipeline:
             self._note_missing(decoded.missing_modules)
         if decoded.end is not None:
             self._end = decoded.end
+            self.silence.end_of_run()
             log.info(
                 "end of run %r from the feed (%d frames sent)", decoded.end.run, decoded.end.frames
             )
@@ -411,9 +449,10 @@ class Pipeline:
         fb = decoded.batch
         if fb is None or len(fb) == 0:
             if not decoded.rejected:  # no frame at all: counted, so every message shows up
-                self._count_reject("empty", 1, "message without frames")
+                self._count_reject("empty", 1, "message without frames", message=True)
             return False
         self.refusal.accepted()
+        self.silence.frames()
         if self.detector_map is not None:  # a real detector: onto the model's q grid
             self.detector_map.observe(data)
             fb = replace(fb, frames=self.detector_map(fb.frames))
@@ -432,7 +471,7 @@ class Pipeline:
 
     def _note_missing(self, modules: tuple[int, ...]) -> None:
         """Modules absent from a train (one source per module): counted, warned once."""
-        self.metrics.rejected("module_missing", len(modules))
+        self.metrics.modules_missing.inc(len(modules))
         if modules in self._missing_noted or len(self._missing_noted) >= 8:
             return
         self._missing_noted.add(modules)
@@ -448,12 +487,16 @@ class Pipeline:
         if prev is not None and first > prev + 1:
             missing_trains = first - prev - 1
             per_train = max(1, n // max(1, last - first + 1))
-            self.metrics.dropped("train_gap", missing_trains * per_train)
+            self.metrics.frames_missed.labels(reason="train_gap").inc(missing_trains * per_train)
         if prev is None or last > prev:
             self._last_train = last
 
-    def _count_reject(self, reason: str, n: int, detail: str) -> None:
-        self.metrics.rejected(reason, n)
+    def _count_reject(self, reason: str, n: int, detail: str, *, message: bool = False) -> None:
+        """Count ``n`` refused frames (or, with ``message``, messages) and log the first few."""
+        if message:
+            self.metrics.messages_rejected.labels(reason=reason).inc(n)
+        else:
+            self.metrics.rejected(reason, n)
         self._reject_logged[reason] += 1
         k = self._reject_logged[reason]
         if k <= 5 or k % 1000 == 0:
@@ -509,39 +552,35 @@ class Pipeline:
             self._warnings.append(advice)
 
     def _write_loop(self) -> None:
-        m, w = self.metrics, self.writer
-        failed = False
+        """Write each classified batch (or hold its labels while the output is paused: see
+        :mod:`streamer.output_guard`); the live page, decisions out and the novelty monitor
+        see every batch either way."""
+        m, out = self.metrics, self.output
         files_before = 0
         while True:
             self._observe_free_disk()
             try:
                 item = self._write_q.get(timeout=self.config.output.flush_every_s)
             except queue.Empty:
-                if not failed:
-                    self._guard(w.flush)
+                self._guard(out.tick)
                 continue
             if item is _STOP:
                 break
             result, pool_index = item
             try:
-                if not failed:
-                    failed = not self._guard(lambda r=result: w.write(r))
-                    if not failed:
-                        m.frames_kept.inc(int(result.keep.sum()))
-                        self._t_last = time.monotonic()
-                        self._observe_live(result)
-                        self._publish(result)
-                        self.novelty.observe(result)
-                if failed:
-                    m.dropped("writer_stopped", len(result))
+                self._guard(lambda r=result: out.write(r))
+                self._t_last = time.monotonic()
+                self._observe_live(result)
+                self._publish(result)
+                self.novelty.observe(result)
             finally:
                 self._release(pool_index)
-            m.bytes_written.set(w.bytes_written)
-            if len(w.files_closed) != files_before:
-                m.files_rotated.inc(len(w.files_closed) - files_before)
-                files_before = len(w.files_closed)
-        self._guard(w.close)
-        m.files_rotated.inc(len(w.files_closed) - files_before)
+            closed = len(self.writer.files_closed)
+            if closed != files_before:
+                m.files_rotated.inc(closed - files_before)
+                files_before = closed
+        self._guard(out.close)
+        m.files_rotated.inc(len(self.writer.files_closed) - files_before)
 
     def _observe_live(self, result: ResultBatch) -> None:
         """Feed the live view (before the batch's buffer is released); its bugs only log."""
@@ -586,7 +625,8 @@ class Pipeline:
             log.debug("free space of %s: %s", self.config.output.dir, exc)
 
     def _guard(self, fn: Any) -> bool:
-        """Run a writer call; on failure log it, stop the run and report False."""
+        """Run an output call. Output errors pause the output (:class:`OutputGuard`); what
+        still escapes is a bug or an error outside it: log it, stop the run, report False."""
         try:
             fn()
             return True
@@ -602,6 +642,16 @@ class Pipeline:
 
     # -- summary -------------------------------------------------------------------------
 
+    def _index_labels_dir(self) -> None:
+        """Index the label files written to ``output.labels_dir`` during a full disk."""
+        fb = self.output.fallback
+        if fb is None or not fb.files_closed:
+            return
+        try:
+            build_run_index(fb.config.dir, fb.config.run)
+        except (HitstreamError, OSError) as exc:
+            log.error("labels_dir index: %s", exc)
+
     def _summary(self) -> RunSummary:
         m = self.metrics
         cfg = self.config
@@ -613,6 +663,8 @@ class Pipeline:
         s.frames_kept = int(m.value("hitstream_frames_kept_total"))
         s.rejected = m.rejected_by_reason()
         s.dropped = m.dropped_by_reason()
+        s.messages_rejected = m.messages_rejected_by_reason()
+        s.missed = m.missed_by_reason()
         s.per_class = dict(m.totals)
         hits = sum(v for c, v in s.per_class.items() if c in self.model.engine.bundle.hit_classes)
         s.hit_rate = hits / s.frames_classified if s.frames_classified else 0.0
@@ -626,14 +678,21 @@ class Pipeline:
                 "frames": self._end.frames,
                 "trains": self._end.trains,
             }
-        if self._writer_failed:  # e.g. a full disk: writing the index could fail the same way
-            log.warning("run index not built after the writer error")
-        elif s.files:
-            try:
+        s.accounting = frame_accounting(self.metrics, self.output, self._end)
+        s.output = self.output.status()
+        if self.writer.files_closed or self.writer.frames_seen:
+            try:  # every finished file of the run, also after a full disk
                 s.index = str(build_run_index(cfg.output.dir, cfg.output.run))
             except (HitstreamError, OSError) as exc:
                 log.error("run index: %s", exc)
                 self._errors.append(f"index: {exc}")
+        self._index_labels_dir()
+        if self.output.pauses:
+            self._errors.append(
+                f"output paused {self.output.pauses} time(s) (last: {self.output.last_reason}): "
+                f"{s.accounting['kept_not_written']} kept frame(s) not written, "
+                f"{s.accounting['labels_unrecorded']} label row(s) not recorded"
+            )
         refused = self.refusal.end_error()
         if refused is not None:
             self._errors.append(f"feed: {refused}")
@@ -644,4 +703,5 @@ class Pipeline:
         s.feed = self.refusal.status()
         s.detector = self._detector_status()
         s.decisions = self._decisions_status()
+        s.recovered = self.recovered.as_dict() if self.recovered.changed else {}
         return s

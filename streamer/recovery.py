@@ -39,6 +39,7 @@ from hitstream.errors import ConfigError, InputDataError, OutputError
 from streamer.cxi_layout import (
     BACKGROUND_MAPS,
     BACKGROUND_VERSION,
+    CORRUPT_SUFFIX,
     DATA_PATH,
     FRAMES_GROUP,
     KEPT_GROUP,
@@ -51,7 +52,6 @@ from streamer.worker_lock import WorkerLock, held_here
 
 log = logging.getLogger(__name__)
 
-CORRUPT_SUFFIX = ".corrupt"
 END_TIME_PATH = "/entry_1/end_time"
 _COPY_BYTES = 64 << 20  # rows copied per read/write
 _TMP_MARK = ".recover-"

@@ -76,9 +76,11 @@ class WriterConfig:
 
     ``max_frames`` counts kept frames per file; ``max_bytes`` is the file size (checked after
     each batch, so a file may exceed it by up to one batch); ``max_seconds`` is the age of a
-    file. ``flush_every_s`` = 0 flushes after every batch. ``min_free_bytes`` > 0 makes the
+    file. ``flush_every_s`` = 0 flushes after every batch; a flush also happens once
+    ``flush_every_frames`` rows wait. What a SIGKILL loses is bounded by both (plus the frames
+    in the pipeline's queues). ``min_free_bytes`` > 0 makes the
     writer raise :class:`DiskFullError` (after finishing the open file) when the output
-    directory's free space falls below it; checked before opening a file and at every flush.
+    directory's free space falls below it; checked before every batch and at every flush.
     ``keep_classes``: the classes whose frames go to the kept data (None: the bundle's).
     """
 
@@ -91,8 +93,15 @@ class WriterConfig:
     compression: str = "lz4"  # as small as bitshuffle-LZ4 on photon counts, 2× faster
     swmr: bool = True
     flush_every_s: float = 1.0
+    flush_every_frames: int = TABLE_CHUNK
     min_free_bytes: int = 1 << 30
     keep_classes: list[str] | None = None
+    # while the output disk is full: labels of every frame go to ``labels_dir`` (another
+    # filesystem) when set, else to a table in memory of at most ``backlog_frames`` rows that
+    # is written to the output when space returns; free space is retried every ``retry_s``
+    labels_dir: Path | None = None
+    backlog_frames: int = 1_000_000
+    retry_s: float = 2.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "dir", Path(self.dir))
@@ -105,8 +114,14 @@ class WriterConfig:
             raise ConfigError(f"output.max_bytes={self.max_bytes}: must be >= 1")
         if self.max_seconds < 0 or self.flush_every_s < 0:
             raise ConfigError("output.max_seconds and output.flush_every_s must be >= 0")
+        if self.flush_every_frames < 1:
+            raise ConfigError(f"output.flush_every_frames={self.flush_every_frames}: must be >= 1")
         if self.min_free_bytes < 0:
             raise ConfigError(f"output.min_free_bytes={self.min_free_bytes}: must be >= 0")
+        if self.backlog_frames < 0 or self.retry_s <= 0:
+            raise ConfigError("output.backlog_frames must be >= 0 and output.retry_s > 0")
+        if self.labels_dir is not None:
+            object.__setattr__(self, "labels_dir", Path(self.labels_dir))
 
 
 def _utc_now() -> str:
@@ -173,6 +188,8 @@ class _OpenFile:
     backgrounds: dict[int, int] = field(default_factory=dict)  # version -> row of bg_maps
     n_kept: int = 0  # kept frames written to ``data``
     n_frames: int = 0  # frames seen (rows of the all-frames table, pending included)
+    flushed_frames: int = 0  # of n_frames, rows flushed to disk (what a kill leaves)
+    flushed_kept: int = 0  # of n_kept, kept frames flushed to disk
     last_flush: float = 0.0
     pending_kept: list[dict[str, np.ndarray]] = field(default_factory=list)
     pending_frames: list[dict[str, np.ndarray]] = field(default_factory=list)
@@ -250,6 +267,10 @@ class RollingWriter:
         self.files_closed: list[Path] = []
         self.frames_seen = 0
         self.frames_kept = 0
+        self.rows_flushed = 0  # all-frames rows flushed to disk, all files
+        self.kept_flushed = 0  # kept frames flushed to disk, all files
+        self.rows_lost = 0  # rows of abandoned files never flushed (lost with the file)
+        self.kept_lost = 0  # kept frames among them
 
     # -- public API -----------------------------------------------------------------------
 
@@ -281,9 +302,7 @@ class RollingWriter:
             raise self._fail(exc) from exc
 
     def _write(self, result: ResultBatch, n: int) -> None:
-        now = time.monotonic()
-        if self._file is not None and self._flush_due(now):
-            self._guard_disk()
+        self._guard_disk()  # one statvfs per batch: stop before the disk is full, not in it
         keep = np.asarray(result.keep, dtype=bool)
         kept_pos = np.flatnonzero(keep)
         start = 0
@@ -298,8 +317,6 @@ class RollingWriter:
             over = len(kept_pos) - kept_before > room
             end = int(kept_pos[kept_before + room]) if over else n
             n_kept = self._append(f, result, keep, start, end)
-            self.frames_seen += end - start
-            self.frames_kept += n_kept
             kept_before += n_kept
             start = end
             if f.n_kept >= self.config.max_frames or (
@@ -385,6 +402,8 @@ class RollingWriter:
         """
         if self._file is f:
             self._file = None
+        self.rows_lost += f.n_frames - f.flushed_frames
+        self.kept_lost += f.n_kept - f.flushed_kept
         _never_close(f.h5, *f.datasets(), f.end_time)
         return _io_error(f"{f.part}", exc, "; file abandoned as last flushed")
 
@@ -424,8 +443,20 @@ class RollingWriter:
         return n
 
     def _flush_due(self, now: float) -> bool:
-        assert self._file is not None
-        return now - self._file.last_flush >= self.config.flush_every_s
+        f = self._file
+        assert f is not None
+        return (
+            now - f.last_flush >= self.config.flush_every_s
+            or f.n_frames - f.flushed_frames >= self.config.flush_every_frames
+        )
+
+    def check_space(self) -> None:
+        """Raise :class:`DiskFullError` when the output's free space is below
+        ``min_free_bytes`` (finishing the open file first); nothing otherwise."""
+        try:
+            self._guard_disk()
+        except _IO_ERRORS as exc:
+            raise self._fail(exc) from exc
 
     def _guard_disk(self) -> None:
         limit = self.config.min_free_bytes
@@ -658,6 +689,8 @@ class RollingWriter:
         f.pending_frames.append(cols | {"kept": k.copy(), "kept_index": kept_index})
         f.n_kept += nk
         f.n_frames += n
+        self.frames_kept += nk
+        self.frames_seen += n  # rows handed to the file: flushed later, or lost with it
         f.pending_rows += n
         if f.pending_rows >= TABLE_CHUNK:
             f.write_pending()
@@ -674,3 +707,6 @@ class RollingWriter:
             for ds in f.datasets():
                 ds.flush()
         f.h5.flush()
+        self.rows_flushed += f.n_frames - f.flushed_frames
+        self.kept_flushed += f.n_kept - f.flushed_kept
+        f.flushed_frames, f.flushed_kept = f.n_frames, f.n_kept

@@ -9,7 +9,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
@@ -112,3 +112,38 @@ def running_pipeline(pipeline: Pipeline, stop_timeout_s: float = 60.0) -> Iterat
         pipeline.stop()
         run.thread.join(stop_timeout_s)
         assert not run.thread.is_alive(), f"the pipeline did not stop within {stop_timeout_s} s"
+
+
+def message(tid: int, frames: np.ndarray) -> list:
+    """A protocol-2.2 message of one train from source ``det`` (frames under ``image.data``)."""
+    from streamer.protocol import serialize
+
+    return serialize(
+        {"det": {"image.data": frames}}, {"det": {"source": "det", "timestamp.tid": tid}}
+    )
+
+
+@contextmanager
+def push_feed(model: Path, out: Path, **overrides: object) -> Iterator[tuple[Any, PipelineThread]]:
+    """A bound PUSH socket on a free loopback port and a PULL pipeline reading it, running
+    in a thread for the ``with`` block; stopped, joined and closed however the block ends."""
+    import zmq
+
+    from streamer.config import load_config
+    from streamer.pipeline import Pipeline
+    from tests.procs import free_endpoint
+
+    endpoint = free_endpoint()
+    push = zmq.Context.instance().socket(zmq.PUSH)
+    push.setsockopt(zmq.SNDTIMEO, 5000)  # a blocked feed would raise zmq.Again
+    push.setsockopt(zmq.LINGER, 0)
+    push.bind(endpoint)
+    try:
+        cfg = load_config(None, {
+            "model": str(model), "feed.endpoint": endpoint, "feed.mode": "PULL",
+            "output.dir": str(out), "output.min_free_bytes": 0, **overrides,
+        })  # fmt: skip
+        with running_pipeline(Pipeline(cfg)) as run:
+            yield push, run
+    finally:
+        push.close(linger=0)

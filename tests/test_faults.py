@@ -121,7 +121,7 @@ def req_resets_since(caplog: pytest.LogCaptureFixture, since: float) -> int:
         for r in list(caplog.records)
         if r.name == "streamer.feed"
         and r.created >= since
-        and "recreated after a timeout" in r.getMessage()
+        and "reconnecting with a new REQ socket" in r.getMessage()
     )
 
 
@@ -194,8 +194,9 @@ def test_sigkill_leaves_consistent_files_and_a_restart_continues(
     """``streamer serve`` is killed (SIGKILL) with 6 files finished and a 7th open. Every
     finished file opens and is consistent, the ``.part`` opens as an SWMR reader with all
     it had flushed (the 4 frames after the last rotation), and a new ``streamer serve`` on
-    the same directory and run continues with new sequence numbers, leaving the old files
-    byte-for-byte alone: in the end every frame is there exactly once."""
+    the same directory and run first finishes that ``.part`` (recovery: the 4 frames, under
+    its own name) and then continues with new sequence numbers, leaving the finished files
+    byte-for-byte alone: in the end every frame is in a finished file exactly once."""
     out = tmp_path / "out"
     first_stop = 100  # 6 files of 16 frames, then 4 frames in the open file
     serve_args = (
@@ -247,10 +248,15 @@ def test_sigkill_leaves_consistent_files_and_a_restart_continues(
         wait_for_line(serve, "streamer ready", 60)
         assert serve.wait(timeout=60) == 0, serve.stderr.read()
         server.join(30)
-    assert {p.name: sha256(out / p.name) for p in [*finished, *parts]} == before
-    new = [p for p in list_run_files(out, "kill") if p.name not in before]
+    assert {p.name: sha256(out / p.name) for p in finished} == {
+        p.name: before[p.name] for p in finished
+    }
+    recovered = out / "kill_w0_0006.cxi"
+    assert not parts[0].exists() and _check_finished_file(recovered) == 4
+    new = [p for p in list_run_files(out, "kill") if p.name not in before and p != recovered]
     assert new and all(int(p.name.split("_")[2][:4]) > 6 for p in new), new
-    assert written_ids(out, "kill", include_part=True) == frame_ids(0, N)
+    assert not list(out.glob("*.part"))
+    assert written_ids(out, "kill") == frame_ids(0, N)  # finished files: each frame once
 
 
 # -- c. the disk fills up -----------------------------------------------------------------
@@ -276,14 +282,15 @@ def small_tmpfs(path: Path, size: str = "8m") -> Iterator[str | None]:
             subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
-def test_disk_full_stops_cleanly_with_a_clear_error(
+def test_real_enospc_pauses_output_and_ends_with_a_clear_error(
     tiny: Path, run_file: Path, tmp_path: Path
 ) -> None:
     """``streamer serve`` writing uncompressed frames to an 8 MiB tmpfs with the free-space
-    guard off (output.min_free_bytes=0) hits the real ENOSPC in HDF5. It stops cleanly:
-    exit code 1 (no crash: HDF5 would segfault closing the failed file, so it is
-    abandoned as last flushed), "disk full" in the log and the summary, no traceback, and
-    every finished file intact and readable."""
+    guard off (output.min_free_bytes=0) hits the real ENOSPC in HDF5. It does not crash
+    (HDF5 would segfault closing the failed file, so it is abandoned as last flushed): the
+    output pauses, every frame is still classified to the end of the run, and it ends with
+    exit code 1, "disk full" in the log and the summary, no traceback, every finished file
+    intact and readable, and every classified frame's label on disk or counted lost."""
     out = tmp_path / "tmpfs"
     with small_tmpfs(out) as refused:
         if refused is not None:
@@ -316,6 +323,10 @@ def test_disk_full_stops_cleanly_with_a_clear_error(
         tables = read_run(out, "full")
         assert len(tables.train_id) == rows == len(set(written_ids(out, "full")))
         assert rows < summary["frames_classified"]  # the rest could not be written
+        acc = summary["accounting"]
+        assert acc["balanced"] and acc["classified"] == summary["frames_classified"]
+        assert acc["labels_on_disk"] + acc["labels_unrecorded"] == acc["classified"], acc
+        assert acc["labels_on_disk"] >= rows
 
 
 def _disk_guard_fallback(tiny: Path, tmp_path: Path) -> None:
@@ -331,6 +342,7 @@ def _disk_guard_fallback(tiny: Path, tmp_path: Path) -> None:
             push.send_multipart(
                 serialize({"d": {"image.data": frames}}, {"d": {"timestamp.tid": tid}})
             )
+        push.send_multipart(serialize({END_OF_RUN_SOURCE: {"run": "r", "frames": 0, "trains": 0}}))
         t.join(60)
     push.close(linger=0)
     s = result["s"]
@@ -427,8 +439,9 @@ def test_slow_disk_live_drops_and_counts_with_bounded_memory(tiny: Path, tmp_pat
     assert s.error is None, s.error
     assert s.frames_received == sent
     assert overflow > 0, "the slow writer should have made the live queues overflow"
-    assert "train_gap" not in s.dropped
+    assert "train_gap" not in s.missed
     assert s.frames_classified + overflow == sent, s.dropped
+    assert s.accounting["balanced"], s.accounting
     assert len(written_ids(out, "r")) == s.frames_classified
     grown = peak[0] - base
     assert grown < 100 << 20, f"memory grew by {grown >> 20} MiB while {sent} frames arrived"

@@ -173,7 +173,7 @@ def test_refusal_clears_when_frames_come(bundle: Path, tmp_path: Path) -> None:
     cfg = _config(bundle, free_endpoint(), tmp_path / "out", **{"feed.refuse_after": 3})
     summary = _push_and_run(cfg, bad + good, wait_for=7)
     assert summary.error is None and summary.frames_classified == 12
-    assert summary.rejected["shape"] == 4
+    assert summary.messages_rejected["shape"] == 4 and not summary.rejected
     assert summary.feed["refused"] is None and summary.feed["was_refused"]
     assert any("refused for a while" in w for w in summary.warnings)
 

@@ -222,9 +222,16 @@ def test_running_streamer_survives_fuzzed_input_and_writes_every_good_frame_once
     assert run.alive_before_end, "the streamer stopped before the end marker"
     assert s is not None and s.error is None, s and s.error
     assert s.end_of_run is not None
-    assert run.tally.check(s.rejected) == [], s.rejected
-    assert sum(s.rejected.values()) >= run.tally.bad_messages
-    assert not s.dropped, s.dropped  # lossless, no train gap
+    assert run.tally.check(s.refusals()) == [], s.refusals()
+    assert sum(s.refusals().values()) >= run.tally.bad_messages
+    assert not s.dropped and not s.missed, (s.dropped, s.missed)  # lossless, no train gap
+    # the balance holds to the frame: refused NaN frames were received, whole refused
+    # messages were not
+    acc = s.accounting
+    assert acc["balanced"], acc
+    assert acc["received"] == acc["classified"] + acc["rejected"] + acc["dropped"]
+    assert acc["rejected"] == sum(s.rejected.values())
+    assert acc["labels_on_disk"] == acc["classified"]
     good = sorted(run.tally.good)
     assert s.frames_received == s.frames_classified == len(good)
     tables = read_run(out, "fuzz")

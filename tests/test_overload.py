@@ -2,52 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
-import zmq
 
-from streamer.config import load_config
 from streamer.decode import END_OF_RUN_SOURCE
-from streamer.pipeline import Pipeline
 from streamer.protocol import serialize
 from streamer.readback import list_run_files, read_run
-from tests.helpers_stream import PipelineThread, running_pipeline
-from tests.procs import free_endpoint
+from tests.helpers_stream import message, push_feed
 from tests.tiny_bundle import make_tiny_bundle
 
 K = 8
-
-
-def message(tid: int, frames: np.ndarray) -> list:
-    return serialize(
-        {"det": {"image.data": frames}}, {"det": {"source": "det", "timestamp.tid": tid}}
-    )
-
-
-@contextmanager
-def push_feed(
-    model: Path, out: Path, **overrides: object
-) -> Iterator[tuple[zmq.Socket, PipelineThread]]:
-    """A bound PUSH socket on a free loopback port and a PULL pipeline reading it, running
-    in a thread for the ``with`` block; stopped, joined and closed however the block ends."""
-    endpoint = free_endpoint()
-    push = zmq.Context.instance().socket(zmq.PUSH)
-    push.setsockopt(zmq.SNDTIMEO, 5000)  # a blocked feed would raise zmq.Again
-    push.setsockopt(zmq.LINGER, 0)
-    push.bind(endpoint)
-    try:
-        cfg = load_config(None, {
-            "model": str(model), "feed.endpoint": endpoint, "feed.mode": "PULL",
-            "output.dir": str(out), "output.min_free_bytes": 0, **overrides,
-        })  # fmt: skip
-        with running_pipeline(Pipeline(cfg)) as run:
-            yield push, run
-    finally:
-        push.close(linger=0)
 
 
 def test_live_mode_never_blocks_the_feed_and_counts_every_drop(tmp_path: Path) -> None:
@@ -66,26 +32,39 @@ def test_live_mode_never_blocks_the_feed_and_counts_every_drop(tmp_path: Path) -
     assert s.frames_received == sent
     overflow = s.dropped.get("queue_full", 0) + s.dropped.get("no_buffer", 0)
     assert overflow > 0, "the slow model should have made the live queues overflow"
-    assert s.dropped["train_gap"] == 3 * K
+    assert s.missed == {"train_gap": 3 * K}  # never received: not in the balance
+    assert "train_gap" not in s.dropped
     assert s.frames_classified + overflow == sent, s.dropped
+    assert s.accounting["balanced"] and s.accounting["received"] == sent
     tables = read_run(out, "run")
     assert len(tables.train_id) == s.frames_classified
     assert not set(tables.train_id.tolist()) & {50, 51, 52}
 
 
-def test_disk_guard_stops_cleanly_with_intact_files(tmp_path: Path) -> None:
+def test_a_disk_that_never_frees_classifies_on_and_reports_what_was_not_kept(
+    tmp_path: Path,
+) -> None:
+    """The free-space guard trips from the start and never clears: every frame is still
+    classified, nothing is kept, the label rows held in memory are counted lost at the end,
+    and the run ends with an error naming the free space. No half-written file is left."""
     tiny = make_tiny_bundle(tmp_path / "tiny")
     out = tmp_path / "out"
-    guard = {"output.min_free_bytes": 1 << 62, "engine.max_batch": K}
+    guard = {"output.min_free_bytes": 1 << 62, "engine.max_batch": K, "output.retry_s": 0.05}
     with push_feed(tiny, out, **guard) as (push, run):
         for tid in range(1, 4):
             push.send_multipart(message(tid, np.ones((K, 260, 257), np.float32)))
-        s = run.wait(60)  # stopped by the guard itself, not by the end of the block
+        push.send_multipart(
+            serialize({END_OF_RUN_SOURCE: {"run": "r", "frames": 3 * K, "trains": 3}})
+        )
+        s = run.wait(60)
     assert s.error is not None and "free" in s.error.lower()
-    assert not list(out.glob("*.part"))
-    for f in list_run_files(out, "run"):
-        read_run(out, "run")  # every finished file opens and reads
-        assert f.suffix == ".cxi"
+    assert s.frames_classified == 3 * K and s.frames_kept == 0
+    acc = s.accounting
+    assert acc["balanced"] and acc["never_seen"] == 0
+    assert acc["kept_not_written"] == 3 * K  # bright frames: all 'single', all kept
+    assert acc["labels_unrecorded"] == 3 * K and acc["labels_on_disk"] == 0
+    assert s.output["pauses"] == 1
+    assert not list(out.glob("*.part")) and not list_run_files(out, "run")
 
 
 @pytest.mark.parametrize("keep", [["single", "multiple"], []])

@@ -159,9 +159,15 @@ def test_bad_messages_are_counted_and_good_frames_still_written(tiny: Path, tmp_
     finally:
         push.close(linger=0)
     assert summary.frames_classified == 4 + 3 + 4
-    assert summary.rejected["nonfinite"] == 1
-    assert summary.rejected["shape"] == 1
-    assert summary.rejected["parts"] == 1 and summary.rejected["header"] == 1
+    assert summary.rejected == {"nonfinite": 1}  # a frame received and refused
+    # whole messages refused: their frames were never received
+    assert summary.messages_rejected == {"shape": 1, "parts": 1, "header": 1}
+    # the balance, in frames, with no double counting, against the producer's count
+    acc = summary.accounting
+    assert acc["received"] == 12 == acc["classified"] + acc["rejected"] + acc["dropped"]
+    assert acc["balanced"] and acc["in_flight"] == 0
+    assert acc["producer_frames"] == 16 and acc["never_seen"] == 4  # the wrong-shape train
+    assert acc["labels_on_disk"] == 11
     tables = read_run(out, "r1")
     assert sorted(set(tables.train_id.tolist())) == [1, 3, 4]
 

@@ -103,6 +103,10 @@ function drops(d, dt) {
   const lost = [...Object.values(d.dropped), ...Object.values(d.rejected)]
     .reduce((a, b) => a + b, 0);
   $("lost").textContent = num(lost);
+  const b = d.balance;
+  $("balance").textContent = b ? `received ${num(b.received)} = classified ` +
+    `${num(b.classified)} + refused ${num(b.rejected)} + dropped ${num(b.dropped)} + ` +
+    `in flight ${num(b.in_flight)}` : "";
 }
 
 function figure(c, f) {
@@ -184,6 +188,9 @@ function render(d, dt) {
   $("hit-rate").textContent = (100 * d.hit_rate).toFixed(1) + "%";
   $("classified").textContent = num(d.totals.classified);
   $("kept").textContent = num(d.totals.kept);
+  const alerts = $("alerts");
+  alerts.textContent = (d.alerts || []).join(" · ");
+  alerts.hidden = !alerts.textContent;
   const warn = $("warnings");
   warn.textContent = (d.warnings || []).join(" · ");
   warn.hidden = !warn.textContent;
