@@ -7,8 +7,8 @@ simulated run sent again and again so train ids keep counting) feeds a ``streame
 serve is SIGKILLed ``--kills`` times, each ``uniform(--min-s, --max-s)`` seconds
 (seeded) after it said ready, and started again at once; the last one is stopped with
 SIGTERM (a clean stop loses nothing). The orphan ``.part`` a kill leaves is recovered
-by ``streamer index`` between the kill and the restart (``--recover index``), or by the
-restarted serve itself (``--recover serve``, once the pipeline recovers at start).
+by the restarted serve itself at start (``--recover serve``, the default, as in
+production), or by ``streamer index`` between the kill and the restart (``--recover index``).
 
 Frame ``j`` of the feed is train ``1 + j // k``, pulse ``j % k``, so every frame written
 has a position ``j``. Each serve writes a contiguous range of positions (its files are
@@ -71,6 +71,7 @@ READY_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 180.0
 WINDOW_SLACK_S = 0.3
 RECOVERED = re.compile(r"recovered (\d+) file\(s\), (\d+) frames \((\d+) kept\)")
+FIRST_FILE = re.compile(r"files from \S+_(\d{4,})\.cxi on")
 SERVE_RECOVERED = re.compile(r"recovered (\d+) orphan file\(s\) of a killed writer, (\d+) frames")
 
 
@@ -274,9 +275,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sample-s", type=float, default=0.2, help="/status polling interval")
     p.add_argument("--distinct", type=int, default=200, help="distinct simulated frames")
     p.add_argument("--model", type=Path, default=ROOT / "models" / "fast")
-    p.add_argument("--recover", choices=("index", "serve"), default="index",
-                   help="who recovers a kill's orphan: `streamer index` before the restart, "
-                   "or the restarted serve")  # fmt: skip
+    p.add_argument("--recover", choices=("index", "serve"), default="serve",
+                   help="who recovers a kill's orphan: the restarted serve (as in production), "
+                   "or `streamer index` before the restart")  # fmt: skip
     p.add_argument("--out", type=Path, help="work directory (default: a temporary one)")
     p.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "crash.json")
     return p.parse_args(argv)
@@ -325,6 +326,11 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.monotonic()
             serve, url = start_serve(args, endpoint, files, log)
             life.start_to_ready_s = time.monotonic() - t0
+            # the serve's own first sequence number: after its recovery, which may have
+            # deleted an empty orphan and so freed that number
+            first = FIRST_FILE.search(log.read_text(errors="replace"))
+            if first is not None:
+                life.first_seq = int(first.group(1))
             if args.recover == "serve":
                 left = [p.name for p in orphans_before if p.exists()]
                 if left:

@@ -29,6 +29,7 @@ from hitstream.errors import HitstreamError, MessageError
 from hitstream.units import MIN_SIGNAL_PIXELS, estimate_photon_unit
 from streamer.batcher import Batcher, StagedBatch
 from streamer.config import ServeConfig, to_dict
+from streamer.cxi_layout import file_name
 from streamer.decision import decide, keep_mask_for, threshold_vector
 from streamer.decisions_out import DecisionPublisher
 from streamer.decode import SourceSpec, decode_message
@@ -171,6 +172,10 @@ class Pipeline:
         self._lock = WorkerLock(out.dir, out.run, out.worker)
         self.recovered = self._recover()
         self.writer = self._make_writer(config.output)
+        log.info(
+            "output: %s, files from %s on",
+            out.dir, file_name(out.run, out.worker, self.writer.next_sequence),
+        )  # fmt: skip
         labels_dir = config.output.labels_dir
         self.output = OutputGuard(
             self.writer,

@@ -275,6 +275,11 @@ class RollingWriter:
     # -- public API -----------------------------------------------------------------------
 
     @property
+    def next_sequence(self) -> int:
+        """The sequence number the next file will get (or a higher one, if it is taken)."""
+        return self._seq
+
+    @property
     def current_path(self) -> Path | None:
         """The ``.part`` file being written, or None between files."""
         return self._file.part if self._file is not None else None

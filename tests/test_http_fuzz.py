@@ -34,7 +34,7 @@ from trainer.labelling.session import LabelSession, open_session
 SEED = 20260611
 DATASET = "entry/data"
 TOKEN = "the-real-token-never-sent"
-# str.isdigit() is true for these latin-1 bytes, int() refuses them: see the xfail below
+# str.isdigit() is true for these latin-1 bytes, int() refuses them
 NOT_INT_DIGITS = "\xb2\xb3\xb9"
 
 
@@ -139,8 +139,6 @@ def odd_path(rng: random.Random, base: str) -> str:
     else:
         path = rng.choice(["*", "", "http://evil.example" + base, "//" + base, "/" + "a/" * 50,
                            base.upper(), base + rng.randbytes(8).decode("latin-1")])  # fmt: skip
-    if "/frame/" in path:  # a known bug of the label server: see the xfail test below
-        path = path.translate({ord(c): "_" for c in NOT_INT_DIGITS})
     return path
 
 
@@ -327,10 +325,6 @@ def test_fuzz_the_streamer_and_label_endpoints(
     assert took < 60, took
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="trainer/labelling/server.py _frame: '²'.isdigit() is true but int('²') raises: 500",
-)
 def test_label_frame_names_with_digits_int_refuses(labels: tuple[LabelSession, Target]) -> None:
     session, target = labels
     port = target.server.port

@@ -85,7 +85,7 @@ class LabelServer(HttpServer):
         stem = parts[3].removesuffix(".png")
         full = stem.endswith("-full")
         stem = stem.removesuffix("-full")
-        if not stem.isdigit():
+        if not (stem.isascii() and stem.isdigit()):
             return Response.error(404, f"no frame {stem!r}")
         return Response(200, "image/png", self.session.png(int(stem), full), cache=PNG_CACHE)
 
