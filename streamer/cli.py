@@ -1,5 +1,6 @@
 """``streamer`` command line: ``serve`` (classify a feed), ``replay`` (serve an HDF5 run),
-``demo`` and ``index`` (recover a killed streamer's files, rebuild the run index)."""
+``demo``, ``index`` (recover a killed streamer's files, rebuild the run index) and ``classify``
+(re-classify archived runs on Dask)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ COMMANDS = {
     "replay": "streamer.replay",
     "demo": "streamer.demo",
     "index": "streamer.index_cmd",
+    "classify": "streamer.classify_cmd",
 }
 
 

@@ -1,0 +1,346 @@
+"""Re-classify archived runs at scale on Dask: the library behind ``streamer classify``.
+
+Each input file (an ``(N, H, W)`` HDF5/CXI dataset, or ``(N, modules, ss, fs)`` with a
+``[detector]`` config) is one run. Its frames are cut into chunks (:mod:`streamer.classify_plan`)
+that Dask workers classify (:mod:`streamer.classify_chunk`) with the live streamer's engine,
+decision, detector map and writer. By default a local cluster sized to the machine runs
+them (``n_workers`` processes of ``threads_per_worker`` threads, on 127.0.0.1); with
+``scheduler`` an existing cluster does (SLURM, Kubernetes: see ``deploy/dask/``). Workers
+load the bundle once; on a worker with a GPU the CUDA provider is used (``provider="auto"``).
+
+Background (bundles that take one): ``"run"`` estimates each run's background from up to
+4,000 of its frames spread evenly (:func:`hitstream.background.estimate_run_background`,
+what the trainer uses) and classifies every frame with it; ``"recorded:INDEX"`` gives each
+frame the map it had in an earlier classification (a run index, e.g. the live streamer's),
+which reproduces the live labels exactly; ``"none"`` gives zeros.
+
+Resume: chunks already done with the same model and input are skipped; ``force`` redoes
+the run. One job per run and output at a time (a lock, as the live workers take). The
+labels a run had before (an earlier classification in the same output, or ``compare``)
+are compared with the new ones in the report (:mod:`streamer.classify_report`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hitstream.background import BackgroundSnapshot, estimate_run_background
+from hitstream.bundle import load_bundle
+from hitstream.detectors import DetectorConfig
+from hitstream.errors import ConfigError, HitstreamError, InputDataError
+from hitstream.h5input import list_frame_datasets, open_frame_dataset
+from streamer.classify_chunk import (
+    ChunkResult,
+    ChunkSpec,
+    RecordedBackground,
+    classify_chunk,
+    id_key,
+)
+from streamer.classify_plan import ChunkRange, RunState, identity_of, plan_chunks
+from streamer.cxi_layout import check_name
+from streamer.detector_map import DetectorMap
+from streamer.readback import FrameTable, read_run
+from streamer.run_index import build_run_index
+from streamer.worker_lock import WorkerLock
+
+log = logging.getLogger(__name__)
+
+BACKGROUND_SAMPLE = 4000  # frames of a run behind its background estimate
+BACKGROUND_MODES = ("run", "none", "recorded:INDEX")
+
+
+@dataclass(frozen=True)
+class ClassifyConfig:
+    """How ``streamer classify`` runs (command-line options take their defaults here)."""
+
+    model: Path = Path("models/default")
+    out: Path = Path("classified")
+    dataset: str | None = None  # None: the file's only (N, H, W) dataset
+    chunk_frames: int = 4096
+    scheduler: str | None = None  # None: a local cluster on 127.0.0.1
+    workers: int = 0  # local cluster: worker processes (0: one per core)
+    threads_per_worker: int = 1
+    frames_per_train: int = 32  # frame identities as `streamer replay` gives them
+    first_train_id: int = 1
+    photon_unit: float = 1.0
+    provider: str = "auto"
+    max_batch: int = 0
+    background: str = "run"
+    keep_classes: tuple[str, ...] | None = None
+    max_frames: int = 10_000
+    compression: str = "lz4"
+    force: bool = False
+    compare: Path | None = None  # an output directory with earlier labels of the same runs
+    detector: DetectorConfig | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.chunk_frames < 1 or self.frames_per_train < 1 or self.threads_per_worker < 1:
+            raise ConfigError("chunk_frames, frames_per_train and threads_per_worker must be ≥ 1")
+        b = self.background
+        if b not in ("run", "none") and not b.startswith("recorded:"):
+            raise ConfigError(f"background {b!r}: one of {', '.join(BACKGROUND_MODES)}")
+
+
+@dataclass
+class RunJob:
+    """One input run: where it is, its chunks and what became of them."""
+
+    name: str
+    source: Path
+    dataset: str
+    n_frames: int
+    chunks: list[ChunkRange]
+    state: RunState
+    identity: dict[str, Any]
+    skipped: int = 0  # chunks done by an earlier job
+    results: list[dict[str, Any]] = field(default_factory=list)
+    previous: FrameTable | None = None  # labels before this job (for the change table)
+    previous_classes: tuple[str, ...] = ()
+    error: str | None = None
+    index: Path | None = None
+
+
+def run_name(path: Path) -> str:
+    """A run name from a file name: its stem, with characters outside ``[A-Za-z0-9.-]`` as
+    ``-`` (``_`` separates run, worker and sequence in the output names)."""
+    return "".join(c if c.isalnum() or c in ".-" else "-" for c in path.stem) or "run"
+
+
+def find_dataset(path: Path, dataset: str | None, modules: bool) -> tuple[str, int]:
+    """The frames dataset of ``path`` (the given one, or the only 3-D one) and its length."""
+    if dataset is None:
+        found = list_frame_datasets(path)  # "name (N, H, W) dtype"
+        if len(found) != 1:
+            raise InputDataError(
+                f"{path}: {len(found)} frame datasets ({', '.join(found[:6]) or 'none'}); "
+                "name one with --dataset"
+            )
+        dataset = found[0].rsplit(" (", 1)[0]
+    f, dset = open_frame_dataset(path, dataset, modules=modules)
+    with f:
+        return dataset, int(dset.shape[0])
+
+
+def run_background(
+    source: str, dataset: str, valid: np.ndarray, detector: DetectorConfig | None, grid: Any
+) -> BackgroundSnapshot:
+    """A run's background from up to :data:`BACKGROUND_SAMPLE` frames spread evenly."""
+    f, dset = open_frame_dataset(source, dataset, modules=detector is not None)
+    with f:
+        n = int(dset.shape[0])
+        index = np.unique(np.linspace(0, n - 1, min(n, BACKGROUND_SAMPLE)).round().astype(int))
+        dmap = DetectorMap(detector, []) if detector is not None else None
+        if dmap is not None:
+            dmap.set_grid(grid)
+        blocks = []
+        for a in range(0, len(index), 256):
+            raw = np.asarray(dset[index[a : a + 256].tolist()])
+            blocks.append(dmap(raw) if dmap is not None else raw.astype(np.float32))
+    return estimate_run_background(blocks, valid)
+
+
+def recorded_background(index: Path) -> RecordedBackground:
+    """The maps an earlier classification used, per frame identity (from its run index or
+    any output directory's run, ``DIR/RUN_index.h5``)."""
+    import h5py
+
+    try:
+        with h5py.File(index, "r") as f:
+            maps = np.asarray(f["entry_1/background/maps"][()], np.float32)
+            train = np.asarray(f["entry_1/frames/train_id"][()])
+            pulse = np.asarray(f["entry_1/frames/pulse_id"][()])
+            which = np.asarray(f["entry_1/frames/background"][()], np.int64)
+    except (OSError, KeyError) as exc:
+        raise InputDataError(f"{index}: not a run index with backgrounds ({exc})") from exc
+    key = id_key(train, pulse)
+    order = np.argsort(key, kind="stable")
+    levels = np.array([float(m[np.isfinite(m)].mean()) if m.size else 0.0 for m in maps])
+    return RecordedBackground(maps, levels, key[order], which[order])
+
+
+def _previous_labels(out: Path, run: str) -> tuple[FrameTable | None, tuple[str, ...]]:
+    try:
+        t = read_run(out, run)
+    except (InputDataError, OSError):
+        return None, ()
+    return t.frames, tuple(t.classes)
+
+
+def prepare(inputs: list[Path], cfg: ClassifyConfig, model_label: str) -> list[RunJob]:
+    """Check the inputs and plan every run (nothing is classified yet)."""
+    jobs = []
+    names: set[str] = set()
+    settings = {
+        "frames_per_train": cfg.frames_per_train, "first_train_id": cfg.first_train_id,
+        "photon_unit": cfg.photon_unit, "background": cfg.background,
+        "keep_classes": cfg.keep_classes, "detector": cfg.detector,
+    }  # fmt: skip
+    for path in inputs:
+        path = Path(path)
+        if not path.is_file():
+            raise InputDataError(f"{path}: no such file (give HDF5/CXI files of frames)")
+        name = run_name(path)
+        check_name("run", name)
+        if name in names:
+            raise ConfigError(f"two inputs make run {name!r}: rename one of the files")
+        names.add(name)
+        dataset, n = find_dataset(path, cfg.dataset, cfg.detector is not None)
+        state = RunState(cfg.out, name)
+        ident = identity_of(model_label, path, dataset, **settings)
+        jobs.append(RunJob(name, path, dataset, n, plan_chunks(n, cfg.chunk_frames), state, ident))
+    return jobs
+
+
+def classify_runs(
+    inputs: list[Path],
+    config: ClassifyConfig,
+    *,
+    on_start: Callable[[str], None] | None = None,
+) -> list[RunJob]:
+    """Classify ``inputs`` into ``config.out``; returns each run's job (``error`` set when
+    it failed). ``on_start`` gets the Dask dashboard link."""
+    from dask.distributed import Client, LocalCluster
+
+    cfg = config
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    bundle = load_bundle(cfg.model)
+    jobs = prepare(inputs, cfg, bundle.label)
+    locks = [WorkerLock(cfg.out, job.name, "classify", purpose="classifying") for job in jobs]
+    try:
+        for job in jobs:
+            _reconcile(job, cfg)
+        cluster = None
+        if cfg.scheduler is None:
+            n = cfg.workers or max(1, (os.cpu_count() or 1) // cfg.threads_per_worker)
+            cluster = LocalCluster(
+                n_workers=n, threads_per_worker=cfg.threads_per_worker, processes=True,
+                host="127.0.0.1", dashboard_address="127.0.0.1:0",
+            )  # fmt: skip
+        with Client(cluster if cluster is not None else cfg.scheduler) as client:
+            if on_start is not None:
+                on_start(str(client.dashboard_link))
+            _run_on(client, jobs, cfg, bundle)
+        if cluster is not None:
+            cluster.close()
+    finally:
+        for lock in locks:
+            lock.release()
+    return jobs
+
+
+def _reconcile(job: RunJob, cfg: ClassifyConfig) -> None:
+    """Before the job: refuse foreign files, keep the previous labels, clean up, skip done."""
+    st = job.state
+    foreign = st.foreign_files()
+    if foreign:
+        raise ConfigError(
+            f"{cfg.out}: files of run {job.name!r} written by another writer "
+            f"({foreign[0].name}...): classify into another directory"
+        )
+    if cfg.compare is not None:
+        job.previous, job.previous_classes = _previous_labels(cfg.compare, job.name)
+    undone = [c for c in job.chunks if not st.is_done(c, job.identity)]
+    if (cfg.force or undone) and cfg.compare is None:  # the run before this job changes it
+        job.previous, job.previous_classes = _previous_labels(cfg.out, job.name)
+    if cfg.force:
+        st.remove_all()
+    st.clean_other_chunks(job.chunks)
+    for c in job.chunks:
+        if st.is_done(c, job.identity) or st.finish_moves(c, job.identity):
+            job.skipped += 1
+        else:
+            st.reset_chunk(c.chunk)
+    if job.skipped == len(job.chunks) and cfg.compare is None and not cfg.force:
+        job.previous = None  # nothing changes: no comparison with itself
+
+
+def _chunk_task(
+    spec: ChunkSpec,
+    background: BackgroundSnapshot | RecordedBackground | None,
+    out: str,
+    rng: ChunkRange,
+    identity: dict[str, Any],
+) -> dict[str, Any]:
+    """On a worker: classify a chunk, move its files into place; the chunk's record."""
+    state = RunState(Path(out), spec.run)
+    state.reset_chunk(spec.chunk_id)  # a retry after a killed worker starts clean
+    result: ChunkResult = classify_chunk(spec, background)
+    record = dict(result.__dict__)
+    record["worker"] = f"{os.uname().nodename}:{os.getpid()}"
+    state.publish(rng, identity, record)
+    return record
+
+
+def _run_on(client: Any, jobs: list[RunJob], cfg: ClassifyConfig, bundle: Any) -> None:
+    from dask.distributed import as_completed
+    from tqdm import tqdm
+
+    takes_bg = bundle.background_input is not None
+    valid = bundle.geometry.valid_pixels()
+    bg_futures: dict[str, Any] = {}
+    recorded = None
+    if takes_bg and cfg.background.startswith("recorded:"):
+        recorded = client.scatter(recorded_background(Path(cfg.background.split(":", 1)[1])))
+    futures = {}
+    total = sum(j.n_frames for j in jobs)
+    done_frames = sum(r["stop"] - r["start"] for j in jobs for r in _done_ranges(j))
+    for job in jobs:
+        todo = [c for c in job.chunks if not job.state.is_done(c, job.identity)]
+        if not todo:
+            continue
+        if not takes_bg or cfg.background == "none":
+            background: Any = None
+        elif recorded is not None:
+            background = recorded
+        else:
+            background = bg_futures[job.name] = client.submit(
+                run_background, str(job.source), job.dataset, valid, cfg.detector,
+                bundle.geometry, pure=False,
+            )  # fmt: skip
+        for c in todo:
+            spec = ChunkSpec(
+                run=job.name, chunk_id=c.chunk, source=str(job.source), dataset=job.dataset,
+                start=c.start, stop=c.stop, model=str(Path(cfg.model).resolve()),
+                staging=str(job.state.staging(c.chunk)), frames_per_train=cfg.frames_per_train,
+                first_train_id=cfg.first_train_id, photon_unit=cfg.photon_unit,
+                provider=cfg.provider, max_batch=cfg.max_batch, max_frames=cfg.max_frames,
+                compression=cfg.compression, keep_classes=cfg.keep_classes, detector=cfg.detector,
+            )  # fmt: skip
+            fut = client.submit(
+                _chunk_task, spec, background, str(cfg.out), c, job.identity,
+                key=f"classify-{job.name}-{c.chunk}-{time.time_ns()}", pure=False,
+            )  # fmt: skip
+            futures[fut] = (job, c)
+    bar = tqdm(total=total, initial=done_frames, unit="frame", unit_scale=True,
+               disable=not cfg.progress, desc="classify", smoothing=0.1)  # fmt: skip
+    with bar:
+        for fut in as_completed(list(futures)):
+            job, c = futures[fut]
+            try:
+                fut.result()
+            except Exception as exc:  # one failed chunk fails its run, the others go on
+                job.error = job.error or f"chunk {c.chunk} ({c.start}..{c.stop}): {exc}"
+                log.error("run %s: %s", job.name, job.error)
+            bar.update(c.stop - c.start)
+    for job in jobs:
+        job.results = job.state.results(job.chunks)
+        if job.error is None and len(job.results) == len(job.chunks):
+            try:
+                job.index = build_run_index(cfg.out, job.name)
+            except (HitstreamError, OSError) as exc:
+                job.error = f"index: {exc}"
+
+
+def _done_ranges(job: RunJob) -> list[dict[str, int]]:
+    return [
+        {"start": c.start, "stop": c.stop} for c in job.chunks if job.state.is_done(c, job.identity)
+    ]
