@@ -159,11 +159,14 @@ def recorded_background(index: Path) -> RecordedBackground:
             train = np.asarray(f["entry_1/frames/train_id"][()])
             pulse = np.asarray(f["entry_1/frames/pulse_id"][()])
             which = np.asarray(f["entry_1/frames/background"][()], np.int64)
+            level = np.asarray(f["entry_1/frames/background_level"][()], np.float64)
     except (OSError, KeyError) as exc:
         raise InputDataError(f"{index}: not a run index with backgrounds ({exc})") from exc
     key = id_key(train, pulse)
     order = np.argsort(key, kind="stable")
-    levels = np.array([float(m[np.isfinite(m)].mean()) if m.size else 0.0 for m in maps])
+    levels = np.zeros(len(maps))  # each map's level as recorded (mean over valid pixels)
+    used = which >= 0
+    levels[which[used]] = level[used]
     return RecordedBackground(maps, levels, key[order], which[order])
 
 
