@@ -44,6 +44,7 @@ from streamer.classify_chunk import (
     classify_chunk,
     id_key,
 )
+from streamer.classify_euxfel import EuxfelSource, TrainReader, describe_run
 from streamer.classify_plan import ChunkRange, RunState, identity_of, plan_chunks
 from streamer.cxi_layout import check_name
 from streamer.detector_map import DetectorMap
@@ -80,6 +81,7 @@ class ClassifyConfig:
     force: bool = False
     compare: Path | None = None  # an output directory with earlier labels of the same runs
     detector: DetectorConfig | None = None
+    euxfel: EuxfelSource | None = None  # run directories: the sources, as [feed] names them
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -107,6 +109,7 @@ class RunJob:
     previous_classes: tuple[str, ...] = ()
     error: str | None = None
     index: Path | None = None
+    frames_per_unit: int = 1  # frames per chunk unit: 1 (files), frames per train (run dirs)
 
 
 def run_name(path: Path) -> str:
@@ -131,17 +134,30 @@ def find_dataset(path: Path, dataset: str | None, modules: bool) -> tuple[str, i
 
 
 def run_background(
-    source: str, dataset: str, valid: np.ndarray, detector: DetectorConfig | None, grid: Any
+    source: str,
+    dataset: str,
+    valid: np.ndarray,
+    detector: DetectorConfig | None,
+    grid: Any,
+    euxfel: EuxfelSource | None = None,
 ) -> BackgroundSnapshot:
-    """A run's background from up to :data:`BACKGROUND_SAMPLE` frames spread evenly."""
+    """A run's background from up to :data:`BACKGROUND_SAMPLE` frames spread evenly (whole
+    trains of a run directory)."""
+    dmap = DetectorMap(detector, []) if detector is not None else None
+    if dmap is not None:
+        dmap.set_grid(grid)
+    blocks = []
+    if euxfel is not None:
+        n_trains, per_train = describe_run(Path(source), euxfel)
+        k = max(1, min(n_trains, BACKGROUND_SAMPLE // max(1, per_train)))
+        for i in np.unique(np.linspace(0, n_trains - 1, k).round().astype(int)).tolist():
+            for raw, _t, _p in TrainReader(Path(source), euxfel, i, i + 1):
+                blocks.append(dmap(raw) if dmap is not None else raw)
+        return estimate_run_background(blocks, valid)
     f, dset = open_frame_dataset(source, dataset, modules=detector is not None)
     with f:
         n = int(dset.shape[0])
         index = np.unique(np.linspace(0, n - 1, min(n, BACKGROUND_SAMPLE)).round().astype(int))
-        dmap = DetectorMap(detector, []) if detector is not None else None
-        if dmap is not None:
-            dmap.set_grid(grid)
-        blocks = []
         for a in range(0, len(index), 256):
             raw = np.asarray(dset[index[a : a + 256].tolist()])
             blocks.append(dmap(raw) if dmap is not None else raw.astype(np.float32))
@@ -189,15 +205,29 @@ def prepare(inputs: list[Path], cfg: ClassifyConfig, model_label: str) -> list[R
     }  # fmt: skip
     for path in inputs:
         path = Path(path)
-        if not path.is_file():
-            raise InputDataError(f"{path}: no such file (give HDF5/CXI files of frames)")
+        if not path.exists():
+            raise InputDataError(
+                f"{path}: no such file (give HDF5/CXI files of frames or run directories)"
+            )
         name = run_name(path)
         check_name("run", name)
         if name in names:
             raise ConfigError(f"two inputs make run {name!r}: rename one of the files")
         names.add(name)
-        dataset, n = find_dataset(path, cfg.dataset, cfg.detector is not None)
         state = RunState(cfg.out, name)
+        if path.is_dir():  # a European XFEL run: chunks of trains
+            if cfg.euxfel is None or cfg.detector is None:
+                raise ConfigError(
+                    f"{path} is a run directory: give a streamer config with [detector] and "
+                    "a [feed] source of one source per module (--config)"
+                )
+            n_trains, per_train = describe_run(path, cfg.euxfel)
+            chunks = plan_chunks(n_trains, max(1, cfg.chunk_frames // max(1, per_train)))
+            ident = identity_of(model_label, path, "", euxfel=cfg.euxfel, **settings)
+            jobs.append(RunJob(name, path, "", n_trains * per_train, chunks, state, ident,
+                               frames_per_unit=per_train))  # fmt: skip
+            continue
+        dataset, n = find_dataset(path, cfg.dataset, cfg.detector is not None)
         ident = identity_of(model_label, path, dataset, **settings)
         jobs.append(RunJob(name, path, dataset, n, plan_chunks(n, cfg.chunk_frames), state, ident))
     return jobs
@@ -295,7 +325,9 @@ def _run_on(client: Any, jobs: list[RunJob], cfg: ClassifyConfig, bundle: Any) -
         recorded = client.scatter(recorded_background(Path(cfg.background.split(":", 1)[1])))
     futures = {}
     total = sum(j.n_frames for j in jobs)
-    done_frames = sum(r["stop"] - r["start"] for j in jobs for r in _done_ranges(j))
+    done_frames = sum(
+        (r["stop"] - r["start"]) * j.frames_per_unit for j in jobs for r in _done_ranges(j)
+    )
     for job in jobs:
         todo = [c for c in job.chunks if not job.state.is_done(c, job.identity)]
         if not todo:
@@ -307,7 +339,7 @@ def _run_on(client: Any, jobs: list[RunJob], cfg: ClassifyConfig, bundle: Any) -
         else:
             background = bg_futures[job.name] = client.submit(
                 run_background, str(job.source), job.dataset, valid, cfg.detector,
-                bundle.geometry, pure=False,
+                bundle.geometry, cfg.euxfel if job.source.is_dir() else None, pure=False,
             )  # fmt: skip
         for c in todo:
             spec = ChunkSpec(
@@ -317,6 +349,7 @@ def _run_on(client: Any, jobs: list[RunJob], cfg: ClassifyConfig, bundle: Any) -
                 first_train_id=cfg.first_train_id, photon_unit=cfg.photon_unit,
                 provider=cfg.provider, max_batch=cfg.max_batch, max_frames=cfg.max_frames,
                 compression=cfg.compression, keep_classes=cfg.keep_classes, detector=cfg.detector,
+                euxfel=cfg.euxfel if job.source.is_dir() else None,
             )  # fmt: skip
             fut = client.submit(
                 _chunk_task, spec, background, str(cfg.out), c, job.identity,
@@ -333,7 +366,7 @@ def _run_on(client: Any, jobs: list[RunJob], cfg: ClassifyConfig, bundle: Any) -
             except Exception as exc:  # one failed chunk fails its run, the others go on
                 job.error = job.error or f"chunk {c.chunk} ({c.start}..{c.stop}): {exc}"
                 log.error("run %s: %s", job.name, job.error)
-            bar.update(c.stop - c.start)
+            bar.update((c.stop - c.start) * job.frames_per_unit)
     for job in jobs:
         job.results = job.state.results(job.chunks)
         if job.error is None and len(job.results) == len(job.chunks):

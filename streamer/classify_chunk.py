@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,9 @@ import numpy as np
 from hitstream.background import BackgroundSnapshot
 from hitstream.bundle import load_bundle
 from hitstream.detectors import DetectorConfig
+from hitstream.errors import ConfigError
 from hitstream.h5input import open_frame_dataset
+from streamer.classify_euxfel import EuxfelSource, TrainReader
 from streamer.decision import decide, keep_mask_for, threshold_vector
 from streamer.detector_map import DetectorMap
 from streamer.engine import Engine, EngineConfig
@@ -70,6 +73,7 @@ class ChunkSpec:
     compression: str = "lz4"
     keep_classes: tuple[str, ...] | None = None
     detector: DetectorConfig | None = None
+    euxfel: EuxfelSource | None = None  # a run directory: start/stop count trains
 
 
 @dataclass
@@ -80,6 +84,7 @@ class ChunkResult:
     frames: int = 0
     classified: int = 0
     rejected: int = 0  # non-finite frames, as the live decoder refuses them
+    trains_refused: int = 0  # run directories: trains the live decoder would refuse
     kept: int = 0
     per_class: dict[str, int] = field(default_factory=dict)
     files: list[dict[str, Any]] = field(default_factory=list)  # name, size, frames, kept
@@ -145,43 +150,65 @@ def classify_chunk(
         spec.chunk_id, model=bundle.label, per_class=dict.fromkeys(bundle.classes, 0)
     )
     counts = np.zeros(len(bundle.classes), np.int64)
-    f, dset = open_frame_dataset(spec.source, spec.dataset, modules=detector is not None)
-    try:
-        with RollingWriter(
-            wcfg, classes=bundle.classes, frame_shape=bundle.frame_shape,
-            geometry=bundle.geometry,
-            attrs={"model": bundle.label, "provider": engine.provider,
-                   "source_file": str(spec.source), "source_dataset": spec.dataset,
-                   "source_frames": [spec.start, spec.stop]},
-        ) as writer:  # fmt: skip
-            for a in range(spec.start, spec.stop, READ_FRAMES):
-                b = min(a + READ_FRAMES, spec.stop)
-                raw = np.asarray(dset[a:b])
-                train, pulse = frame_ids(a, b, spec.frames_per_train, spec.first_train_id)
-                if detector is not None:
-                    frames = detector(raw)
-                    good = np.ones(len(frames), bool)
-                else:
-                    frames = np.ascontiguousarray(raw, dtype=np.float32)
-                    good = np.isfinite(frames.reshape(len(frames), -1)).all(axis=1)
-                result.frames += b - a
-                result.rejected += int(np.count_nonzero(~good))
-                if not good.all():
-                    frames, train, pulse = frames[good], train[good], pulse[good]
-                for sel, snap in _backgrounds(background, train, pulse):
-                    res = _classify(engine, frames[sel], train[sel], pulse[sel], snap,
-                                    keep_by_class, min_prob)  # fmt: skip
-                    writer.write(res)
-                    counts += np.bincount(res.label, minlength=len(counts))[: len(counts)]
-                    result.classified += len(res)
-                    result.kept += int(res.keep.sum())
-        files = list(writer.files_closed)  # all finished, the last one on leaving the block
-    finally:
-        f.close()
+    reader = _reader(spec, detector is not None)
+    with RollingWriter(
+        wcfg, classes=bundle.classes, frame_shape=bundle.frame_shape, geometry=bundle.geometry,
+        attrs={"model": bundle.label, "provider": engine.provider,
+               "source_file": str(spec.source), "source_dataset": spec.dataset,
+               "source_range": [spec.start, spec.stop],
+               "source_range_unit": "trains" if spec.euxfel is not None else "frames"},
+    ) as writer:  # fmt: skip
+        for raw, train, pulse in reader:
+            if detector is not None:  # NaN pixels of corrected data: masked by the map
+                frames = detector(raw)
+                good = np.ones(len(frames), bool)
+            else:
+                frames = np.ascontiguousarray(raw, dtype=np.float32)
+                good = np.isfinite(frames.reshape(len(frames), -1)).all(axis=1)
+            result.frames += len(frames)
+            result.rejected += int(np.count_nonzero(~good))
+            if not good.all():
+                frames, train, pulse = frames[good], train[good], pulse[good]
+            for sel, snap in _backgrounds(background, train, pulse):
+                res = _classify(engine, frames[sel], train[sel], pulse[sel], snap,
+                                keep_by_class, min_prob)  # fmt: skip
+                writer.write(res)
+                counts += np.bincount(res.label, minlength=len(counts))[: len(counts)]
+                result.classified += len(res)
+                result.kept += int(res.keep.sum())
+    files = list(writer.files_closed)  # all finished, the last one on leaving the block
+    if isinstance(reader, TrainReader):  # trains or frames the live decoder would refuse
+        result.rejected += reader.frames_refused
+        result.trains_refused = reader.trains_refused
     result.per_class = {c: int(n) for c, n in zip(bundle.classes, counts, strict=True)}
     result.files = [{"name": p.name, "size": p.stat().st_size} for p in files]
     result.seconds = time.monotonic() - t0
     return result
+
+
+class _FileReader:
+    """Frames ``start .. stop-1`` of an HDF5/CXI dataset in blocks, with the replay's ids."""
+
+    def __init__(self, spec: ChunkSpec, modules: bool) -> None:
+        self.spec, self.modules = spec, modules
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        s = self.spec
+        f, dset = open_frame_dataset(s.source, s.dataset, modules=self.modules)
+        with f:
+            for a in range(s.start, s.stop, READ_FRAMES):
+                b = min(a + READ_FRAMES, s.stop)
+                train, pulse = frame_ids(a, b, s.frames_per_train, s.first_train_id)
+                yield np.asarray(dset[a:b]), train, pulse
+
+
+def _reader(spec: ChunkSpec, modules: bool) -> Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The chunk's frames: from a run directory (trains) or a file (frames)."""
+    if spec.euxfel is not None:
+        if not modules:
+            raise ConfigError("a European XFEL run directory needs a [detector] (--config)")
+        return TrainReader(Path(spec.source), spec.euxfel, spec.start, spec.stop)
+    return _FileReader(spec, modules)
 
 
 def _backgrounds(

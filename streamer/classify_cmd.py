@@ -2,10 +2,12 @@
 
 A thin command over :func:`streamer.classify.classify_runs`: options take their defaults
 from :class:`streamer.classify.ClassifyConfig`; ``--config`` reads ``[detector]``,
-``[engine] photon_unit`` and ``[output] keep_classes``/``compression``/``max_frames`` of a
-streamer config, so a run is read and written as the live streamer would. Prints the Dask
-dashboard link, a progress bar, and a table per run; writes ``classify_report.json`` and
-``.png`` into the output. Exit status 0, 1 when a run failed, 2 on bad input.
+``[engine] photon_unit``, ``[output] keep_classes``/``compression``/``max_frames`` and, for
+European XFEL run directories, ``[feed] source``/``key``/``axis_order`` (one source per
+module) of a streamer config, so a run is read and written as the live streamer would.
+Prints the Dask dashboard link, a progress bar, and a table per run; writes
+``classify_report.json`` and ``.png`` into the output. Exit status 0, 1 when a run failed,
+2 on bad input.
 """
 
 from __future__ import annotations
@@ -24,7 +26,10 @@ log = logging.getLogger("streamer.classify")
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     c = ClassifyConfig
-    p.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="HDF5/CXI files of frames")
+    p.add_argument(
+        "runs", nargs="+", type=Path, metavar="RUN",
+        help="HDF5/CXI files of frames, or European XFEL run directories (with --config)",
+    )  # fmt: skip
     add_option(p, c, "model", "model bundle directory", type=Path)
     add_option(p, c, "out", "output directory (the live layout, one run per input)", type=Path)
     add_option(p, c, "dataset", "frames dataset in each file (default: its only 3-D one)")
@@ -61,15 +66,28 @@ def run(args: argparse.Namespace) -> int:
             "compression": sc.output.compression,
             "max_frames": sc.output.max_frames,
         }
-    cfg = ClassifyConfig(
-        model=args.model, out=args.out, dataset=args.dataset, chunk_frames=args.chunk_frames,
-        scheduler=args.scheduler, workers=args.workers,
-        threads_per_worker=args.threads_per_worker, frames_per_train=args.frames_per_train,
-        first_train_id=args.first_train_id, photon_unit=args.photon_unit,
-        provider=args.provider, max_batch=args.batch, background=args.background,
-        force=args.force, compare=args.compare, progress=not args.no_progress,
-        **extra,  # type: ignore[arg-type]
-    )  # fmt: skip
+        if sc.feed.source is not None and "*" in sc.feed.source and sc.detector.enabled:
+            from hitstream.detectors import load_detector
+            from streamer.classify_euxfel import EuxfelSource
+
+            extra["euxfel"] = EuxfelSource(
+                source=sc.feed.source, key=sc.feed.key, axis_order=sc.feed.axis_order,
+                modules=load_detector(sc.detector).data_shape[0],
+            )  # fmt: skip
+    given = {
+        "model": args.model, "out": args.out, "dataset": args.dataset,
+        "chunk_frames": args.chunk_frames, "scheduler": args.scheduler,
+        "workers": args.workers, "threads_per_worker": args.threads_per_worker,
+        "frames_per_train": args.frames_per_train, "first_train_id": args.first_train_id,
+        "photon_unit": args.photon_unit, "provider": args.provider, "max_batch": args.batch,
+        "background": args.background, "force": args.force, "compare": args.compare,
+        "progress": not args.no_progress,
+    }  # fmt: skip
+    defaults = ClassifyConfig()
+    for key, value in extra.items():  # the config file's, unless the command line says more
+        if given.get(key, getattr(defaults, key)) == getattr(defaults, key):
+            given[key] = value
+    cfg = ClassifyConfig(**given)
     jobs = classify_runs(
         list(args.runs), cfg, on_start=lambda link: print(f"Dask dashboard: {link}", flush=True)
     )

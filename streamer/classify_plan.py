@@ -196,14 +196,20 @@ class RunState:
 
 def identity_of(model_label: str, source: Path, dataset: str, **settings: Any) -> dict[str, Any]:
     """What makes a chunk's result: the model, the input and the settings that change labels."""
-    st = source.stat()
+    if source.is_dir():  # a run directory: its files' names, sizes and times
+        from streamer.classify_euxfel import run_fingerprint
+
+        size, mtime = 0, run_fingerprint(source)
+    else:
+        st = source.stat()
+        size, mtime = st.st_size, str(st.st_mtime_ns)
     plain = {k: asdict(v) if is_dataclass(v) and not isinstance(v, type) else v
              for k, v in settings.items()}  # fmt: skip
     data = {
         "model": model_label,
         "source": str(source.resolve()),
-        "source_size": st.st_size,
-        "source_mtime_ns": st.st_mtime_ns,
+        "source_size": size,
+        "source_mtime_ns": mtime,
         "dataset": dataset,
         **plain,
     }

@@ -260,3 +260,53 @@ def test_refusals(runs: list[Path], tiny: Path, tmp_path: Path) -> None:
         classify_runs(runs[:1], ClassifyConfig(model=tiny, out=out, workers=1, progress=False))
     with pytest.raises(InputDataError, match="no such file"):
         classify_runs([tmp_path / "missing.h5"], cfg)
+
+
+def test_a_european_xfel_run_directory(cluster: str, tmp_path: Path) -> None:
+    """EXtra-data's mock SPB run (raw AGIPD, one file per module): every train decoded as
+    the live streamer decodes a Karabo-bridge message of it, mapped onto the model's grid,
+    with its real train and pulse ids."""
+    import argparse
+
+    from extra_data import RunDirectory, by_index
+    from extra_data.tests.make_examples import make_spb_run
+
+    from streamer.classify_cmd import add_arguments, run
+    from streamer.classify_euxfel import EuxfelSource, TrainReader
+    from streamer.decode import decode_message
+    from tests.test_detectors import CLOSED_QUADS
+
+    run_dir = tmp_path / "r0238"
+    run_dir.mkdir()
+    make_spb_run(str(run_dir), raw=True)
+    bundle = make_tiny_bundle(tmp_path / "tiny")
+    toml = tmp_path / "agipd.toml"
+    source = "SPB_DET_AGIPD1M-1/DET/*CH0:xtdf"
+    toml.write_text(
+        f'[feed]\nsource = "{source}"\naxis_order = "pulses,data_gain,ss,fs"\n'
+        f'[detector]\ngeometry = "AGIPD1M"\nquad_pos = {CLOSED_QUADS}\ndistance_m = 1.465\n'
+        "photon_energy_ev = 6000.0\n",
+        encoding="utf-8",
+    )
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    out = tmp_path / "out"
+    args = p.parse_args([str(run_dir), "--model", str(bundle), "--out", str(out), "--config",
+                         str(toml), "--scheduler", cluster, "--chunk-frames", "640",
+                         "--no-progress"])  # fmt: skip
+    assert run(args) == 0
+    r = RunDirectory(str(run_dir))
+    n_trains = len(r.train_ids)
+    t = read_run(out, "r0238")
+    assert len(t.frames.train_id) == n_trains * 64
+    assert set(t.frames.train_id.tolist()) == {int(x) for x in r.train_ids}
+    assert len(np.unique(id_key(t.frames.train_id, t.frames.pulse_id))) == n_trains * 64
+    assert len({p.name.split("_")[1] for p in out.glob("r0238_c*.cxi")}) == -(-n_trains // 10)
+    # the frames a chunk reads are the live decoder's frames of the same train
+    src = EuxfelSource(source, modules=16)
+    raw, train, _pulse = next(iter(TrainReader(run_dir, src, 3, 4)))
+    sel = r.select([(source, "image.data"), (source, "image.pulseId")])
+    tid, data = next(iter(sel.select_trains(by_index[3:4]).trains()))
+    live = decode_message(data, {}, src.spec(), now=0.0).batch
+    assert live is not None and int(train[0]) == int(tid)
+    np.testing.assert_array_equal(np.asarray(raw), np.asarray(live.frames))
