@@ -50,6 +50,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,9 +110,17 @@ QUANTITIES = (
 
 
 def start_serve(
-    model: Path, endpoint: str, feed_mode: str, work: Path, args: argparse.Namespace, log: Path
+    model: Path,
+    endpoint: str,
+    feed_mode: str,
+    work: Path,
+    args: argparse.Namespace,
+    log: Path,
+    extra_sets: Sequence[str] = (),
 ) -> tuple[subprocess.Popen[str], str]:
-    """``streamer serve`` (lossless); returns the process and its base URL once ready."""
+    """``streamer serve`` (lossless); returns the process and its base URL once ready.
+
+    ``extra_sets``: more ``SECTION.KEY=VALUE`` overrides, after (so over) the ones here."""
     cmd = [
         *PY, "serve", "--model", str(model), "--endpoint", endpoint, "--feed-mode", feed_mode,
         "--mode", "lossless", "--out", str(work / "files"), "--run", RUN_NAME,
@@ -121,6 +130,8 @@ def start_serve(
         "--set", f"output.max_seconds={args.max_seconds}",
         "--set", "output.min_free_bytes=0",
     ]  # fmt: skip
+    for item in extra_sets:
+        cmd += ["--set", item]
     with log.open("w") as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, cwd=ROOT)
     line = _wait_line(proc, "streamer ready", "streamer serve")
@@ -132,11 +143,22 @@ def start_serve(
 
 
 def start_replay(
-    run: Path, endpoint: str, mode: str, repeat: int, args: argparse.Namespace, log: Path
+    run: Path,
+    endpoint: str,
+    mode: str,
+    repeat: int,
+    args: argparse.Namespace,
+    log: Path,
+    *,
+    command: Sequence[str] | None = None,
+    extra: Sequence[str] = (),
 ) -> subprocess.Popen[str]:
+    """``streamer replay`` (or ``command``, taking its arguments) plus ``extra`` arguments;
+    returns once it printed "replay ready"."""
     cmd = [
-        *PY, "replay", str(run), "--dataset", "data", "--endpoint", endpoint, "--mode", mode,
-        "-k", str(args.frames_per_message), "--rate", str(args.rate), "--repeat", str(repeat),
+        *(command or [*PY, "replay"]), str(run), "--dataset", "data", "--endpoint", endpoint,
+        "--mode", mode, "-k", str(args.frames_per_message), "--rate", str(args.rate),
+        "--repeat", str(repeat), *extra,
     ]  # fmt: skip
     with log.open("w") as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, cwd=ROOT)
@@ -169,14 +191,17 @@ def stop(proc: subprocess.Popen[str] | None) -> None:
 
 
 def scrape(base_url: str) -> dict[str, Any]:
-    """Counters and gauges of ``/metrics`` plus ``/status``, as plain numbers."""
+    """Counters and gauges of ``/metrics`` plus ``/status``, as plain numbers; also
+    ``totals`` (every sample name, summed over its labels) and ``status`` (``/status``)."""
     with urllib.request.urlopen(f"{base_url}/metrics", timeout=HTTP_TIMEOUT_S) as r:
         text = r.read().decode()
     with urllib.request.urlopen(f"{base_url}/status", timeout=HTTP_TIMEOUT_S) as r:
         status = json.loads(r.read())
     out: dict[str, Any] = {"dropped": 0.0, "rejected": 0.0, "buckets": []}
+    totals: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for s in family.samples:
+            totals[s.name] = totals.get(s.name, 0.0) + float(s.value)
             if s.name == "hitstream_queue_depth":
                 out[f"queue_{s.labels['queue']}"] = s.value
             elif s.name == "hitstream_frames_dropped_total":
@@ -194,6 +219,8 @@ def scrape(base_url: str) -> dict[str, Any]:
     out["buckets"].sort()
     out["received"] = float(status["frames_received"])
     out["classified"] = float(status["frames_classified"])
+    out["totals"] = totals
+    out["status"] = status
     return out
 
 
@@ -223,6 +250,7 @@ class Sampler:
         self.out_dir = out_dir
         self.prev: dict[str, Any] | None = None
         self.prev_t = 0.0
+        self.last: dict[str, Any] | None = None  # the latest sample's scrape (None: failed)
 
     def sample(self, t: float) -> dict[str, float]:
         row: dict[str, float] = dict.fromkeys(FIELDS, math.nan)
@@ -237,10 +265,12 @@ class Sampler:
         except psutil.Error:
             pass
         row["out_dir_mb"] = dir_bytes(self.out_dir) / 1e6
+        self.last = None
         try:
             m = scrape(self.url)
         except (OSError, ValueError, KeyError):
             return row
+        self.last = m
         row.update(
             queue_infer=m.get("queue_infer", 0.0),
             queue_write=m.get("queue_write", 0.0),
@@ -282,10 +312,12 @@ def frame_rows(path: Path) -> int:
 
 @dataclass
 class Pruner:
-    """Deletes finished files older than the newest ``keep``, counting their frame rows."""
+    """Deletes finished files older than the newest ``keep``, counting their frame rows;
+    ``on_delete`` (if given) sees each file just before it is deleted."""
 
     out_dir: Path
     keep: int
+    on_delete: Callable[[Path], None] | None = None
     deleted_files: int = 0
     deleted_bytes: int = 0
     deleted_rows: int = 0
@@ -304,6 +336,8 @@ class Pruner:
         for p in files[: max(0, len(files) - self.keep)]:
             size = p.stat().st_size
             self.deleted_rows += frame_rows(p)
+            if self.on_delete is not None:
+                self.on_delete(p)
             p.unlink()
             self.deleted_files += 1
             self.deleted_bytes += size
