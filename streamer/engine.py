@@ -126,6 +126,12 @@ class BufferPool:
     def available(self) -> int:
         return self._free.qsize()
 
+    def touch(self) -> None:
+        """Write every buffer once, so their pages are resident from the start: memory is
+        at its steady level at start-up, not after the first full batch."""
+        for b in self._buffers:
+            b.fill(0.0)
+
 
 class Engine:
     """Runs a bundle's ONNX graph on batches of raw frames."""
@@ -327,6 +333,12 @@ class Engine:
         binding.clear_binding_inputs()
         binding.clear_binding_outputs()
         return dict(zip(self.output_names, outs, strict=True))
+
+    def warm_up(self) -> None:
+        """One inference at ``max_batch``: onnxruntime's memory arena grows to the largest
+        batch and keeps it, so it does so now rather than at the first burst of the run."""
+        h, w = self.bundle.frame_shape
+        self.infer(np.zeros((self.max_batch, h, w), np.float32))
 
     def self_test(self) -> dict[str, np.ndarray]:
         """A test inference on zeros: shapes and finiteness of every output are checked;

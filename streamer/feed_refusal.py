@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from streamer.metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+LOG_EVERY_S = 10.0  # at most one refused/accepted log line this often
 
 AFTER_MESSAGES = 8  # refused messages in a row (none accepted) before the feed is refused
 MAX_IGNORED_SOURCES = 32  # distinct ignored sources named (metric label cardinality)
@@ -90,6 +93,8 @@ class RefusalWatch:
         self._lock = threading.Lock()
         self._in_a_row = 0
         self._accepted = 0
+        self._logged_at = -LOG_EVERY_S  # monotonic time of the last log line
+        self._unlogged = 0
         self._last: tuple[str, str] | None = None
         self._active: Refusal | None = None
         self._ever: Refusal | None = None
@@ -120,7 +125,7 @@ class RefusalWatch:
             self.warnings.append(self._active.message)
         self.metrics.feed_refused.set(1)
         if old is None or old.reason != reason:
-            log.error("%s", self._active.message)
+            self._log(logging.ERROR, self._active.message)
 
     def accepted(self) -> None:
         """A message gave frames: the feed is fine (again)."""
@@ -139,7 +144,20 @@ class RefusalWatch:
                     self.warnings.append(note)
         if old is not None:
             self.metrics.feed_refused.set(0)
-            log.warning("frames accepted again after %d refused messages", old.messages)
+            self._log(
+                logging.WARNING, f"frames accepted again after {old.messages} refused messages"
+            )
+
+    def _log(self, level: int, text: str) -> None:
+        """At most one line per LOG_EVERY_S: a feed that mixes garbage with good messages
+        flips between refused and accepted at every message."""
+        now = time.monotonic()
+        if now - self._logged_at < LOG_EVERY_S:
+            self._unlogged += 1
+            return
+        more = f" ({self._unlogged} similar line(s) left out)" if self._unlogged else ""
+        self._logged_at, self._unlogged = now, 0
+        log.log(level, "%s%s", text, more)
 
     def ignored(self, sources: tuple[str, ...], used: str, key: str) -> None:
         """Sources of a message that carry ``key`` but are not the one read (``used``)."""

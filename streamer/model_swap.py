@@ -84,6 +84,7 @@ def validate_engine(
         )
     engine = Engine(bundle, config)
     engine.self_test()
+    engine.warm_up()  # its memory at the steady level before it takes the stream
     return engine
 
 

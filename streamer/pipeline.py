@@ -152,6 +152,8 @@ class Pipeline:
             watch_s=config.pipeline.model_watch_s,
         )
         self.pool = engine.create_pool()
+        self.pool.touch()  # memory at its steady level from the start (flat RSS in a soak)
+        engine.warm_up()
         self.batcher = Batcher(
             self.pool,
             engine.max_batch,
@@ -307,7 +309,12 @@ class Pipeline:
 
     def alerts(self) -> list[str]:
         """What is wrong right now (a banner on the live page; gone when it is over)."""
-        out = [self.silence.reason(), self.output.alert()]
+        refusal = self.refusal.active
+        out = [
+            refusal.message if refusal is not None else None,
+            self.silence.reason(),
+            self.output.alert(),
+        ]
         return [a for a in out if a is not None]
 
     def run(self) -> RunSummary:
@@ -692,11 +699,17 @@ class Pipeline:
                 log.error("run index: %s", exc)
                 self._errors.append(f"index: {exc}")
         self._index_labels_dir()
-        if self.output.pauses:
+        lost = s.accounting["kept_not_written"] + s.accounting["labels_unrecorded"]
+        if self.output.pauses and lost:  # a pause that cost nothing is only a warning
             self._errors.append(
                 f"output paused {self.output.pauses} time(s) (last: {self.output.last_reason}): "
                 f"{s.accounting['kept_not_written']} kept frame(s) not written, "
                 f"{s.accounting['labels_unrecorded']} label row(s) not recorded"
+            )
+        elif self.output.pauses:
+            self._warnings.append(
+                f"output paused {self.output.pauses} time(s) (last: {self.output.last_reason}); "
+                "nothing was lost"
             )
         refused = self.refusal.end_error()
         if refused is not None:

@@ -89,7 +89,9 @@ def frame_accounting(metrics: Metrics, output: OutputGuard, end: EndOfRun | None
     if end is not None and end.frames > 0:  # 0: the producer did not count
         out["producer_frames"] = end.frames
         # a restarted producer counts only what it sent itself: more may have arrived
-        out["never_seen"] = max(0, end.frames - out["received"])
+        # at least what the count says, or the train gaps: a restarted producer's count
+        # covers only what it sent itself
+        out["never_seen"] = max(end.frames - out["received"], out["missed_estimate"], 0)
         out["beyond_producer_count"] = max(0, out["received"] - end.frames)
         level = logging.WARNING if out["never_seen"] else logging.INFO
         log.log(
