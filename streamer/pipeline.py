@@ -38,6 +38,7 @@ from streamer.engine import Engine
 from streamer.feed import FeedClient
 from streamer.feed_refusal import RefusalWatch
 from streamer.feed_silence import FeedSilence
+from streamer.heap import trim_heap
 from streamer.live_view import LiveView
 from streamer.metrics import Metrics
 from streamer.model_swap import ModelSwapper
@@ -56,6 +57,7 @@ log = logging.getLogger(__name__)
 
 _STOP = object()  # queue sentinel
 UNITS_CHECK_FRAMES = 32  # frames of a batch looked at for the photon-unit check
+HEAP_TRIM_S = 30.0  # return freed heap memory to the OS this often (streamer.heap)
 UNITS_CHECK_TRIES = 50  # batches tried until one has enough lit pixels to tell
 
 
@@ -569,8 +571,12 @@ class Pipeline:
         see every batch either way."""
         m, out = self.metrics, self.output
         files_before = 0
+        trimmed = time.monotonic()
         while True:
             self._observe_free_disk()
+            if time.monotonic() - trimmed >= HEAP_TRIM_S:  # RSS flat over a shift
+                trim_heap()
+                trimmed = time.monotonic()
             try:
                 item = self._write_q.get(timeout=self.config.output.flush_every_s)
             except queue.Empty:
