@@ -4,7 +4,8 @@ By default each with its own small options (a few minutes in all on 2 CPU cores;
 ``models/fast`` where a bundle is needed): the simulator, the CXI writer, the bridge
 protocol, the inference engine, the template bank, the message fuzzer, replay → streamer
 end to end, SIGKILLs of the streamer (what a kill loses, the recovery of its files),
-scale-out over workers, bundle quality on simulated runs, the exported graphs' speed and
+scale-out over workers, ``streamer classify`` of archived runs on a local Dask cluster against
+the engine alone, bundle quality on simulated runs, the exported graphs' speed and
 fine-tuning to a new run. These are smoke-sized: compare their numbers within one
 run only. ``--full`` runs every benchmark with its own default settings instead (the
 numbers the README quotes) plus the 30-minute soak (``soak.py``); that takes hours. The GPU
@@ -50,7 +51,7 @@ class Bench:
         return [sys.executable, str(BENCH / self.script), *args]
 
 
-QUICK = (
+QUICK: tuple[Bench, ...] = (
     Bench("simulate", "bench_simulate.py", "--frames 100 --json {out}/simulate.json"),
     Bench("writer", "bench_writer.py", "--frames 500 --json {out}/writer.json"),
     Bench("protocol", "bench_protocol.py", "--frames 512 --repeats 1"),
@@ -80,6 +81,12 @@ QUICK = (
         "--workers 1,2 --frames 1000 --model models/fast --synthetic --out {tmp} "
         "--json {out}/scaleout.json",
     ),
+    Bench(
+        "classify",
+        "bench_classify.py",
+        "--model models/fast --runs 2 --frames 500 --overhead-runs 20 --overhead-frames 200 "
+        "--repeats 1 --data {tmp} --json {out}/classify.json",
+    ),
     Bench("detectors", "bench_detectors.py", "--trains 2 --json {out}/detectors.json"),
     Bench("quality", "bench_quality.py", "models/fast --frames 100"),
     Bench("model", "bench_model.py", "--batch 32 --seconds 0.5 --repeats 1"),
@@ -91,7 +98,7 @@ QUICK = (
 )
 
 HOUR = 3600.0
-FULL = (
+FULL: tuple[Bench, ...] = (
     Bench("simulate", "bench_simulate.py", "--json {out}/simulate.json", HOUR),
     Bench("writer", "bench_writer.py", "--json {out}/writer.json", HOUR),
     Bench("protocol", "bench_protocol.py", "", HOUR),
@@ -111,6 +118,7 @@ FULL = (
         "--model models/fast --out {tmp} --json {out}/scaleout.json",
         2 * HOUR,
     ),
+    Bench("classify", "bench_classify.py", "--data {tmp} --json {out}/classify.json", HOUR),
     Bench("detectors", "bench_detectors.py", "--trains 8 --json {out}/detectors.json", HOUR),
     Bench("quality", "bench_quality.py", "models/default models/fast", 2 * HOUR),
     Bench("model", "bench_model.py", "", HOUR),
@@ -176,7 +184,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{time.perf_counter() - t0:.0f} s; results in {out}")  # fmt: skip
     print(f"{'benchmark':<10} {'status':<22} {'seconds':>8}  results")
     for r in rows:
-        files = ", ".join([str(r["stdout"]), *r["results"]])  # type: ignore[list-item]
+        results = r["results"]
+        assert isinstance(results, list)
+        files = ", ".join([str(r["stdout"]), *results])
         print(f"{r['name']:<10} {r['status']:<22} {r['seconds']:>8.0f}  {files}")
     return 0 if all(r["status"] == "ok" for r in rows) else 1
 
