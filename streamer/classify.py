@@ -22,11 +22,12 @@ are compared with the new ones in the report (:mod:`streamer.classify_report`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,9 @@ from streamer.worker_lock import WorkerLock
 
 log = logging.getLogger(__name__)
 
-BACKGROUND_SAMPLE = 4000  # frames of a run behind its background estimate
+BACKGROUND_SAMPLE = 4000  # frames of a run behind its background estimate (at most)
+BACKGROUND_SHARE = 0.25  # ... and at most this share of the run (at least MIN_SAMPLE frames)
+BACKGROUND_MIN_SAMPLE = 200  # the streamer's warm-up
 BACKGROUND_MODES = ("run", "none", "recorded:INDEX")
 
 
@@ -149,7 +152,7 @@ def run_background(
     blocks = []
     if euxfel is not None:
         n_trains, per_train = describe_run(Path(source), euxfel)
-        k = max(1, min(n_trains, BACKGROUND_SAMPLE // max(1, per_train)))
+        k = max(1, min(n_trains, _sample_size(n_trains * per_train) // max(1, per_train)))
         for i in np.unique(np.linspace(0, n_trains - 1, k).round().astype(int)).tolist():
             for raw, _t, _p in TrainReader(Path(source), euxfel, i, i + 1):
                 blocks.append(dmap(raw) if dmap is not None else raw)
@@ -157,11 +160,16 @@ def run_background(
     f, dset = open_frame_dataset(source, dataset, modules=detector is not None)
     with f:
         n = int(dset.shape[0])
-        index = np.unique(np.linspace(0, n - 1, min(n, BACKGROUND_SAMPLE)).round().astype(int))
+        index = np.unique(np.linspace(0, n - 1, _sample_size(n)).round().astype(int))
         for a in range(0, len(index), 256):
             raw = np.asarray(dset[index[a : a + 256].tolist()])
             blocks.append(dmap(raw) if dmap is not None else raw.astype(np.float32))
     return estimate_run_background(blocks, valid)
+
+
+def _sample_size(n: int) -> int:
+    """Frames behind a run's background estimate: a quarter of a short run, at most 4,000."""
+    return min(n, BACKGROUND_SAMPLE, max(BACKGROUND_MIN_SAMPLE, round(BACKGROUND_SHARE * n)))
 
 
 def recorded_background(index: Path) -> RecordedBackground:
@@ -243,7 +251,11 @@ def classify_runs(
     it failed). ``on_start`` gets the Dask dashboard link."""
     from dask.distributed import Client, LocalCluster
 
-    cfg = config
+    # absolute paths: workers elsewhere (a scheduler's) do not share this working directory
+    cfg = replace(config, out=Path(config.out).resolve(), model=Path(config.model).resolve())
+    if cfg.compare is not None:
+        cfg = replace(cfg, compare=Path(cfg.compare).resolve())
+    inputs = [Path(p).resolve() for p in inputs]
     cfg.out.mkdir(parents=True, exist_ok=True)
     bundle = load_bundle(cfg.model)
     jobs = prepare(inputs, cfg, bundle.label)
@@ -251,19 +263,19 @@ def classify_runs(
     try:
         for job in jobs:
             _reconcile(job, cfg)
-        cluster = None
-        if cfg.scheduler is None:
-            n = cfg.workers or max(1, (os.cpu_count() or 1) // cfg.threads_per_worker)
-            cluster = LocalCluster(
-                n_workers=n, threads_per_worker=cfg.threads_per_worker, processes=True,
-                host="127.0.0.1", dashboard_address="127.0.0.1:0",
-            )  # fmt: skip
-        with Client(cluster if cluster is not None else cfg.scheduler) as client:
+        with contextlib.ExitStack() as stack:
+            cluster = None
+            if cfg.scheduler is None:
+                cores = len(os.sched_getaffinity(0))  # this job's cores (SLURM, a container)
+                n = cfg.workers or max(1, cores // cfg.threads_per_worker)
+                cluster = stack.enter_context(LocalCluster(
+                    n_workers=n, threads_per_worker=cfg.threads_per_worker, processes=True,
+                    host="127.0.0.1", dashboard_address="127.0.0.1:0",
+                ))  # fmt: skip
+            client = stack.enter_context(Client(cluster if cluster is not None else cfg.scheduler))
             if on_start is not None:
                 on_start(str(client.dashboard_link))
             _run_on(client, jobs, cfg, bundle)
-        if cluster is not None:
-            cluster.close()
     finally:
         for lock in locks:
             lock.release()

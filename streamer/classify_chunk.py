@@ -93,17 +93,23 @@ class ChunkResult:
     worker: str = ""
 
 
-_ENGINES: dict[tuple[str, str, int], Engine] = {}
+_ENGINES: dict[tuple[Any, ...], Engine] = {}
 _ENGINES_LOCK = threading.Lock()
 
 
 def engine_for(model: str, provider: str, max_batch: int, photon_unit: float) -> Engine:
-    """This worker's engine for ``model`` (loaded, checked and self-tested once)."""
-    key = (str(Path(model).resolve()), provider, max_batch)
+    """This worker's engine for ``model`` (loaded, checked and self-tested once per bundle
+    version and settings). One onnxruntime thread per task: Dask runs as many tasks at once
+    as the worker has threads, so the cores are shared out by tasks, not inside one."""
+    path = Path(model).resolve()
+    manifest = path / "manifest.json"
+    key = (str(path), manifest.stat().st_mtime_ns if manifest.exists() else 0, provider,
+           max_batch, photon_unit)  # fmt: skip
     with _ENGINES_LOCK:
         engine = _ENGINES.get(key)
         if engine is None:
-            cfg = EngineConfig(provider=provider, max_batch=max_batch, photon_unit=photon_unit)
+            cfg = EngineConfig(provider=provider, max_batch=max_batch, photon_unit=photon_unit,
+                               intra_op_threads=1)  # fmt: skip
             engine = Engine(load_bundle(model), cfg)
             engine.self_test()
             _ENGINES[key] = engine
@@ -150,7 +156,7 @@ def classify_chunk(
         spec.chunk_id, model=bundle.label, per_class=dict.fromkeys(bundle.classes, 0)
     )
     counts = np.zeros(len(bundle.classes), np.int64)
-    reader = _reader(spec, detector is not None)
+    source = _reader(spec, detector is not None)
     with RollingWriter(
         wcfg, classes=bundle.classes, frame_shape=bundle.frame_shape, geometry=bundle.geometry,
         attrs={"model": bundle.label, "provider": engine.provider,
@@ -158,13 +164,14 @@ def classify_chunk(
                "source_range": [spec.start, spec.stop],
                "source_range_unit": "trains" if spec.euxfel is not None else "frames"},
     ) as writer:  # fmt: skip
-        for raw, train, pulse in reader:
+        for raw, train, pulse in _prefetched(source):
             if detector is not None:  # NaN pixels of corrected data: masked by the map
                 frames = detector(raw)
                 good = np.ones(len(frames), bool)
             else:
                 frames = np.ascontiguousarray(raw, dtype=np.float32)
-                good = np.isfinite(frames.reshape(len(frames), -1)).all(axis=1)
+                # one sum per frame carries any NaN/Inf (as the live decoder checks)
+                good = np.isfinite(np.einsum("ij->i", frames.reshape(len(frames), -1)))
             result.frames += len(frames)
             result.rejected += int(np.count_nonzero(~good))
             if not good.all():
@@ -177,13 +184,29 @@ def classify_chunk(
                 result.classified += len(res)
                 result.kept += int(res.keep.sum())
     files = list(writer.files_closed)  # all finished, the last one on leaving the block
-    if isinstance(reader, TrainReader):  # trains or frames the live decoder would refuse
-        result.rejected += reader.frames_refused
-        result.trains_refused = reader.trains_refused
+    if isinstance(source, TrainReader):  # trains or frames the live decoder would refuse
+        result.rejected += source.frames_refused
+        result.trains_refused = source.trains_refused
     result.per_class = {c: int(n) for c, n in zip(bundle.classes, counts, strict=True)}
     result.files = [{"name": p.name, "size": p.stat().st_size} for p in files]
     result.seconds = time.monotonic() - t0
     return result
+
+
+def _prefetched(blocks: Iterable[Any]) -> Iterator[Any]:
+    """The blocks of ``blocks``, the next one read in a thread while this one is classified
+    (h5py and onnxruntime release the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    it = iter(blocks)
+    with ThreadPoolExecutor(1, thread_name_prefix="read") as pool:
+        nxt = pool.submit(next, it, None)
+        while True:
+            block = nxt.result()
+            if block is None:
+                return
+            nxt = pool.submit(next, it, None)
+            yield block
 
 
 class _FileReader:
