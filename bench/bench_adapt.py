@@ -64,11 +64,17 @@ def main(argv: list[str] | None = None) -> int:
         "`trainer resample` do)",
     )
     ap.add_argument("--json", type=Path)
+    ap.add_argument(
+        "--modes", default="labels,+batchnorm",
+        help="fine-tunings compared on the same run: labels (alone, the baseline), "
+        "+batchnorm (trainer finetune's default), +pseudo, +unlabelled (both)",
+    )  # fmt: skip
     args = ap.parse_args(argv)
 
     from hitstream.labels import LabelTable, write_labels
     from hitstream.simulate import SIM_CLASSES, simulate_parallel
     from trainer.model.finetune import finetune_bundle
+    from trainer.model.unlabelled import UnlabelledConfig
 
     cfg = ADAPT_SETTINGS[args.setting]()
     x, y = simulate_parallel(args.frames, args.seed, cfg, desc="new run")
@@ -91,34 +97,45 @@ def main(argv: list[str] | None = None) -> int:
             ),
         )
         before = score_bundle(args.model, x[rest], y[rest])
-        t0 = time.perf_counter()
-        finetune_bundle(
-            args.model,
-            [(run, "data")],
-            labels,
-            Path(tmp) / "adapted",
-            epochs=args.epochs,
-            learning_rate=args.learning_rate,
-            holdout_fraction=0.2,
-        )
-        seconds = time.perf_counter() - t0
-        manifest = json.loads((Path(tmp) / "adapted" / "manifest.json").read_text())
-        args.epochs = manifest["training"]["config"]["epochs"]
-        after = score_bundle(Path(tmp) / "adapted", x[rest], y[rest])
+        rows: dict[str, dict] = {"before": before}
+        seconds: dict[str, float] = {}
+        # the labels alone (the baseline, same run), then with the run's unlabelled frames
+        modes = {
+            "labels": UnlabelledConfig(frames=0),
+            "+batchnorm": UnlabelledConfig(pseudo_labels=False),
+            "+pseudo": UnlabelledConfig(adapt_batch_norm=False),
+            "+unlabelled": UnlabelledConfig(pseudo_labels=True),
+        }
+        for name in args.modes.split(","):
+            unl = modes[name]
+            t0 = time.perf_counter()
+            finetune_bundle(
+                args.model,
+                [(run, "data")],
+                labels,
+                Path(tmp) / name,
+                epochs=args.epochs,
+                learning_rate=args.learning_rate,
+                holdout_fraction=0.2,
+                unlabelled=unl,
+            )
+            seconds[name] = time.perf_counter() - t0
+            rows[name] = score_bundle(Path(tmp) / name, x[rest], y[rest])
     print(
         f"\n{args.model}: {args.labelled} labelled frames of a new run ({args.setting} setting), "
-        f"scored on the other "
-        f"{len(rest)} (fine-tuning {seconds:.0f} s, {args.epochs} epochs)"
+        f"scored on the other {len(rest)}; fine-tuning "
+        + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items())
     )
-    print(f"{'':<8} {'accuracy':>9} {'single P':>9} {'single R':>9}")
-    for name, m in (("before", before), ("after", after)):
+    print(f"{'':<12} {'accuracy':>9} {'single P':>9} {'single R':>9}")
+    for name, m in rows.items():
         print(
-            f"{name:<8} {m['accuracy']:>9.4f} {m['single_precision']:>9.4f} "
+            f"{name:<12} {m['accuracy']:>9.4f} {m['single_precision']:>9.4f} "
             f"{m['single_recall']:>9.4f}   by photons: "
             + ", ".join(f"{k} {v:.3f}" for k, v in m["accuracy_by_photons"].items())
         )
+    after = rows[args.modes.split(",")[-1]]
     if args.json:
-        result = {"before": before, "after": after, "seconds": seconds, **vars(args)}
+        result = {**rows, "after": after, "seconds": seconds, **vars(args)}
         args.json.write_text(json.dumps(result, indent=2, default=str) + "\n")
     return 0
 

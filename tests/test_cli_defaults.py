@@ -46,6 +46,7 @@ def _library(command: str) -> dict[str, tuple[Any, str]]:
     from trainer.model.evaluate import evaluate_bundle
     from trainer.model.finetune import finetune_bundle
     from trainer.model.train_bundle import TrainOptions
+    from trainer.model.unlabelled import UnlabelledConfig
     from trainer.templates.features import PolarConfig
     from trainer.templates.from_run import build_bank_from_run
     from trainer.templates.rank import rank_to_files
@@ -80,14 +81,18 @@ def _library(command: str) -> dict[str, tuple[Any, str]]:
         "build-default": same(build_default, "out", "workers", "architecture"),
         "export": {},
         "evaluate": same(evaluate_bundle, "photon_unit", "positive", "bins", "batch", "threads"),
-        "finetune": same(
-            finetune_bundle,
-            "photon_unit",
-            "learning_rate",
-            "batch_size",
-            "holdout_fraction",
-            "seed",
-        ),
+        "finetune": {
+            **same(
+                finetune_bundle,
+                "photon_unit",
+                "learning_rate",
+                "batch_size",
+                "holdout_fraction",
+                "seed",
+            ),
+            "unlabelled": (UnlabelledConfig, "frames"),
+            "pseudo_threshold": (UnlabelledConfig, "threshold"),
+        },
         "label": {
             **same(open_session, "photon_unit", "classes", "page_size", "crop"),
             **same(LabelServer, "host", "port"),

@@ -61,3 +61,41 @@ def test_auto_epochs_give_few_labels_many_passes_and_many_labels_few() -> None:
     assert auto_epochs(500) == 6
     assert auto_epochs(10_000) == AUTO_EPOCHS[0]
     assert auto_epochs(0) == AUTO_EPOCHS[1]
+
+
+def test_finetune_uses_the_runs_unlabelled_frames(tmp_path: Path) -> None:
+    """30 of 120 frames labelled: the other 90 re-estimate the batch-norm statistics and
+    give pseudo-labels for a second round; finetune.json says what they did."""
+    import keras
+
+    from hitstream.labels import read_labels, write_labels
+    from trainer.model.finetune import finetune_bundle
+    from trainer.model.unlabelled import UnlabelledConfig
+
+    run = simulate_run(120, seed=617)
+    path = write_run(tmp_path / "new.h5", run)
+    table = read_labels(tmp_path / "new.labels.csv")
+    keep = np.arange(0, 120, 4)
+    from hitstream.labels import LabelTable
+
+    labels = tmp_path / "some.csv"
+    write_labels(labels, LabelTable(run=table.run[keep], index=table.index[keep],
+                                    label=table.label[keep]))  # fmt: skip
+    out = tmp_path / "tuned"
+    finetune_bundle(
+        DEFAULT, [(path, "data")], labels, out, epochs=1, batch_size=8,
+        holdout_fraction=0.25, progress=False,
+        unlabelled=UnlabelledConfig(frames=90, threshold=0.5, per_class=10, pseudo_labels=True),
+    )  # fmt: skip
+    summary = load_bundle(out).manifest["training"]
+    used = summary["unlabelled"]
+    assert used["frames"] == 90 and used["batch_norm_layers_adapted"] > 0
+    pseudo = used["pseudo_labelled"]
+    assert 0 < sum(pseudo.values()) <= 10 * len(pseudo)
+    # the statistics moved towards the new run (the weights' share is one epoch of training)
+    src = keras.models.load_model(DEFAULT / "model.keras", compile=False)
+    new = keras.models.load_model(out / "model.keras", compile=False)
+    bn = next(lay.name for lay in src.layers if isinstance(lay, keras.layers.BatchNormalization))
+    a = np.asarray(src.get_layer(bn).moving_mean)
+    b = np.asarray(new.get_layer(bn).moving_mean)
+    assert not np.allclose(a, b)

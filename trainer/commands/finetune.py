@@ -11,6 +11,7 @@ from pathlib import Path
 from hitstream.cli import add_option
 from trainer.commands.args import add_labelled_runs
 from trainer.model.finetune import AUTO_EPOCHS, AUTO_FRAME_VISITS
+from trainer.model.unlabelled import UnlabelledConfig
 
 HELP = "fine-tune a bundle's CNN on new labelled frames; before/after metrics on a holdout"
 
@@ -32,6 +33,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_option(p, finetune_bundle, "holdout_fraction", "held-out share per class")
     add_option(p, finetune_bundle, "seed", "split and training seed")
     p.add_argument("--no-augment", action="store_true", help="no training augmentation")
+    u = p.add_argument_group("the runs' unlabelled frames (trainer.model.unlabelled)")
+    add_option(u, UnlabelledConfig, "frames", "unlabelled frames used (0: none)",
+               flag="--unlabelled")  # fmt: skip
+    add_option(u, UnlabelledConfig, "threshold", "pseudo-label frames this sure",
+               flag="--pseudo-threshold")  # fmt: skip
+    u.add_argument("--no-adapt-batch-norm", action="store_true",
+                   help="keep the training runs' batch-norm statistics")  # fmt: skip
+    u.add_argument("--pseudo-labels", action="store_true",
+                   help="a self-training round on confident pseudo-labels (off: it cost accuracy "
+                   "where measured)")  # fmt: skip
     p.add_argument("--force", action="store_true", help="replace an existing bundle")
 
 
@@ -52,6 +63,12 @@ def run(args: argparse.Namespace) -> int:
         augment=not args.no_augment,
         force=args.force,
         photon_unit=args.photon_unit,
+        unlabelled=UnlabelledConfig(
+            frames=args.unlabelled,
+            threshold=args.pseudo_threshold,
+            adapt_batch_norm=not args.no_adapt_batch_norm,
+            pseudo_labels=args.pseudo_labels,
+        ),
     )
     print("\n".join(summary_lines(report, args.out)), flush=True)
     return 0

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,14 @@ import numpy as np
 
 from hitstream.errors import BundleError, ConfigError
 from trainer.data.backgrounds import RunBackgrounds
+from trainer.model.unlabelled import (
+    Unlabelled,
+    UnlabelledConfig,
+    adapt_batch_norm,
+    network_images,
+    pseudo_labels,
+    unlabelled_frames,
+)
 
 FINETUNE_FILE = "finetune.json"
 # Epochs when none are given: a few hundred labels need many passes, thousands need few
@@ -46,6 +54,7 @@ class _Tuned:
     weights: np.ndarray  # class weights
     loss: list[float]
     seconds: float
+    unlabelled: dict[str, Any]  # what the run's unlabelled frames did
 
 
 def finetune_bundle(
@@ -64,6 +73,7 @@ def finetune_bundle(
     force: bool = False,
     progress: bool = True,
     photon_unit: float = 1.0,
+    unlabelled: UnlabelledConfig = UnlabelledConfig(),
 ) -> dict[str, Any]:
     """Fine-tune, export and measure (module docstring); returns ``finetune.json``'s content."""
     from hitstream.bundle import load_bundle
@@ -97,17 +107,25 @@ def finetune_bundle(
     before_out = run_graph(src.model_path, x_hold, src.input_name, progress=progress,
                            backgrounds=bg_hold)  # fmt: skip
     before = evaluate_outputs(before_out, y_hold, classes, src.thresholds)
+    pool = None
+    if unlabelled.frames > 0 and (unlabelled.adapt_batch_norm or unlabelled.pseudo_labels):
+        pool = unlabelled_frames(
+            data, unlabelled.frames, photon_unit=photon_unit,
+            with_background=src.background_input is not None, seed=seed,
+        )  # fmt: skip
     tuned = _train(
         src,
         data.frames[train_idx],
         data.y[train_idx],
         backgrounds=bgs.take(train_idx) if bgs is not None else None,
-        epochs=epochs or auto_epochs(len(train_idx)),
+        epochs=epochs,
         learning_rate=learning_rate,
         batch_size=batch_size,
         seed=seed,
         augment=augment,
         progress=progress,
+        pool=pool,
+        unlabelled=unlabelled,
     )
     summary = {
         "command": "trainer finetune",
@@ -124,6 +142,7 @@ def finetune_bundle(
             "schedule": "constant",
         },
         "class_weights": {c: float(w) for c, w in zip(classes, tuned.weights, strict=True)},
+        "unlabelled": tuned.unlabelled,
         "loss": tuned.loss,
         "seconds": round(tuned.seconds, 1),
         "thresholds": "carried over from the source bundle",
@@ -173,9 +192,13 @@ def _train(
     augment: bool,
     progress: bool,
     backgrounds: RunBackgrounds | None = None,
+    pool: Unlabelled | None = None,
+    unlabelled: UnlabelledConfig = UnlabelledConfig(),
 ) -> _Tuned:
     """Train the source bundle's Keras model further at a constant learning rate (with the
-    frames' run backgrounds when the model takes them)."""
+    frames' run backgrounds when the model takes them). With a ``pool`` of the run's
+    unlabelled frames: batch norm re-estimated on them first, then a second round with the
+    confident pseudo-labels (:mod:`trainer.model.unlabelled`)."""
     import keras
 
     from hitstream.bundle import KERAS_FILE
@@ -185,33 +208,67 @@ def _train(
     t0 = time.perf_counter()
     keras.utils.set_random_seed(seed)
     net = keras.models.load_model(src.path / KERAS_FILE, compile=False)
+    n_epochs = epochs or auto_epochs(len(labels))
     cfg = TrainConfig(
         background=model_layout(net, src.geometry).background,
         architecture=net.name,
-        epochs=epochs,
+        epochs=n_epochs,
         batch_size=batch_size,
         learning_rate=learning_rate,
         seed=seed,
         augment=augment,
         geometry=src.geometry,
     )
+    used: dict[str, Any] = {"frames": 0 if pool is None else len(pool.frames), **asdict(unlabelled)}
+    images = None
+    if pool is not None and len(pool.frames):
+        images = network_images(net, pool.frames, pool.backgrounds, cfg)
+        if unlabelled.adapt_batch_norm:
+            used["batch_norm_layers_adapted"] = adapt_batch_norm(net, images)
     weights = class_weights_for(labels, len(src.classes))
-    ds = train_dataset(frames, labels, weights, cfg, backgrounds)
     net.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         weighted_metrics=[],
         metrics=["accuracy"],
     )
-    hist = net.fit(
-        ds,
-        epochs=epochs,
-        callbacks=[epoch_logger(epochs)] if progress else [],
-        shuffle=False,
-        verbose=0,
+
+    def fit(ds: Any, n: int) -> list[float]:
+        hist = net.fit(ds, epochs=n, callbacks=[epoch_logger(n)] if progress else [],
+                       shuffle=False, verbose=0)  # fmt: skip
+        return [float(v) for v in hist.history.get("loss", [])]
+
+    loss = fit(train_dataset(frames, labels, weights, cfg, backgrounds), n_epochs)
+    if images is not None and pool is not None and unlabelled.pseudo_labels:
+        rows, plabels = pseudo_labels(net, images, unlabelled)
+        used["pseudo_labelled"] = {c: int(np.sum(plabels == k)) for k, c in enumerate(src.classes)}
+        if len(rows):
+            all_frames = np.concatenate([frames, pool.frames[rows]])
+            all_labels = np.concatenate([labels, plabels]).astype(labels.dtype)
+            scale = np.concatenate([np.ones(len(labels)), np.full(len(rows), unlabelled.weight)])
+            bgs = _joined(backgrounds, pool.backgrounds, len(labels), rows, src.frame_shape)
+            n2 = epochs or auto_epochs(len(all_labels))
+            loss += fit(
+                train_dataset(all_frames, all_labels, weights, cfg, bgs, sample_scale=scale), n2
+            )
+    return _Tuned(net, cfg, weights, loss, time.perf_counter() - t0, used)
+
+
+def _joined(
+    labelled: RunBackgrounds | None,
+    pool: RunBackgrounds | None,
+    n_labelled: int,
+    rows: np.ndarray,
+    shape: tuple[int, int],
+) -> RunBackgrounds | None:
+    """The backgrounds of the labelled frames followed by those of the pool's ``rows``."""
+    if labelled is None and pool is None:
+        return None
+    a = labelled if labelled is not None else RunBackgrounds.none(n_labelled, shape)
+    b = pool.take(rows) if pool is not None else RunBackgrounds.none(len(rows), shape)
+    return RunBackgrounds(
+        np.concatenate([a.maps, b.maps]), np.concatenate([a.index, b.index + len(a.maps)])
     )
-    loss = [float(v) for v in hist.history.get("loss", [])]
-    return _Tuned(net, cfg, weights, loss, time.perf_counter() - t0)
 
 
 def _export(src: Any, net: Any, out: Path, name: str, summary: dict[str, Any], force: bool) -> Path:

@@ -144,11 +144,13 @@ def train_dataset(
     weights: np.ndarray,
     cfg: TrainConfig,
     backgrounds: RunBackgrounds | None = None,
+    sample_scale: np.ndarray | None = None,
 ) -> Any:
     """The shuffled training ``tf.data.Dataset`` of (network inputs, labels, sample weights):
-    ``weights`` per class; augmented batches unless ``cfg.augment`` is off (then the inputs are
-    preprocessed once). With ``cfg.background`` each frame comes with its run's map
-    (``backgrounds``; zero maps when none are given)."""
+    ``weights`` per class, times ``sample_scale`` per frame when given (e.g. pseudo-labels);
+    augmented batches unless ``cfg.augment`` is off (then the inputs are preprocessed once).
+    With ``cfg.background`` each frame comes with its run's map (``backgrounds``; zero maps
+    when none are given)."""
     import tensorflow as tf
 
     from trainer.model.augment import augmented_inputs
@@ -159,6 +161,8 @@ def train_dataset(
     h, w = cfg.geometry.shape
     labels = np.asarray(labels, np.int32)
     sample_w = weights[labels].astype(np.float32)
+    if sample_scale is not None:
+        sample_w = sample_w * np.asarray(sample_scale, np.float32)
     bgs = None
     if layout.background:
         bgs = backgrounds if backgrounds is not None else RunBackgrounds.none(n, (h, w))
