@@ -86,8 +86,18 @@ def test_finetune_uses_the_runs_unlabelled_frames(tmp_path: Path) -> None:
         DEFAULT, [(path, "data")], labels, out, epochs=1, batch_size=8,
         holdout_fraction=0.25, progress=False,
         unlabelled=UnlabelledConfig(frames=90, threshold=0.5, per_class=10, pseudo_labels=True),
+        target_precision=0.9,
     )  # fmt: skip
-    summary = load_bundle(out).manifest["training"]
+    manifest = load_bundle(out, verify=True).manifest
+    # the kept class's threshold chosen on the held-out labels, recorded with its intervals
+    choice = manifest["threshold_choice"]
+    assert manifest["thresholds"][choice["class"]] == choice["threshold"] >= 0.5
+    lo, hi = choice["threshold_ci95"]
+    assert lo <= hi and choice["target_precision"] == 0.9
+    if choice["precision"] is not None:
+        plo, phi = choice["precision_ci95"]
+        assert plo <= choice["precision"] <= phi
+    summary = manifest["training"]
     used = summary["unlabelled"]
     assert used["frames"] == 90 and used["batch_norm_layers_adapted"] > 0
     pseudo = used["pseudo_labelled"]
@@ -99,3 +109,22 @@ def test_finetune_uses_the_runs_unlabelled_frames(tmp_path: Path) -> None:
     a = np.asarray(src.get_layer(bn).moving_mean)
     b = np.asarray(new.get_layer(bn).moving_mean)
     assert not np.allclose(a, b)
+
+
+def test_threshold_for_a_target_precision_with_its_intervals() -> None:
+    from trainer.model.threshold_choice import threshold_for_target, wilson
+
+    lo, hi = wilson(45, 50)
+    assert 0.78 < lo < 0.79 and 0.95 < hi < 0.97  # the textbook values for 45/50
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 400)
+    score = np.clip(0.5 + 0.35 * (2 * y - 1) + rng.normal(0, 0.2, 400), 0, 1)  # class 1: high
+    p = np.stack([1 - score, score], axis=1)
+    loose = threshold_for_target(p, y, 1, 0.8)
+    strict = threshold_for_target(p, y, 1, 0.99)
+    assert strict["threshold"] > loose["threshold"]  # more precision costs a higher threshold
+    assert strict["precision"] >= 0.99 and loose["precision"] >= 0.8
+    assert strict["recall"] < loose["recall"]
+    for c in (loose, strict):
+        a, b = c["threshold_ci95"]
+        assert a <= c["threshold"] <= b

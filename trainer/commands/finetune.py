@@ -33,6 +33,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_option(p, finetune_bundle, "holdout_fraction", "held-out share per class")
     add_option(p, finetune_bundle, "seed", "split and training seed")
     p.add_argument("--no-augment", action="store_true", help="no training augmentation")
+    p.add_argument(
+        "--target-precision", type=float,
+        help="choose the kept class's threshold on the held-out labels for this precision "
+        "(reported with 95 %% intervals; default: keep the source bundle's)",
+    )  # fmt: skip
     u = p.add_argument_group("the runs' unlabelled frames (trainer.model.unlabelled)")
     add_option(u, UnlabelledConfig, "frames", "unlabelled frames used (0: none)",
                flag="--unlabelled")  # fmt: skip
@@ -63,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
         augment=not args.no_augment,
         force=args.force,
         photon_unit=args.photon_unit,
+        target_precision=args.target_precision,
         unlabelled=UnlabelledConfig(
             frames=args.unlabelled,
             threshold=args.pseudo_threshold,

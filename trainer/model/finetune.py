@@ -74,6 +74,7 @@ def finetune_bundle(
     progress: bool = True,
     photon_unit: float = 1.0,
     unlabelled: UnlabelledConfig = UnlabelledConfig(),
+    target_precision: float | None = None,
 ) -> dict[str, Any]:
     """Fine-tune, export and measure (module docstring); returns ``finetune.json``'s content."""
     from hitstream.bundle import load_bundle
@@ -87,6 +88,8 @@ def finetune_bundle(
         raise ConfigError(f"{out} already exists; pass --force to replace it")
     if (epochs is not None and epochs < 1) or learning_rate <= 0:
         raise ConfigError("--epochs must be >= 1 and --learning-rate > 0")
+    if target_precision is not None and not 0 < target_precision < 1:
+        raise ConfigError(f"--target-precision {target_precision}: must be in (0, 1)")
     src = _source_bundle(model)
     classes = list(src.classes)
     data = load_labelled(
@@ -152,7 +155,18 @@ def finetune_bundle(
     new = load_bundle(path)
     after_out = run_graph(new.model_path, x_hold, new.input_name, progress=progress,
                           backgrounds=bg_hold)  # fmt: skip
-    after = evaluate_outputs(after_out, y_hold, classes, new.thresholds)
+    thresholds = new.thresholds
+    choice = None
+    if target_precision is not None:  # the keep threshold from this run's held-out labels
+        from trainer.model.threshold_choice import threshold_for_target
+
+        kept = new.keep_classes[0]
+        choice = threshold_for_target(
+            after_out["probabilities"], y_hold, classes.index(kept), target_precision, seed=seed
+        )
+        choice["class"] = kept
+        thresholds = {**thresholds, kept: choice["threshold"]}
+    after = evaluate_outputs(after_out, y_hold, classes, thresholds)
     report = jsonable(
         {
             "source": {"name": src.name, "version": src.version},
@@ -164,9 +178,13 @@ def finetune_bundle(
             },
             "before": before,
             "after": after,
+            "threshold_choice": choice,
         }
     )
-    _add_measurements(path, new.manifest, report, classes)
+    manifest = new.manifest
+    if choice is not None:
+        manifest = {**manifest, "thresholds": thresholds, "threshold_choice": choice}
+    _add_measurements(path, manifest, report, classes)
     return report
 
 
@@ -326,6 +344,17 @@ def summary_lines(report: dict[str, Any], out: Path) -> list[str]:
         f"wrote {out} ({r['bundle']['name']}:{r['bundle']['version']}); "
         f"held-out frames: {r['holdout']['frames']}"
     ]
+    choice = r.get("threshold_choice")
+    if choice:
+        lo, hi = choice["threshold_ci95"]
+        plo, phi = choice["precision_ci95"]
+        prec = "n/a" if choice["precision"] is None else f"{choice['precision']:.3f}"
+        lines.append(
+            f"{choice['class']} threshold for precision {choice['target_precision']}: "
+            f"{choice['threshold']:.4f} (95 % interval {lo:.4f}–{hi:.4f}); on the "
+            f"{choice['frames']} held-out frames precision {prec} ({plo:.3f}–{phi:.3f}), "
+            f"{choice['kept']} kept of {choice['class_frames']}"
+        )
     for when in ("before", "after"):
         m = r[when]
         keep = "".join(
