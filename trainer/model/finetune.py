@@ -178,6 +178,7 @@ def finetune_bundle(
             },
             "before": before,
             "after": after,
+            "frames_trained": len(train_idx),
             "threshold_choice": choice,
         }
     )
@@ -366,4 +367,14 @@ def summary_lines(report: dict[str, Any], out: Path) -> list[str]:
             f"{when:>6}: accuracy {m['accuracy']:.4f}, single ROC AUC "
             f"{'n/a' if auc is None else f'{auc:.4f}'}, ECE {m['calibration']['ece']:.4f}{keep}"
         )
+    labelled = r["holdout"]["frames"] + r.get("frames_trained", 0)
+    lines.append(
+        f"label-efficiency point: {labelled} labels -> accuracy {r['after']['accuracy']:.4f} "
+        "on the held-out ones (bench/bench_adapt.py draws the whole curve)"
+    )
+    lines.append(
+        "hand it to a running streamer (the bundle must lie under its metrics.model_roots): "
+        "curl -X POST -H 'Content-Type: application/json' "
+        f'-d \'{{"path": "{Path(out).resolve()}"}}\' http://127.0.0.1:9108/model'
+    )
     return lines
