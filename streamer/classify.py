@@ -162,7 +162,8 @@ def run_background(
         n = int(dset.shape[0])
         index = np.unique(np.linspace(0, n - 1, _sample_size(n)).round().astype(int))
         for a in range(0, len(index), 256):
-            raw = np.asarray(dset[index[a : a + 256].tolist()])
+            # frame by frame: h5py's list selection is far slower than single reads
+            raw = np.stack([dset[int(i)] for i in index[a : a + 256]])
             blocks.append(dmap(raw) if dmap is not None else raw.astype(np.float32))
     return estimate_run_background(blocks, valid)
 
