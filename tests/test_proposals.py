@@ -53,3 +53,13 @@ def test_half_the_turns_go_to_random_frames_of_the_run() -> None:
     pure = propose(p, 40, explore=0)
     assert len(set(mixed.tolist())) == 40
     assert 10 <= len(set(mixed.tolist()) & set(pure.tolist())) <= 30  # about half shared
+
+
+def test_the_label_page_can_show_frames_in_proposed_order() -> None:
+    from trainer.labelling.session import ORDERS, order_frames
+
+    rng = np.random.default_rng(4)
+    p = rng.dirichlet(np.ones(4), size=50)
+    order = order_frames("proposed", 50, probabilities=p)
+    assert "proposed" in ORDERS and sorted(order.tolist()) == list(range(50))
+    np.testing.assert_array_equal(order, propose(p, 50))

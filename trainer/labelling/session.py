@@ -51,7 +51,7 @@ from trainer.data.ingest import (
 
 log = logging.getLogger(__name__)
 
-ORDERS: tuple[str, ...] = ("template", "uncertainty", "index")
+ORDERS: tuple[str, ...] = ("template", "uncertainty", "proposed", "index")
 LABEL_SUFFIXES = frozenset({".csv", ".json", *HDF5_SUFFIXES})
 DEFAULT_PAGE_SIZE = 24
 DEFAULT_CROP = 128  # pictures show the central CROP x CROP pixels (low q, where photons are)
@@ -76,7 +76,9 @@ def order_frames(
     probabilities: np.ndarray | None = None,
 ) -> np.ndarray:
     """Frame ids ``0..n-1`` in display order: ``template`` by distance ascending (unscored,
-    NaN, last), ``uncertainty`` most uncertain first, ``index`` as read; ties by id."""
+    NaN, last), ``uncertainty`` most uncertain first, ``proposed`` as
+    :func:`trainer.labelling.proposals.propose` ranks them (uncertain and random frames in
+    turn, the predicted classes in balance), ``index`` as read; ties by id."""
     ids = np.arange(n, dtype=np.int64)
     if mode == "index":
         return ids
@@ -89,6 +91,12 @@ def order_frames(
         if probabilities is None:
             raise ConfigError("ordering by uncertainty needs a model (--model)")
         return np.lexsort((ids, -uncertainty(probabilities).astype(np.float64)))
+    if mode == "proposed":
+        if probabilities is None:
+            raise ConfigError("proposing frames needs a model (--model)")
+        from trainer.labelling.proposals import propose
+
+        return propose(probabilities, n)
     raise ConfigError(f"unknown order {mode!r}; choose from {', '.join(ORDERS)}")
 
 
