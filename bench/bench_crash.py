@@ -55,6 +55,7 @@ from typing import Any
 
 import h5py
 import numpy as np
+from soak import stop  # bench/ scripts run with bench/ on the path
 
 from hitstream.simulate.replay_runs import write_tiled_run
 from streamer.config import PipelineConfig
@@ -168,16 +169,6 @@ def recover_with_index(files: Path, life: Life) -> None:
         raise RuntimeError(f"streamer index failed ({out.returncode}): {out.stderr[-2000:]}")
     m = RECOVERED.search(out.stdout)
     life.recovered_frames = int(m.group(2)) if m else None
-
-
-def stop(proc: subprocess.Popen[str] | None) -> None:
-    if proc is not None and proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 # ---------------------------------------------------------------------- checks
