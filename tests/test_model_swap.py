@@ -144,17 +144,7 @@ def test_swap_over_http_and_by_watching_the_model_path(run_file: Path, tmp_path:
         wait_for_line(replay, "ready", 60)
 
         def post(path: str | Path) -> tuple[int, dict]:
-            req = urllib.request.Request(
-                f"{base}/model",
-                data=json.dumps({"path": str(path)}).encode(),
-                method="POST",
-                headers={"Content-Type": "application/json"},
-            )
-            try:
-                with urllib.request.urlopen(req, timeout=30) as r:
-                    return r.status, json.loads(r.read())
-            except urllib.error.HTTPError as e:
-                return e.code, json.loads(e.read())
+            return post_model(base, path)
 
         code, answer = post(tmp_path / "missing")
         assert code == 409 and "does not exist" in answer["message"]
@@ -178,10 +168,12 @@ def test_swap_over_http_and_by_watching_the_model_path(run_file: Path, tmp_path:
 # -- POST /model: bundles under the model roots only ---------------------------------------
 
 
-def post_model(server: StatusServer, path: str | Path) -> tuple[int, dict]:
-    """``POST /model {"path": ...}`` over HTTP, as an operator's curl would send it."""
+def post_model(server: StatusServer | str, path: str | Path) -> tuple[int, dict]:
+    """``POST /model {"path": ...}`` over HTTP (to a server or its base URL), as an
+    operator's curl would send it."""
+    base = server if isinstance(server, str) else server.url
     req = urllib.request.Request(
-        f"{server.url}/model",
+        f"{base}/model",
         data=json.dumps({"path": str(path)}).encode(),
         method="POST",
         headers={"Content-Type": "application/json"},
