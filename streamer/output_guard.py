@@ -152,7 +152,10 @@ class OutputGuard:
         try:
             self.writer.write(result)
         except OutputError as exc:
-            self._pause(exc) if not retrying else self._backoff(exc)
+            if retrying:
+                self._backoff(exc)  # the try after a pause failed: still paused
+            else:
+                self._pause(exc)
             # rows the writer took are in a file (flushed) or counted lost with it
             self._hold(result, start=self.writer.frames_seen - before)
         else:
