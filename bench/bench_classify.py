@@ -12,7 +12,9 @@ Measures, in one run and with the same bundle:
 * **no Dask**: :func:`streamer.classify_chunk.classify_chunk` on each run in this process,
   one chunk after the other (read, map, infer, decide, write; the engine's default threads);
 * **classify_runs** (:mod:`streamer.classify`, what ``streamer classify`` runs) on
-  ``--runs`` simulated runs of ``--frames`` frames, once per ``--clusters`` entry
+  ``--runs`` simulated runs of ``--frames`` frames (or on ``--job-runs`` runs that each
+  join ``--stitch`` of them in an HDF5 virtual dataset: runs of a shift's length from a few
+  simulated files that stay in the page cache), once per ``--clusters`` entry
   (``WxT``: W worker processes of T threads, a local cluster started and closed by
   ``classify_runs`` itself, as the command does). Reported: the whole call (start-up:
   bundle, plan, cluster and client; shutdown: closing the cluster), the work phase between
@@ -33,6 +35,7 @@ Results go to ``--json`` (default ``bench/results/classify.json``); a table is p
 Numbers from a shared machine are noisy: compare rows of one run only.
 
     python bench/bench_classify.py [--model models/fast] [--runs 4 --frames 2000]
+        [--job-runs 2 --stitch 10]
         [--clusters 1x2,2x1] [--overhead-runs 200 --overhead-frames 1000] [--data DIR]
 """
 
@@ -114,6 +117,34 @@ def linked_runs(sources: list[Path], directory: Path, count: int) -> list[Path]:
             os.link(src, dst)
         except OSError:
             shutil.copy2(src, dst)
+        paths.append(dst)
+    return paths
+
+
+def stitched_runs(sources: list[Path], directory: Path, count: int, per_run: int) -> list[Path]:
+    """``count`` runs of ``per_run`` sources each (in turn), each an HDF5 virtual dataset
+    over them: runs as long as a shift's (10⁴–10⁵ frames) from a few simulated files that
+    stay in the page cache. ``per_run`` 1 and ``count`` = sources: the sources themselves."""
+    if per_run == 1 and count == len(sources):
+        return sources
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    paths = []
+    for k in range(count):
+        parts = [sources[(k * per_run + j) % len(sources)] for j in range(per_run)]
+        shapes = []
+        for part in parts:
+            with h5py.File(part, "r") as f:
+                shapes.append((f[DATASET].shape, f[DATASET].dtype))
+        n = sum(sh[0] for sh, _ in shapes)
+        layout = h5py.VirtualLayout(shape=(n, *shapes[0][0][1:]), dtype=shapes[0][1])
+        pos = 0
+        for part, (sh, _dt) in zip(parts, shapes, strict=True):
+            layout[pos : pos + sh[0]] = h5py.VirtualSource(str(part.resolve()), DATASET, shape=sh)
+            pos += sh[0]
+        dst = directory / f"long{k:02d}.h5"
+        with h5py.File(dst, "w") as f:
+            f.create_virtual_dataset(DATASET, layout)
         paths.append(dst)
     return paths
 
@@ -409,6 +440,11 @@ def main(argv: list[str] | None = None) -> int:
         default=parse_clusters("1x2,2x1"),
         help="local clusters WORKERSxTHREADS, comma-separated",
     )
+    p.add_argument("--job-runs", type=int, default=0, help="runs classified [--runs]")
+    p.add_argument(
+        "--stitch", type=int, default=1,
+        help="simulated runs joined into each classified run (a virtual dataset) [1]",
+    )  # fmt: skip
     p.add_argument("--chunk-frames", type=int, default=ClassifyConfig.chunk_frames)
     p.add_argument("--background", default="run", help="classify's --background (rates)")
     p.add_argument("--provider", default="auto")
@@ -443,7 +479,9 @@ def main(argv: list[str] | None = None) -> int:
     bundle = load_bundle(model)
     t_bench = time.perf_counter()
 
-    runs = simulated_runs(data, "run", args.runs, args.frames, args.compression, 0)
+    simulated = simulated_runs(data, "run", args.runs, args.frames, args.compression, 0)
+    job_runs = args.job_runs or args.runs
+    runs = stitched_runs(simulated, data / "stitched", job_runs, args.stitch)
     over_src: list[Path] = []
     if args.overhead_runs > 0:
         over_src = simulated_runs(
@@ -532,8 +570,10 @@ def main(argv: list[str] | None = None) -> int:
             if k not in ("json", "data")
         },
         "input": {
-            "runs": args.runs,
-            "frames": args.frames,
+            "runs": job_runs,
+            "frames": args.frames * args.stitch,
+            "simulated_runs": args.runs,
+            "simulated_frames": args.frames,
             "compression": args.compression,
             "frame_shape": list(bundle.frame_shape),
         },

@@ -321,10 +321,15 @@ def estimate_run_background(
     k = 0
     for b, bt in zip(parts, totals, strict=True):
         dim = np.asarray(b, np.float32)[(bt >= lo) & (bt <= hi)]
-        finite = np.isfinite(dim)
-        with np.errstate(invalid="ignore"):
+        with np.errstate(invalid="ignore", over="ignore"):
+            part = dim.sum(axis=0, dtype=np.float64)  # one pass when every pixel is finite
+        if np.isfinite(part).all():
+            s += part
+            w += len(dim)
+        else:  # NaN/Inf pixels (masked or dead ones of corrected data) are left out
+            finite = np.isfinite(dim)
             s += np.where(finite, dim, 0.0).sum(axis=0, dtype=np.float64)
-        w += finite.sum(axis=0)
+            w += finite.sum(axis=0)
         k += len(dim)
     est._sum, est._weight, est._frames = s, w, float(k)
     est._version = 1 if k else 0

@@ -9,10 +9,11 @@ them (``n_workers`` processes of ``threads_per_worker`` threads, on 127.0.0.1); 
 load the bundle once; on a worker with a GPU the CUDA provider is used (``provider="auto"``).
 
 Background (bundles that take one): ``"run"`` estimates each run's background from up to
-4,000 of its frames spread evenly (:func:`hitstream.background.estimate_run_background`,
-what the trainer uses) and classifies every frame with it; ``"recorded:INDEX"`` gives each
-frame the map it had in an earlier classification (a run index, e.g. the live streamer's),
-which reproduces the live labels exactly; ``"none"`` gives zeros.
+4,000 of its frames, in spans of 16 spread evenly over the run
+(:func:`hitstream.background.estimate_run_background`, what the trainer uses), and
+classifies every frame with it; ``"recorded:INDEX"`` gives each frame the map it had in an
+earlier classification (a run index, e.g. the live streamer's), which reproduces the live
+labels exactly; ``"none"`` gives zeros.
 
 Resume: chunks already done with the same model and input are skipped; ``force`` redoes
 the run. One job per run and output at a time (a lock, as the live workers take). The
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
@@ -58,6 +60,7 @@ log = logging.getLogger(__name__)
 BACKGROUND_SAMPLE = 4000  # frames of a run behind its background estimate (at most)
 BACKGROUND_SHARE = 0.25  # ... and at most this share of the run (at least MIN_SAMPLE frames)
 BACKGROUND_MIN_SAMPLE = 200  # the streamer's warm-up
+BACKGROUND_SPAN = 16  # consecutive frames read at each place of the run sampled
 BACKGROUND_MODES = ("run", "none", "recorded:INDEX")
 
 
@@ -113,6 +116,7 @@ class RunJob:
     error: str | None = None
     index: Path | None = None
     frames_per_unit: int = 1  # frames per chunk unit: 1 (files), frames per train (run dirs)
+    finished: bool = False  # its chunks ended and its results (and index) were gathered
 
 
 def run_name(path: Path) -> str:
@@ -159,18 +163,28 @@ def run_background(
         return estimate_run_background(blocks, valid)
     f, dset = open_frame_dataset(source, dataset, modules=detector is not None)
     with f:
-        n = int(dset.shape[0])
-        index = np.unique(np.linspace(0, n - 1, _sample_size(n)).round().astype(int))
-        for a in range(0, len(index), 256):
-            # frame by frame: h5py's list selection is far slower than single reads
-            raw = np.stack([dset[int(i)] for i in index[a : a + 256]])
-            blocks.append(dmap(raw) if dmap is not None else raw.astype(np.float32))
+        for a, b in sample_spans(int(dset.shape[0])):
+            raw = dset[a:b]
+            blocks.append(dmap(raw) if dmap is not None else np.asarray(raw, np.float32))
     return estimate_run_background(blocks, valid)
 
 
 def _sample_size(n: int) -> int:
     """Frames behind a run's background estimate: a quarter of a short run, at most 4,000."""
     return min(n, BACKGROUND_SAMPLE, max(BACKGROUND_MIN_SAMPLE, round(BACKGROUND_SHARE * n)))
+
+
+def sample_spans(n: int) -> list[tuple[int, int]]:
+    """The frame ranges ``[a, b)`` behind the background of an ``n``-frame run: about
+    :func:`_sample_size` frames in spans of :data:`BACKGROUND_SPAN` consecutive frames, the
+    spans spread evenly over the run (a slice reads ~1.5× faster than as many single frames,
+    and a drifting background is still followed from start to end)."""
+    k = _sample_size(n)
+    span = min(BACKGROUND_SPAN, k)
+    if k >= n:
+        return [(0, n)] if n else []
+    starts = np.unique(np.linspace(0, n - span, math.ceil(k / span)).round().astype(int))
+    return [(int(a), int(a) + span) for a in starts]
 
 
 def recorded_background(index: Path) -> RecordedBackground:
@@ -371,6 +385,9 @@ def _run_on(client: Any, jobs: list[RunJob], cfg: ClassifyConfig, bundle: Any) -
             futures[fut] = (job, c)
     bar = tqdm(total=total, initial=done_frames, unit="frame", unit_scale=True,
                disable=not cfg.progress, desc="classify", smoothing=0.1)  # fmt: skip
+    pending = {job.name: 0 for job in jobs}
+    for job, _c in futures.values():
+        pending[job.name] += 1
     with bar:
         for fut in as_completed(list(futures)):
             job, c = futures[fut]
@@ -380,13 +397,23 @@ def _run_on(client: Any, jobs: list[RunJob], cfg: ClassifyConfig, bundle: Any) -
                 job.error = job.error or f"chunk {c.chunk} ({c.start}..{c.stop}): {exc}"
                 log.error("run %s: %s", job.name, job.error)
             bar.update((c.stop - c.start) * job.frames_per_unit)
+            pending[job.name] -= 1
+            if pending[job.name] == 0:  # indexed while other runs' chunks go on
+                _finish(job, cfg)
     for job in jobs:
-        job.results = job.state.results(job.chunks)
-        if job.error is None and len(job.results) == len(job.chunks):
-            try:
-                job.index = build_run_index(cfg.out, job.name)
-            except (HitstreamError, OSError) as exc:
-                job.error = f"index: {exc}"
+        if not job.finished:
+            _finish(job, cfg)
+
+
+def _finish(job: RunJob, cfg: ClassifyConfig) -> None:
+    """A run whose chunks have all ended: its records, and its index when all are done."""
+    job.finished = True
+    job.results = job.state.results(job.chunks)
+    if job.error is None and len(job.results) == len(job.chunks):
+        try:
+            job.index = build_run_index(cfg.out, job.name)
+        except (HitstreamError, OSError) as exc:
+            job.error = f"index: {exc}"
 
 
 def _done_ranges(job: RunJob) -> list[dict[str, int]]:

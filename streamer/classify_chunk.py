@@ -40,6 +40,7 @@ from streamer.types import FrameBatch, ResultBatch
 from streamer.writer import RollingWriter, WriterConfig
 
 READ_FRAMES = 256  # frames read from the file at a time
+READ_BUFFERS = 3  # a block read stays valid while the next two are read (prefetch: one)
 
 
 @dataclass(frozen=True)
@@ -219,10 +220,21 @@ class _FileReader:
         s = self.spec
         f, dset = open_frame_dataset(s.source, s.dataset, modules=self.modules)
         with f:
-            for a in range(s.start, s.stop, READ_FRAMES):
+            # float32 frames are read into a few reused buffers: a fresh 68 MB array per
+            # block costs as much in page faults as the copy out of the page cache
+            reuse = not self.modules and dset.dtype == np.float32
+            buffers: list[np.ndarray] = []
+            for k, a in enumerate(range(s.start, s.stop, READ_FRAMES)):
                 b = min(a + READ_FRAMES, s.stop)
                 train, pulse = frame_ids(a, b, s.frames_per_train, s.first_train_id)
-                yield np.asarray(dset[a:b]), train, pulse
+                if not reuse:
+                    yield np.asarray(dset[a:b]), train, pulse
+                    continue
+                if len(buffers) < READ_BUFFERS:
+                    buffers.append(np.empty((READ_FRAMES, *dset.shape[1:]), np.float32))
+                block = buffers[k % READ_BUFFERS][: b - a]
+                dset.read_direct(block, np.s_[a:b])
+                yield block, train, pulse
 
 
 def _reader(spec: ChunkSpec, modules: bool) -> Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -238,17 +250,16 @@ def _backgrounds(
     background: BackgroundSnapshot | RecordedBackground | None,
     train: np.ndarray,
     pulse: np.ndarray,
-) -> list[tuple[np.ndarray, BackgroundSnapshot | None]]:
+) -> list[tuple[np.ndarray | slice, BackgroundSnapshot | None]]:
     """The frames of a block grouped by the background each is classified with."""
-    everything = np.ones(len(train), bool)
     if not isinstance(background, RecordedBackground):
-        return [(everything, background)]
+        return [(slice(None), background)]  # a view of the block, not a copy
     rec = background
     key = id_key(train, pulse)
     pos = np.clip(np.searchsorted(rec.key, key), 0, max(0, len(rec.key) - 1))
     found = rec.key[pos] == key if len(rec.key) else np.zeros(len(key), bool)
     which = np.where(found, rec.which[pos] if len(rec.key) else -1, -1)
-    out: list[tuple[np.ndarray, BackgroundSnapshot | None]] = []
+    out: list[tuple[np.ndarray | slice, BackgroundSnapshot | None]] = []
     for k in np.unique(which).tolist():
         snap = (
             None

@@ -137,6 +137,21 @@ def test_archived_run_estimate_matches_the_streaming_one() -> None:
     np.testing.assert_allclose(estimate_run_background(x).map, snap.map, rtol=1e-6)
 
 
+def test_archived_estimate_leaves_out_non_finite_pixels_of_some_blocks() -> None:
+    rng = np.random.default_rng(8)
+    x, _ = frames(rng, 400, hit_rate=0.0)
+    clean = estimate_run_background([x[:200], x[200:]]).map
+    y = x.copy()
+    y[200:, 7, 7] = np.nan  # dead in the second block only
+    y[250, 9, 9] = np.inf
+    snap = estimate_run_background([y[:200], y[200:]])
+    assert np.isfinite(snap.map).all()
+    far = np.ones(SHAPE, bool)
+    far[7, 7] = far[9, 9] = False
+    np.testing.assert_allclose(snap.map[far], clean[far], rtol=1e-5)
+    assert abs(snap.map[7, 7] - truth_map()[7, 7]) < 0.5  # from the first block's frames
+
+
 def test_lit_pixel_baseline_finds_bright_hits_above_the_background() -> None:
     rng = np.random.default_rng(7)
     x, hits = frames(rng, 400, hit_rate=0.2)
