@@ -424,6 +424,9 @@ def test_label_in_a_browser_then_resume(data, tmp_path, browser):  # noqa: F811
     with LabelServer(session(data, path, **args)) as server:
         _open_page(browser, server.url)
         assert len(browser.find_elements(By.CSS_SELECTOR, "#grid .card")) == 12
+        refit = browser.find_element(By.ID, "refitinfo").text
+        assert refit == "model refits: off (no refits in this session)"
+        assert not browser.find_element(By.ID, "refitbtn").is_displayed()
         first, other = _card(browser, 0), _card(browser, 5)
         browser.find_element(By.CSS_SELECTOR, ".card[data-k='0'] button[data-cls='single']").click()
         browser.find_element(By.CSS_SELECTOR, ".card[data-k='5'] img").click()  # focus

@@ -3,14 +3,19 @@
 Serves a grid of frame pictures on localhost, ordered by template distance (clean singles
 first), by the model's uncertainty or by index; a button per class under each picture,
 and keys (arrows, 1..4, 0, n/p). Every change is written to the labels file at once;
-restarting on the same file resumes where it stopped. See :mod:`trainer.labelling.session`
-(frames, order, labels) and :mod:`trainer.labelling.server` (the page and its HTTP API).
+restarting on the same file resumes where it stopped. With a ``--model`` bundle that can be
+fine-tuned, every ``--refit-every`` labels (and on the page's button) the model is refitted
+on the labels so far in the background (:mod:`trainer.labelling.refit`): new guesses, the
+unlabelled frames ordered again, and the held-out accuracy on the page. See
+:mod:`trainer.labelling.session` (frames, order, labels) and
+:mod:`trainer.labelling.server` (the page and its HTTP API).
 """
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 from hitstream.cli import add_option
@@ -21,6 +26,7 @@ HELP = "label frames by eye in a web page (thumbnails, click or keys; saved on e
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from trainer.labelling.refit import RefitConfig
     from trainer.labelling.server import LabelServer
     from trainer.labelling.session import open_session
 
@@ -47,6 +53,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     add_option(p, LabelServer, "host", "address to serve on")
     add_option(p, LabelServer, "port", "port", shown="{}: any free port")
+    p.add_argument(
+        "--refit-every", type=int, default=RefitConfig.every,
+        help="labels between refits of --model in the background (0: only on the page's "
+        "button) [%(default)s]",
+    )  # fmt: skip
+    p.add_argument("--no-refit", action="store_true", help="never refit the model")
+    p.add_argument(
+        "--refit-dir", type=Path,
+        help="where refitted bundles and their logs go [LABELS stem + .refits/, beside it]",
+    )  # fmt: skip
     p.add_argument(
         "--token-file",
         type=Path,
@@ -77,8 +93,11 @@ def run(args: argparse.Namespace) -> int:
         progress=True,
         photon_unit=args.photon_unit,
     )
+    refitter, why = _refitter(args, session)
     try:
-        server = LabelServer(session, args.host, args.port, token=token)
+        server = LabelServer(
+            session, args.host, args.port, token=token, refitter=refitter, refit_off=why
+        )
     except BaseException:
         session.close()
         raise
@@ -104,4 +123,29 @@ def run(args: argparse.Namespace) -> int:
         server.stop()
     counts = ", ".join(f"{c} {n}" for c, n in session.counts().items())
     print(f"labels in {args.labels}: {counts or 'none'}", flush=True)
+    if refitter is not None and (done := refitter.state()["history"]):
+        last = done[-1]
+        print(
+            f"last refit: {last['labels']} labels, held-out accuracy {last['before']:.3f} -> "
+            f"{last['after']:.3f}; bundle {last['bundle']} (POST /model to serve it)",
+            flush=True,
+        )
     return 0
+
+
+def _refitter(args: argparse.Namespace, session: Any) -> tuple[Any, str]:
+    """The session's refitter, or None and why there is none."""
+    from trainer.labelling.refit import RefitConfig, Refitter, refit_workdir, unavailable_reason
+
+    why = "--no-refit" if args.no_refit else unavailable_reason(args.model)
+    if why is not None:
+        return None, why
+    cfg = RefitConfig(
+        model=args.model,
+        runs=tuple(args.runs),
+        dataset=args.dataset,
+        workdir=args.refit_dir or refit_workdir(args.labels),
+        photon_unit=args.photon_unit,
+        every=args.refit_every,
+    )
+    return Refitter(session, cfg), ""

@@ -8,6 +8,8 @@ the shared HTTP base (:class:`hitstream.http_base.HttpServer`) and its security 
     GET  /frame/<token>/<id>.png the central region of a frame as PNG (``-full.png``: all of
                                  it), drawn by hitstream.render; cached by the browser a day
     POST /api/label              {"id": 7, "class": "single"} (null or "" clears) -> counts
+                                 (and the refit's state; every N labels one starts)
+    POST /api/refit              {} -> start a refit now (trainer.labelling.refit); its state
 
 The page files are read once, when the server is made. Bad requests (unknown frame or class,
 malformed JSON) are answered with 400 and change nothing. The policy is the base's: the Host
@@ -26,6 +28,7 @@ from urllib.parse import parse_qs
 from hitstream.errors import OutputError
 from hitstream.http_base import BadRequest, HttpServer, Request, Response
 from hitstream.pages import load_page
+from trainer.labelling.refit import Refitter
 from trainer.labelling.session import LabelSession
 
 log = logging.getLogger(__name__)
@@ -37,8 +40,9 @@ PNG_CACHE = "max-age=86400"  # pictures are named by the session's token: safe t
 
 class LabelServer(HttpServer):
     """Serves a :class:`LabelSession` on ``host:port`` (0: any free port) in a daemon
-    thread; ``token``: needed by POSTs when bound beyond loopback. Context manager;
-    :meth:`stop` also closes the session."""
+    thread; ``token``: needed by POSTs when bound beyond loopback; ``refitter``: refits of
+    the model while labelling (None: the page says why there are none, ``refit_off``).
+    Context manager; :meth:`stop` also closes the session and the refitter."""
 
     def __init__(
         self,
@@ -47,20 +51,33 @@ class LabelServer(HttpServer):
         port: int = 0,
         *,
         token: str | None = None,
+        refitter: Refitter | None = None,
+        refit_off: str = "no refits in this session",
     ) -> None:
         files = load_page("trainer.labelling", *PAGE_FILES)
         super().__init__(host, port, name="label-http", token=token, max_body_bytes=MAX_POST_BYTES)
         self.session = session
+        self.refitter = refitter
+        self.refit_off = refit_off
         page, css, js = (files[n] for n in PAGE_FILES)
         self.route("/", lambda _r: page.answer())
         self.route("/index.html", lambda _r: page.answer())
         self.route("/label.css", lambda _r: css.answer())
         self.route("/label.js", lambda _r: js.answer())
         self.route("/favicon.ico", lambda _r: (204, "image/x-icon", b""))
-        self.route("/api/state", lambda _r: Response.json(200, session.state()))
+        self.route("/api/state", lambda _r: Response.json(200, self.state()))
         self.route("/api/page", self._page)
         self.route("/frame/", self._frame, prefix=True)
         self.route("/api/label", self._label, methods=("POST",))
+        self.route("/api/refit", self._refit, methods=("POST",))
+
+    def refit_state(self) -> dict[str, object]:
+        if self.refitter is None:
+            return {"available": False, "why": self.refit_off}
+        return self.refitter.state()
+
+    def state(self) -> dict[str, object]:
+        return {**self.session.state(), "refit": self.refit_state()}
 
     @property
     def url(self) -> str:
@@ -100,10 +117,22 @@ class LabelServer(HttpServer):
         else:
             raise BadRequest('want {"id": N, "class": ...} or {"run", "index", "class"}')
         try:
-            return Response.json(200, self.session.set_label(frame, msg["class"]))
+            out = self.session.set_label(frame, msg["class"])
         except OutputError as exc:  # the labels file cannot be written: nothing changed
             log.error("%s", exc)
             return Response.error(500, f"not saved: {exc}")
+        if self.refitter is not None:
+            self.refitter.on_label()
+        return Response.json(
+            200, {**out, "refit": self.refit_state(), "order_version": self.session.order_version}
+        )
+
+    def _refit(self, r: Request) -> Response:
+        r.json()  # the same checks as any POST: JSON from the page
+        if self.refitter is None:
+            return Response.error(409, f"no refit: {self.refit_off}")
+        started = self.refitter.request("asked on the page")
+        return Response.json(200, {"started": started, "refit": self.refit_state()})
 
     def start(self) -> LabelServer:
         super().start()
@@ -111,6 +140,8 @@ class LabelServer(HttpServer):
 
     def stop(self) -> None:
         super().stop()
+        if self.refitter is not None:
+            self.refitter.close()
         self.session.close()
 
     def __enter__(self) -> LabelServer:

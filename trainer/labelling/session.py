@@ -191,10 +191,11 @@ def model_probabilities(
     *,
     progress: bool = True,
     backgrounds: Sequence[np.ndarray] | None = None,
+    threads: int = 0,
 ) -> np.ndarray:
     """``(N, C)`` class probabilities of every frame of ``group`` from the bundle's ONNX
-    graph (onnxruntime, CPU); a bundle that takes the run's background gets each run's
-    estimate from ``backgrounds``."""
+    graph (onnxruntime, CPU, ``threads`` threads; 0: one per core); a bundle that takes the
+    run's background gets each run's estimate from ``backgrounds``."""
     from streamer.engine import Engine, EngineConfig
 
     if bundle.frame_shape != group.frame_shape:
@@ -202,7 +203,7 @@ def model_probabilities(
             f"model {bundle.path} takes frames of {bundle.frame_shape} pixels, the runs have "
             f"{group.frame_shape}"
         )
-    engine = Engine(bundle, EngineConfig(provider="cpu"))
+    engine = Engine(bundle, EngineConfig(provider="cpu", intra_op_threads=threads))
     parts = []
     with _bar(group.n_frames, f"model {bundle.label}", progress) as bar:
         for k, src in enumerate(group):
@@ -302,8 +303,10 @@ class LabelSession:
         page_size: int = DEFAULT_PAGE_SIZE,
         crop: int = DEFAULT_CROP,
         novelty: dict[str, Any] | None = None,
+        backgrounds: Sequence[np.ndarray] | None = None,
     ) -> None:
         self.classes = check_classes(classes)
+        self.backgrounds = backgrounds  # each run's estimate, as the model was fed
         self.novelty = novelty  # how far the runs are from the model's training data
         if crop < 0:
             raise ConfigError(f"crop must be >= 0 (0: whole frames), got {crop}")
@@ -332,6 +335,7 @@ class LabelSession:
         )
         self.position = np.empty(self.n_frames, np.int64)
         self.position[self.order] = np.arange(self.n_frames)
+        self.order_version = 0  # +1 each time a refit reorders the frames
         self.page_size = page_size
         self.geometry = geometry  # the mask and the hot-pixel marks (None: neither)
         self.coarsen = coarsen
@@ -383,6 +387,16 @@ class LabelSession:
         if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < self.sizes[k]:
             raise BadRequest(f"run {run!r} has no frame {index!r}")
         return int(self.offsets[k]) + index
+
+    def n_labelled(self) -> int:
+        """Frames of these runs that carry a label."""
+        with self._lock:
+            return int(np.count_nonzero(self.labels != ""))
+
+    def labels_table(self) -> LabelTable:
+        """The labels file's table as it is now (it is replaced, never changed in place)."""
+        with self._lock:
+            return self.table
 
     def counts(self) -> dict[str, int]:
         """Labels in the file per class: the page's classes first (zeros included)."""
@@ -440,6 +454,7 @@ class LabelSession:
                 "page_size": self.page_size,
                 "first_unlabelled_page": self.first_unlabelled_page(),
                 "order": self.order_mode,
+                "order_version": self.order_version,
                 "runs": [
                     {"name": d, "frames": int(n)}
                     for d, n in zip(self.display_runs, self.sizes.tolist(), strict=True)
@@ -476,6 +491,24 @@ class LabelSession:
                 self.table = table
                 self.labels[frame] = label or ""
             return {**self.describe(frame), "counts": self.counts()}
+
+    def update_model(self, probabilities: np.ndarray, classes: Sequence[str], name: str) -> None:
+        """A refitted model's guesses for every frame. In an order by the model
+        (``uncertainty``, ``proposed``) the labelled frames keep the front, as they were,
+        and the unlabelled ones follow in the new model's order."""
+        p = np.asarray(probabilities, np.float32)
+        if p.shape != (self.n_frames, len(classes)):
+            raise ValueError(f"probabilities {p.shape}, expected ({self.n_frames}, {len(classes)})")
+        with self._lock:
+            self.probabilities, self.uncertainty = p, uncertainty(p)
+            self.model_classes, self.model_name = tuple(classes), name
+            if self.order_mode in ("uncertainty", "proposed"):
+                done = self.labels[self.order] != ""
+                fresh = order_frames(self.order_mode, self.n_frames, probabilities=p)
+                todo = fresh[self.labels[fresh] == ""]
+                self.order = np.concatenate([self.order[done], todo]).astype(np.int64)
+                self.position[self.order] = np.arange(self.n_frames)
+            self.order_version += 1
 
     # -- pictures ------------------------------------------------------------------------
 
@@ -603,6 +636,7 @@ def open_session(
             distance=distance,
             probabilities=probs,
             novelty=novelty,
+            backgrounds=bgs,
             model_classes=bundle.classes if bundle else (),
             model_name=bundle.label if bundle else "",
             geometry=geometry,

@@ -50,6 +50,78 @@ function renderCounts(counts) {
   }
 }
 
+// the model's refits while labelling (trainer.labelling.refit): state, button, polling
+let refitPoll = null;
+function renderRefit(r) {
+  const box = $("refitinfo"), btn = $("refitbtn");
+  box.textContent = "";
+  if (!r || !r.available) {
+    btn.hidden = true;
+    box.textContent = "model refits: off (" + ((r && r.why) || "none") + ")";
+    return;
+  }
+  btn.hidden = false;
+  btn.disabled = r.running;
+  const parts = [];
+  const h = r.history || [];
+  if (h.length) {
+    const last = h[h.length - 1];
+    const acc = document.createElement("span");
+    acc.className = "acc";
+    acc.textContent = last.after.toFixed(3);
+    box.append("held-out accuracy ", acc,
+      " [" + last.after_ci95[0].toFixed(2) + "–" + last.after_ci95[1].toFixed(2) + "] on " +
+      last.holdout + " labelled frames after " + last.labels + " labels (base model " +
+      last.before.toFixed(3) + "; refits so far: " +
+      h.map((e) => e.labels + "→" + e.after.toFixed(2)).join(", ") + ") · ");
+  }
+  if (r.running) parts.push("refitting (" + r.reason + ", " + r.elapsed_s + " s)…");
+  else if (r.next_at !== null) parts.push("next refit at " + r.next_at + " labels");
+  else parts.push("refits on the button only");
+  box.append(parts.join(" · "));
+  if (r.error) {
+    const e = document.createElement("span");
+    e.className = "bad";
+    e.textContent = " · " + r.error;
+    box.append(e);
+  }
+  if (r.running && !refitPoll) refitPoll = setInterval(pollRefit, 2000);
+  if (!r.running && refitPoll) { clearInterval(refitPoll); refitPoll = null; }
+}
+
+async function newOrder(version) {
+  if (version === undefined || version === S.order_version) return;
+  S.order_version = version;  // new guesses (and the unlabelled frames ordered anew)
+  try { await load(page, "unlabelled"); } catch (e) { say(e.message, true); }
+}
+
+function renderInfo() {
+  const runs = S.runs.map((r) => r.name + " (" + r.frames + ")").join(", ");
+  $("info").textContent = S.n_frames + " frames of " + runs + " · order: " + S.order +
+    (S.model ? " · model " + S.model : "") + " · saving to " + S.labels_file;
+}
+
+async function pollRefit() {
+  try {
+    const st = await api("/api/state");
+    if (st.model !== S.model) { S.model = st.model; renderInfo(); }
+    renderRefit(st.refit);
+    await newOrder(st.order_version);
+  } catch (e) { say(e.message, true); }
+}
+
+async function refitNow() {
+  try {
+    const r = await api("/api/refit", {
+      method: "POST",
+      headers: Object.assign({ "Content-Type": "application/json" },
+        TOKEN ? { Authorization: "Bearer " + TOKEN } : {}),
+      body: "{}",
+    });
+    renderRefit(r.refit);
+  } catch (e) { say("no refit: " + e.message, true); }
+}
+
 function scoreText(f) {
   const parts = [];
   if (f.distance === null) parts.push("template");
@@ -192,6 +264,8 @@ async function setLabel(k, cls) {
     if (cards0[k] && cards0[k].isConnected) updateCard(cards0[k], f);
     renderCounts(r.counts);
     say("saved: " + f.run + " #" + f.index + " " + (r.label || "cleared"));
+    renderRefit(r.refit);
+    await newOrder(r.order_version);
   } catch (e) {
     say("NOT saved: " + e.message, true);
   }
@@ -230,9 +304,7 @@ async function init() {
   } catch (e) { say("cannot load: " + e.message, true); return; }
   renderCounts(S.counts);
   $("keylist").textContent = S.classes.slice(0, 9).map((c, i) => (i + 1) + " " + c).join(", ");
-  const runs = S.runs.map((r) => r.name + " (" + r.frames + ")").join(", ");
-  $("info").textContent = S.n_frames + " frames of " + runs + " · order: " + S.order +
-    (S.model ? " · model " + S.model : "") + " · saving to " + S.labels_file;
+  renderInfo();
   if (S.novelty && S.novelty.novel) {  // frames unlike the model's training data
     $("novelty").textContent = "The model has not seen frames like these: " +
       S.novelty.reasons.join("; ") + ". " + S.novelty.advice + ".";
@@ -241,6 +313,8 @@ async function init() {
   $("prev").addEventListener("click", () => gotoPage(page - 1, "first"));
   $("next").addEventListener("click", () => gotoPage(page + 1, "first"));
   $("unl").addEventListener("click", () => nextUnlabelled());
+  $("refitbtn").addEventListener("click", () => refitNow());
+  renderRefit(S.refit);
   $("full").disabled = S.crop === 0;
   $("full").addEventListener("change", () => {
     cards().forEach((c, k) => { c.querySelector("img").src = picture(frames[k]); });
