@@ -107,6 +107,9 @@ def test_a_failed_refit_says_why_and_keeps_the_guesses(run, tmp_path):
         np.testing.assert_array_equal(s.order, order)
         assert not (tmp_path / "refits" / "refit-1").exists()
         assert (tmp_path / "refits" / "refit-1.log").is_file()
+        again = Refitter(s, _config(run, tmp_path, extra=("--no-such-option",)))
+        assert again.request() and again.wait(120)  # a later session numbers on
+        assert "refit 2 failed" in again.state()["error"]
     finally:
         refit.close()
         s.close()

@@ -81,7 +81,7 @@ class Refitter:
         self._reason = ""
         self._error: str | None = None
         self._history: list[dict[str, Any]] = []
-        self._count = 0
+        self._count = _last_refit(config.workdir)  # numbers go on from an earlier session
 
     # -- what the page sees ----------------------------------------------------------------
 
@@ -237,6 +237,17 @@ def _history_entry(
         "bundle": str(out),
         "seconds": round(seconds, 1),
     }
+
+
+def _last_refit(workdir: Path) -> int:
+    """The highest K of the ``refit-K`` bundles and logs already in ``workdir`` (0: none)."""
+    found = [0]
+    if workdir.is_dir():
+        for p in workdir.iterdir():
+            stem = p.name.removeprefix("refit-").removesuffix(".log")
+            if p.name.startswith("refit-") and stem.isdigit():
+                found.append(int(stem))
+    return max(found)
 
 
 def refit_workdir(labels_path: Path) -> Path:

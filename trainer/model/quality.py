@@ -76,12 +76,45 @@ def mask_config() -> SimConfig:
     return SimConfig(geometry=DetectorGeometry(hole_radius_px=12.0, gap_rows=10))
 
 
+def structured_background_config() -> SimConfig:
+    """A strong, structured beamline background: 0.04–0.08 photon per pixel, most of it in a
+    steep low-q excess that is far from round (anisotropy 0.4–0.8; training ≤ 0.6), and 2–4
+    streaks carrying 20–50 % of it in every run (training: a third of the runs, ≤ 30 %)."""
+    return SimConfig(
+        beamline=replace(
+            BeamlineConfig.realistic(),
+            level=(0.04, 0.08),
+            no_background_share=0.0,
+            lowq_share=(0.85, 0.98),
+            anisotropy=(0.4, 0.8),
+            streak_share=1.0,
+            streaks=(2, 4),
+            streak_fraction=(0.2, 0.5),
+        )
+    )
+
+
+def new_junk_config() -> SimConfig:
+    """Junk of shapes training never saw: thick long rods (20–35 nm × 0.7–1.5 µm; training
+    5–15 nm × 150–600 nm) and fluffy aggregates of 60–150 spheres of 4–8 nm (training 8–40
+    of 8–20 nm); no droplets."""
+    return SimConfig(
+        other_kinds=(0.0, 1.0, 1.0),
+        aggregate_count=(60, 150),
+        aggregate_sphere_radius_nm=(4.0, 8.0),
+        rod_radius_nm=(20.0, 35.0),
+        rod_length_nm=(700.0, 1500.0),
+    )
+
+
 # name -> setting of a new run to adapt to ("shifted": build-default's dimmer test setting)
 ADAPT_SETTINGS: dict[str, Callable[[], SimConfig]] = {
     "new": new_run_config,
     "new-sample": new_sample_config,
     "bright": bright_config,
     "mask": mask_config,
+    "structured-bg": structured_background_config,
+    "new-junk": new_junk_config,
     "shifted": held_out_config,
     "plain": SimConfig,
 }
