@@ -40,6 +40,7 @@ def _library(command: str) -> dict[str, tuple[Any, str]]:
     that have a default."""
     from hitstream.resample_run import resample_to_file
     from hitstream.simulate import simulate_to_file
+    from trainer.labelling.refit import RefitConfig
     from trainer.labelling.server import LabelServer
     from trainer.labelling.session import open_session
     from trainer.model.build_default import build_default
@@ -96,6 +97,7 @@ def _library(command: str) -> dict[str, tuple[Any, str]]:
         "label": {
             **same(open_session, "photon_unit", "classes", "page_size", "crop"),
             **same(LabelServer, "host", "port"),
+            "refit_every": (RefitConfig, "every"),
         },
         "resample": same(resample_to_file, "out_dataset", "photon_unit"),
     }[command]

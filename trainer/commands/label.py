@@ -53,10 +53,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     add_option(p, LabelServer, "host", "address to serve on")
     add_option(p, LabelServer, "port", "port", shown="{}: any free port")
-    p.add_argument(
-        "--refit-every", type=int, default=RefitConfig.every,
-        help="labels between refits of --model in the background (0: only on the page's "
-        "button) [%(default)s]",
+    add_option(
+        p, RefitConfig, "every",
+        "labels between refits of --model in the background (0: only on the page's button)",
+        flag="--refit-every",
     )  # fmt: skip
     p.add_argument("--no-refit", action="store_true", help="never refit the model")
     p.add_argument(
