@@ -47,7 +47,9 @@ def _source_probabilities(model: Path, x: np.ndarray) -> tuple[np.ndarray, np.nd
     return out["probabilities"], out["photons"]
 
 
-def curve(model: Path, setting: str, counts: list[int], frames: int, seed: int) -> dict[str, Any]:
+def curve(
+    model: Path, setting: str, counts: list[int], frames: int, seed: int, epochs: int | None = None
+) -> dict[str, Any]:
     from hitstream.labels import LabelTable, write_labels
     from hitstream.simulate import SIM_CLASSES, simulate_parallel
     from trainer.labelling.proposals import propose
@@ -81,7 +83,7 @@ def curve(model: Path, setting: str, counts: list[int], frames: int, seed: int) 
                 t0 = time.perf_counter()
                 try:
                     finetune_bundle(model, [(run, "data")], labels, out, holdout_fraction=0.2,
-                                    progress=False, seed=seed)  # fmt: skip
+                                    progress=False, seed=seed, epochs=epochs)  # fmt: skip
                     m = _m(score_bundle(out, x[test], y[test]))
                 except Exception as exc:  # too few labels of a class to hold any out
                     m = {"error": f"{type(exc).__name__}: {exc}"}
@@ -128,12 +130,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--counts", default="25,50,100,200,500")
     ap.add_argument("--frames", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=4242)
+    ap.add_argument("--epochs", type=int, help="fine-tuning epochs [finetune's auto]")
     ap.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "label_curve.json")
     ap.add_argument("--png", type=Path, default=ROOT / "docs" / "label_curve.png")
     args = ap.parse_args(argv)
     counts = [int(c) for c in args.counts.split(",")]
     results = [
-        curve(args.model, s, counts, args.frames, args.seed) for s in args.settings.split(",")
+        curve(args.model, s, counts, args.frames, args.seed, args.epochs)
+        for s in args.settings.split(",")
     ]
     head = ("setting", "order", "labels", "accuracy", "single P", "single R")
     print("\n" + " ".join(f"{h:>{w}}" for h, w in zip(head, (12, 9, 6, 9, 9, 9), strict=True)))
@@ -142,7 +146,9 @@ def main(argv: list[str] | None = None) -> int:
             if "accuracy" in q:
                 print(f"{r['setting']:>12} {q['order']:>9} {q['labels']:>6} {q['accuracy']:>9.4f} "
                       f"{q['single_precision']:>9.4f} {q['single_recall']:>9.4f}")  # fmt: skip
-    args.json.write_text(json.dumps({"model": str(args.model), "results": results}, indent=1))
+    args.json.write_text(
+        json.dumps({"model": str(args.model), "epochs": args.epochs, "results": results}, indent=1)
+    )
     plot(results, args.png)
     print(f"wrote {args.json} and {args.png}")
     return 0

@@ -197,6 +197,7 @@ def test_label_command_runs_without_tensorflow(data, tmp_path):
         "import sys\n"
         "from trainer.cli import main\n"
         "from trainer.labelling.session import open_session\n"
+        "import trainer.labelling.refit, trainer.labelling.server, trainer.commands.label\n"
         "s = open_session([sys.argv[1]], 'entry/data', sys.argv[2], model=sys.argv[3],"
         " progress=False)\n"
         "s.png(0); s.set_label(0, 'single'); s.close()\n"
@@ -456,6 +457,9 @@ def test_label_in_a_browser_then_resume(data, tmp_path, browser):  # noqa: F811
     argv = ["trainer", "label", data["run"], "--dataset", DATASET, "--labels", path]
     with command(*argv, "--model", data["tiny"], "--page-size", "12", cwd=ROOT) as proc:
         _open_page(browser, _ready_url(proc))
+        assert browser.find_element(By.ID, "refitinfo").text.endswith(
+            "has no model.keras to fine-tune)"
+        )
         shown = browser.execute_script(
             "return Object.fromEntries([...document.querySelectorAll('#grid .card')]"
             ".map(c => [c.dataset.index, c.dataset.label]));"
