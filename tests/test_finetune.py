@@ -58,7 +58,7 @@ def test_auto_epochs_give_few_labels_many_passes_and_many_labels_few() -> None:
     from trainer.model.finetune import AUTO_EPOCHS, auto_epochs
 
     assert auto_epochs(140) == AUTO_EPOCHS[1]  # ~200 hand-picked labels, 70 % trained on
-    assert auto_epochs(500) == 6
+    assert auto_epochs(500) == 12
     assert auto_epochs(10_000) == AUTO_EPOCHS[0]
     assert auto_epochs(0) == AUTO_EPOCHS[1]
 
