@@ -55,7 +55,11 @@ def _label(session, run, frames) -> None:
 
 
 def test_refit_gives_new_guesses_and_orders_only_the_unlabelled_frames(run, tmp_path):
-    s = _session(run, tmp_path / "labels.csv")
+    labels = tmp_path / "labels.csv"  # it also holds a label of a run not open here
+    write_labels(
+        labels, LabelTable(np.array(["elsewhere.h5"]), np.array([7]), np.array(["single"]))
+    )
+    s = _session(run, labels)
     refit = Refitter(s, _config(run, tmp_path))
     try:
         first = s.order[:40].copy()
@@ -70,7 +74,7 @@ def test_refit_gives_new_guesses_and_orders_only_the_unlabelled_frames(run, tmp_
         st = refit.state()
         assert st["error"] is None and not st["running"]
         (h,) = st["history"]
-        assert h["labels"] >= 40 and h["holdout"] > 0
+        assert h["labels"] == 41 and h["holdout"] > 0  # this run's labels only
         assert 0.0 <= h["before"] <= 1.0 and 0.0 <= h["after"] <= 1.0
         assert h["after_ci95"][0] <= h["after"] <= h["after_ci95"][1]
         new = load_bundle(Path(h["bundle"]), verify=True)  # a checked bundle, ready to serve

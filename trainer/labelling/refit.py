@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from hitstream.labels import write_labels
 from trainer.labelling.session import LabelSession, model_probabilities
 from trainer.model.threshold_choice import wilson
@@ -159,6 +161,8 @@ class Refitter:
             cfg.workdir.mkdir(parents=True, exist_ok=True)
             labels = cfg.workdir / f"refit-{k}.labels.csv"
             table = self.session.labels_table()
+            # the file may hold labels of runs not open here: finetune gets these runs' only
+            table = table.take(np.isin(table.run, self.session.run_names))
             write_labels(labels, table)
             self._finetune(labels, out, logfile)
             report = json.loads((out / "finetune.json").read_text(encoding="utf-8"))
