@@ -89,6 +89,8 @@ def test_refit_gives_new_guesses_and_orders_only_the_unlabelled_frames(run, tmp_
         assert sorted(s.order.tolist()) == list(range(s.n_frames))
         assert (s.position[s.order] == np.arange(s.n_frames)).all()
         assert s.describe(int(s.order[-1]))["guess"] in s.classes
+        later = Refitter(s, _config(run, tmp_path))  # a later session on the same labels
+        assert later.state()["history"] == [h]
     finally:
         refit.close()
         s.close()

@@ -16,7 +16,8 @@ A refit starts every ``every`` labels (counted from the last refit's start) or w
 (the page's button). Each refit's before/after accuracy on the labels finetune held out
 (with a 95 % Wilson interval) is kept in :meth:`Refitter.state`: the page shows the
 accuracy move as labels come. The latest bundle (``refit-K/``) is a checked bundle, ready
-for ``POST /model``. A failed refit leaves the guesses as they were and says why.
+for ``POST /model``; ``history.json`` beside them keeps the accuracies for a later session
+on the same labels. A failed refit leaves the guesses as they were and says why.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 
 MIN_LABELS = 20  # fewer labels give finetune nothing to hold out
 LOG_TAIL = 600  # characters of a failed refit's log shown on the page
+HISTORY_FILE = "history.json"  # the refits so far, shown again by a later session
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,7 @@ class Refitter:
         self._started: float | None = None
         self._reason = ""
         self._error: str | None = None
-        self._history: list[dict[str, Any]] = []
+        self._history: list[dict[str, Any]] = _read_history(config.workdir)
         self._count = _last_refit(config.workdir)  # numbers go on from an earlier session
 
     # -- what the page sees ----------------------------------------------------------------
@@ -171,6 +173,8 @@ class Refitter:
             entry = _history_entry(report, len(table.label), time.monotonic() - t0, out)
             with self._lock:
                 self._history.append(entry)
+                history = list(self._history)
+            _write_history(cfg.workdir, history)
             log.info(
                 "refit %d: %d labels, held-out accuracy %.3f -> %.3f (%d frames), %.0f s",
                 k, entry["labels"], entry["before"], entry["after"], entry["holdout"],
@@ -241,6 +245,27 @@ def _history_entry(
         "bundle": str(out),
         "seconds": round(seconds, 1),
     }
+
+
+def _read_history(workdir: Path) -> list[dict[str, Any]]:
+    """The refits of earlier sessions on the same labels (``history.json``; [] when none or
+    unreadable: it is only shown)."""
+    try:
+        data = json.loads((workdir / HISTORY_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    if not isinstance(data, list):
+        return []
+    return [e for e in data if isinstance(e, dict) and {"labels", "after", "before"} <= set(e)]
+
+
+def _write_history(workdir: Path, history: list[dict[str, Any]]) -> None:
+    tmp = workdir / f".{HISTORY_FILE}.tmp"
+    try:
+        tmp.write_text(json.dumps(history, indent=1) + "\n", encoding="utf-8")
+        os.replace(tmp, workdir / HISTORY_FILE)
+    except OSError as exc:  # the page still shows it; only the next session would not
+        log.warning("refit history not saved: %s", exc)
 
 
 def _last_refit(workdir: Path) -> int:
