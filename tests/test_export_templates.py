@@ -137,9 +137,11 @@ def test_streamer_engine_and_pipeline_read_template_distance(bundle: Path, run) 
 def test_reexport_cli_adds_the_bank_keeping_weights(bundle: Path, bank_path, run, tmp_path):
     from trainer.cli import main
 
+    novelty = {"entropy_q99": 0.5, "background_level": [0.0, 0.1]}
     plain = export_bundle(
-        load_model(bundle), tmp_path / "plain", name="plain", classes=CLASSES, thresholds={}
-    )
+        load_model(bundle), tmp_path / "plain", name="plain", classes=CLASSES, thresholds={},
+        background_range=(0.0, 0.1), novelty=novelty,
+    )  # fmt: skip
     assert set(load_bundle(plain).manifest["outputs"]) == {
         "probabilities", "photons", "excess_photons",
     }  # fmt: skip
@@ -160,6 +162,8 @@ def test_reexport_cli_adds_the_bank_keeping_weights(bundle: Path, bank_path, run
     assert set(new.manifest["outputs"]) == OUTPUTS
     assert new.version != old.version and new.name == "plain"
     assert new.manifest["training"]["re_exported"]["version"] == old.version
+    assert new.manifest["novelty"] == novelty  # what the live novelty monitor compares with
+    assert new.manifest["background"]["training_range"] == {"level": [0.0, 0.1]}
     a, b = (
         _run(_session(old.model_path), run.frames[:8]),
         _run(_session(new.model_path), run.frames[:8]),

@@ -51,7 +51,26 @@ def test_finetune_cli(tmp_path: Path) -> None:
         p = s.run(["probabilities"], bundle.feed(run.frames[hold], background))[0]
         assert report[key]["accuracy"] == pytest.approx(np.mean(p.argmax(1) == y), abs=1e-5)
     assert new.manifest["metrics"]["holdout"]["accuracy"] == report["after"]["accuracy"]
+    # 10 held-out frames are too few for the new entropy reference: the source's is kept,
+    # so the live novelty monitor still warns for the fine-tuned bundle
+    assert new.manifest["novelty"] == src.manifest["novelty"]
     assert main(args) == 2  # exists, no --force
+
+
+def test_finetuned_novelty_reference_from_enough_held_out_frames() -> None:
+    from types import SimpleNamespace
+
+    from trainer.model.finetune import NOVELTY_MIN_FRAMES, _novelty_reference
+
+    src = SimpleNamespace(manifest={
+        "novelty": {"entropy_q99": 1.3, "background_level": [0.0, 0.15]},
+        "background": {"training_range": {"level": [0.0, 0.15]}},
+    })  # fmt: skip
+    sure = np.tile([0.97, 0.01, 0.01, 0.01], (NOVELTY_MIN_FRAMES, 1))
+    ref = _novelty_reference(src, sure)
+    assert ref["entropy_q99"] < 0.2 and ref["background_level"] == [0.0, 0.15]
+    assert _novelty_reference(src, sure[:10]) == src.manifest["novelty"]
+    assert "entropy_q99" in _novelty_reference(SimpleNamespace(manifest={}), sure[:10])
 
 
 def test_auto_epochs_give_few_labels_many_passes_and_many_labels_few() -> None:

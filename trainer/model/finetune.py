@@ -184,11 +184,28 @@ def finetune_bundle(
             "threshold_choice": choice,
         }
     )
-    manifest = new.manifest
+    manifest = {**new.manifest, "novelty": _novelty_reference(src, after_out["probabilities"])}
     if choice is not None:
         manifest = {**manifest, "thresholds": thresholds, "threshold_choice": choice}
     _add_measurements(path, manifest, report, classes)
     return report
+
+
+NOVELTY_MIN_FRAMES = 100  # held-out frames enough for the new model's entropy reference
+
+
+def _novelty_reference(src: Any, probabilities: np.ndarray) -> dict[str, Any]:
+    """The new bundle's novelty reference (:mod:`hitstream.novelty`): the fine-tuned
+    model's entropy on the held-out frames when there are enough of them, else the source
+    bundle's; the background range trained on is the source's."""
+    from hitstream.novelty import reference_from
+
+    old = dict(src.manifest.get("novelty") or {})
+    level = (src.manifest.get("background") or {}).get("training_range", {}).get("level")
+    level = level or old.get("background_level")
+    if len(probabilities) >= NOVELTY_MIN_FRAMES or "entropy_q99" not in old:
+        return reference_from(probabilities, level)
+    return {**old, **({"background_level": list(level)} if level else {})}
 
 
 def _source_bundle(model: Path) -> Any:

@@ -44,15 +44,26 @@ def bin_clean(frames: tf.Tensor, geometry: DetectorGeometry | None = None) -> tf
 
 def _clean_sums(b: tf.Tensor, scale: float, geometry: DetectorGeometry | None) -> tf.Tensor:
     """Block sums divided by ``scale`` (B, h, w) → cleaned counts. NaN removal (an
-    elementwise Where, slow in onnxruntime) runs only for batches that contain a NaN: one
-    sum over the batch decides (clipping has made ±Inf finite), an ONNX ``If``."""
-    b = tf.clip_by_value(b - ref.NOISE_FLOOR / scale, 0.0, ref.PIXEL_MAX / scale)
-    b = b * (binned_mask_constant(geometry) * scale)
-    return tf.cond(
-        tf.math.is_nan(tf.reduce_sum(b)),
-        lambda: tf.where(tf.math.is_nan(b), 0.0, b),
-        lambda: b,
-    )
+    elementwise Where, slow in onnxruntime) runs only for batches that are not all finite:
+    one sum over the batch decides, an ONNX ``If`` whose branches both compute the result
+    (a branch that returned an outer tensor would copy it)."""
+    mask = binned_mask_constant(geometry) * scale
+
+    def clean() -> tf.Tensor:
+        return tf.clip_by_value(b - ref.NOISE_FLOOR / scale, 0.0, ref.PIXEL_MAX / scale) * mask
+
+    def clean_nan() -> tf.Tensor:
+        c = clean()
+        return tf.where(tf.math.is_nan(c), 0.0, c)
+
+    return tf.cond(_all_finite(b), clean, clean_nan)
+
+
+def _all_finite(*tensors: tf.Tensor) -> tf.Tensor:
+    """A scalar: whether every value of the tensors is finite (their sum, minus itself, is
+    0 only then; a NaN or ±Inf anywhere, or an overflowing sum, makes it NaN)."""
+    total = tf.add_n([tf.reduce_sum(t) for t in tensors])
+    return tf.logical_not(tf.math.is_nan(total - total))
 
 
 def _haar_kernel() -> tf.Tensor:
@@ -82,14 +93,17 @@ def details_first(blocks: tf.Tensor, binned: tf.Tensor) -> tf.Tensor:
     """(B, h, w, 4) blocks, (B, h, w) cleaned (capped) bins → (B, 3, h, w) detail z-scores.
 
     Built per channel on (B, h, w) slices and stacked channels-first, so that, concatenated
-    with :func:`channels_first` and transposed once, no layout copy is left in ONNX."""
+    with :func:`channels_first` and transposed once, no layout copy is left in ONNX. Values
+    that are not finite become 0, in the branch of an ONNX ``If`` that runs only for
+    batches that have them (both branches compute the result: one that returned an outer
+    tensor would copy it)."""
     gate = binned / (tf.maximum(blocks[..., 0], 1.0) * tf.sqrt(binned + 1.0))
-    z = tf.stack([blocks[..., k] * gate for k in (1, 2, 3)], axis=1)
-    return tf.cond(
-        tf.math.is_finite(tf.reduce_sum(z)),
-        lambda: z,
-        lambda: _zero_non_finite(z),
-    )
+    d = [blocks[..., k] for k in (1, 2, 3)]
+
+    def z() -> tf.Tensor:
+        return tf.stack([dk * gate for dk in d], axis=1)
+
+    return tf.cond(_all_finite(blocks), z, lambda: _zero_non_finite(z()))
 
 
 def _zero_non_finite(x: tf.Tensor) -> tf.Tensor:
@@ -126,7 +140,8 @@ def excess_channels_first(d: tf.Tensor) -> tf.Tensor:
     ``max(d, 0)`` (:func:`hitstream.frame_kernel.excess_channels`)."""
     pos = tf.nn.relu(d)
     mean = tf.reduce_mean(pos, axis=[1, 2], keepdims=True)
-    level = tf.sign(d) * tf.sqrt(tf.abs(d)) * (1.0 / ref.LEVEL_SCALE)
+    # sign(d)·sqrt|d| without Sign (slow in onnxruntime); the 1e-30 only keeps d = 0 at 0
+    level = d * tf.math.rsqrt(tf.abs(d) + 1e-30) * (1.0 / ref.LEVEL_SCALE)
     shape = tf.sqrt(pos) * tf.math.rsqrt(mean + ref.SHAPE_EPS)
     return tf.stack([level, shape], axis=1)
 

@@ -23,7 +23,8 @@ def reexport(
     name: str | None = None,
     force: bool = False,
 ) -> Path:
-    """Export ``keras_path`` again with the manifest fields of its bundle; returns ``out``."""
+    """Export ``keras_path`` again with the manifest fields of its bundle (also the background's
+    training range and the novelty reference); returns ``out``."""
     import keras
 
     from trainer.model.export import export_bundle
@@ -56,6 +57,7 @@ def reexport(
         if p.is_file() and "training.png" in old.get("files", {})
     }
     metrics = old.get("metrics") or None
+    level = ((old.get("background") or {}).get("training_range") or {}).get("level")
     return export_bundle(
         model,
         out,
@@ -70,4 +72,6 @@ def reexport(
         force=force,
         geometry=geometry,
         bank=bank,
+        background_range=(float(level[0]), float(level[1])) if level else None,
+        novelty=old.get("novelty") or None,
     )
