@@ -58,6 +58,9 @@ def test_quick_build_writes_a_bundle_with_all_test_runs(tmp_path: Path, arch: st
     assert ("template_distance" in outputs) == (arch == "fine")
     assert b.name == ("default" if arch == "fine" else "fast")
     assert len(b.manifest["preprocessing"]["channels"]) == (6 if arch == "fine" else 3)
+    # the excess is over each shot's fitted background level (frame_kernel step 7)
+    assert b.manifest["model"]["architecture"] == f"{arch}-shot"
+    assert b.manifest["preprocessing"]["shot_scale"] is True
     refused = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert refused.returncode != 0 and "already exists" in refused.stderr
     assert json.loads((out / "manifest.json").read_text())["model"]["macs_per_frame"] > 0

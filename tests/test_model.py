@@ -506,9 +506,12 @@ def test_shipped_bundles_classify_a_fresh_run(bundle: Path, max_macs: int, templ
     assert all(np.isfinite(v).all() for v in bad)
 
 
-@pytest.mark.parametrize(("details", "coarsen"), [(True, 1), (False, 1), (False, 2)])
+@pytest.mark.parametrize(
+    ("details", "coarsen", "shot"),
+    [(True, 1, False), (False, 1, False), (False, 2, True), (True, 1, True)],
+)
 def test_augmentation_that_changes_nothing_is_the_exported_preprocessing(
-    details: bool, coarsen: int
+    details: bool, coarsen: int, shot: bool
 ) -> None:
     """Training sees what serving sees: with every augmentation off, the training pipeline's
     inputs (frames with the run's background map, detector offsets that go negative) equal
@@ -526,6 +529,86 @@ def test_augmentation_that_changes_nothing_is_the_exported_preprocessing(
         cross_share=0.0,
     )  # fmt: skip
     x, m = tf.constant(run.frames), tf.constant(maps)
-    a = augmented_inputs(x, tf.constant([1, 2]), cfg.geometry, noop, coarsen, details, m)
-    b = graph.preprocess(x, cfg.geometry, coarsen, details, m)[0]
+    a = augmented_inputs(x, tf.constant([1, 2]), cfg.geometry, noop, coarsen, details, m, shot)
+    b = graph.preprocess(x, cfg.geometry, coarsen, details, m, shot)[0]
     np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-6)
+    c = pp.preprocess(run.frames, cfg.geometry, coarsen, details, maps, shot)[0]
+    np.testing.assert_allclose(c, b.numpy(), rtol=1e-4, atol=2e-4)  # the numpy twin
+
+
+def test_shot_scale_follows_the_shots_background_and_not_its_hit() -> None:
+    """Step 7: empty shots at 0.6× and 1.4× the run's background get their own scale; a
+    bright hit on a shot at 1× barely moves it (it lights a few rings of 13); a run the
+    ring sums and median are the same in the graph."""
+    from hitstream.simulate import SimConfig, simulate_frames
+
+    rng = np.random.default_rng(5)
+    g = DetectorGeometry()
+    yy, xx = np.mgrid[: g.shape[0], : g.shape[1]]
+    r = np.hypot(yy - g.center_px[0], xx - g.center_px[1]) + 3.0
+    bg = (0.02 + 2.0 * (r / 10.0) ** -2.5).astype(np.float32)  # low-q excess, 0.05 ph/pixel
+    bg *= g.valid_pixels()
+    levels = np.array([0.6, 1.0, 1.4, 1.0], np.float32)
+    frames = rng.poisson(bg[None] * levels[:, None, None]).astype(np.float32)
+    hit = simulate_frames(0, 8, 11, SimConfig(photons=(3000.0, 3000.0)))
+    frames[3] += hit.frames[int(np.flatnonzero(hit.labels == 0)[0])]
+    binned = pp.bin_frames(frames)
+    beta = pp.background_bins(bg[None])[1]
+    s = pp.fit_shot_scale(binned, beta)[:, 0, 0]
+    np.testing.assert_allclose(s[:3], levels[:3], atol=0.06)
+    assert abs(s[3] - 1.0) < 0.1  # the whole-frame ratio would say ~1.5 here
+    s_tf = graph.fit_shot_scale(tf.constant(binned), tf.constant(beta)).numpy()[:, 0, 0]
+    np.testing.assert_allclose(s_tf, s, rtol=1e-5)
+    assert pp.shot_rings().sum() == (pp.binned_mask() > 0).sum()  # each valid bin in one ring
+
+
+def test_a_shot_model_says_so_in_its_name_and_keeps_it(tmp_path: Path) -> None:
+    import keras
+
+    from trainer.model.cnn import build_model
+    from trainer.model.inputs import layout_of, model_layout
+
+    assert layout_of("fine", True, shot_scale=True).model_name == "fine-shot"
+    assert not layout_of("fine-shot", background=False).shot_scale  # needs a background
+    assert not layout_of("fine", True).shot_scale  # earlier models keep their input
+    model = build_model("fast-shot", (65, 64, 3), 4)
+    path = tmp_path / "m.keras"
+    model.save(path)
+    layout = model_layout(keras.models.load_model(path, compile=False))
+    assert layout.architecture == "fast" and layout.shot_scale and layout.background
+
+
+def test_second_stage_trains_on_the_shot_input_and_the_graph_fits_the_shot(
+    frames, tmp_path: Path
+) -> None:
+    """build-default's second stage: the trained network, renamed ``fine-shot``, trained on
+    with each shot's fitted level; its ONNX graph (ring sums, median by TopK) agrees with
+    Keras and records the input in the manifest."""
+    from trainer.data.backgrounds import RunBackgrounds
+    from trainer.model.shot_stage import continue_on_shot_input
+
+    val = simulate_run(16, seed=12)
+    first = train_model(
+        frames.frames, frames.labels, CLASSES, val.frames, val.labels,
+        TrainConfig(epochs=1, batch_size=8, seed=3), progress=False,
+    )  # fmt: skip
+    m = run_map(frames)
+    bgs, val_bgs = (RunBackgrounds(m, np.zeros(n, np.int64)) for n in (40, 16))
+    second = continue_on_shot_input(
+        first, frames.frames, frames.labels, CLASSES, val.frames, val.labels, bgs, val_bgs,
+        epochs=1, progress=False,
+    )  # fmt: skip
+    assert second.model.name == "fine-shot" and second.config.shot_scale
+    assert len(second.history["loss"]) == 2  # both stages
+    path = export_bundle(second.model, tmp_path / "shot", name="shot", classes=CLASSES)
+    b = load_bundle(path, verify=True)
+    assert b.manifest["preprocessing"]["shot_scale"] is True
+    assert b.manifest["model"]["architecture"] == "fine-shot"
+    x = frames.frames
+    bright = m * np.float32(1.5)  # a run map that the shots are not: the scale must follow
+    for run_map_ in (m, bright):
+        p = _session(b.model_path).run(["probabilities"], {"frames": x, "background": run_map_})[0]
+        p_keras = predict_probabilities(
+            second.model, x, backgrounds=RunBackgrounds(run_map_, np.zeros(len(x), np.int64))
+        )
+        assert np.abs(p - p_keras).max() <= 1e-4

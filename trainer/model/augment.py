@@ -368,10 +368,12 @@ def augmented_inputs(
     coarsen: int = 1,
     details: bool = False,
     background=None,
+    shot_scale: bool = False,
 ):
     """Raw frames (and the run's background maps (B, H, W), for models that take them) →
     augmented network inputs: the training twin of ``graph.preprocess``. The maps follow
-    their frames' geometry (at the binned resolution), mask and photon level."""
+    their frames' geometry (at the binned resolution), mask and photon level; with
+    ``shot_scale`` the excess is over each shot's fitted background level."""
     import tensorflow as tf
 
     from trainer.model import preprocess_graph as graph
@@ -401,7 +403,8 @@ def augmented_inputs(
     parts = [graph.channels_first(binned)]
     if lam is not None:
         lam, beta = graph.background_levels(lam * scale[:, None, None] * binned_keep(keep), coarsen)
-        parts = [graph.excess_channels_first(binned - beta)]
+        d = graph.shot_excess(binned, beta, geometry, coarsen) if shot_scale else binned - beta
+        parts = [graph.excess_channels_first(d)]
     if details:
         parts.append(graph.details_first(blocks, binned))
     if lam is not None:

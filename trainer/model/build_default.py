@@ -87,7 +87,7 @@ class BuildPlan:
     n_train: int = 10000
     n_val: int = 1000
     n_test: int = 1000
-    epochs: int = 18
+    epochs: int = 15  # then shot_stage.SHOT_EPOCHS on the shot-level input: 18 in all
     batch_size: int = 64
     target_precision: float = 0.97
     bank_singles: int = 100
@@ -330,6 +330,7 @@ def build_default(
     ``architecture`` ``fine`` (the default bundle, with the template bank in its graph),
     ``compact`` (the same without the detail channels) or ``fast`` (the fast CPU bundle: no
     template outputs)."""
+    from trainer.model.shot_stage import SHOT_EPOCHS, continue_on_shot_input
     from trainer.model.train import (
         TrainConfig,
         choose_threshold,
@@ -365,6 +366,10 @@ def build_default(
         backgrounds=tr.backgrounds,
         val_backgrounds=va.backgrounds,
     )
+    result = continue_on_shot_input(
+        result, tr.frames, tr.labels, classes, va.frames, va.labels, tr.backgrounds,
+        va.backgrounds, epochs=min(SHOT_EPOCHS, plan.epochs),
+    )  # fmt: skip
     single = classes.index("single")
     thresholds = {
         "single": choose_threshold(
@@ -391,6 +396,11 @@ def build_default(
         "simulator": "hitstream.simulate",
         "runs": _runs_summary(runs, classes),
         "config": config.as_dict(),
+        "second_stage": {
+            "input": "the excess over each shot's fitted background level",
+            "epochs": result.config.epochs if result.config.shot_scale else 0,
+            "learning_rate": result.config.learning_rate,
+        },
         "class_weights": result.class_weights,
         "epochs_run": len(result.history.get("loss", [])),
         "best_epoch": result.best_epoch,

@@ -34,6 +34,7 @@ from trainer.model.inputs import (  # noqa: F401 - the architectures' inputs, re
     ARCHITECTURES,
     INPUT_COARSEN,
     INPUT_DETAILS,
+    base_architecture,
     input_channels,
 )
 
@@ -121,14 +122,17 @@ BUILDERS: dict[str, Callable[..., keras.Model]] = {
 
 
 def build_model(architecture: str, input_shape: tuple[int, int, int], n_classes: int):
-    """A fresh, uncompiled model of the named architecture (logits output)."""
+    """A fresh, uncompiled model of the named architecture (logits output); a model name
+    with :data:`trainer.model.inputs.SHOT_SUFFIX` builds its architecture under that name."""
     try:
-        builder = BUILDERS[architecture]
+        builder = BUILDERS[base_architecture(architecture)]
     except KeyError:
         raise ValueError(
             f"unknown architecture {architecture!r}; choose one of {', '.join(ARCHITECTURES)}"
         ) from None
-    return builder(input_shape, n_classes)
+    model = builder(input_shape, n_classes)
+    model.name = architecture
+    return model
 
 
 def count_macs(model: keras.Model) -> int:

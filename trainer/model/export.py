@@ -67,7 +67,7 @@ def software_versions() -> dict[str, str]:
 
 
 def preprocessing_summary(
-    coarsen: int = 1, details: bool = False, background: bool = False
+    coarsen: int = 1, details: bool = False, background: bool = False, shot_scale: bool = False
 ) -> dict[str, Any]:
     """The preprocessing constants baked into the graph (documentation)."""
     channels = list(ref.CHANNELS) + (list(ref.DETAIL_CHANNELS) if details else [])
@@ -90,6 +90,12 @@ def preprocessing_summary(
             "sqrt(lam)/level_scale"
             if background
             else ""
+        )
+        + (
+            "; d = b - s*beta with each shot's scale s = (sum min(b, beta + 3 sqrt(beta) + 2) "
+            "+ shot_prior) / (sum beta + shot_prior), clipped to shot_range"
+            if background and shot_scale
+            else ""
         ),
         "bin": ref.BIN,
         "coarsen": coarsen,
@@ -100,6 +106,11 @@ def preprocessing_summary(
         "level_scale": ref.LEVEL_SCALE,
         "shape_eps": ref.SHAPE_EPS,
         "channels": channels + (list(ref.BACKGROUND_CHANNELS) if background else []),
+        **(
+            {"shot_scale": True, "shot_prior": ref.SHOT_PRIOR, "shot_range": list(ref.SHOT_RANGE)}
+            if background and shot_scale
+            else {}
+        ),
     }
 
 
@@ -377,7 +388,10 @@ def export_bundle(
             "outputs": outputs,
             "model": model_info,
             "preprocessing": preprocessing_summary(
-                layout.coarsen if layout else 1, layout.details if layout else False, takes_bg
+                layout.coarsen if layout else 1,
+                layout.details if layout else False,
+                takes_bg,
+                bool(layout and layout.shot_scale),
             ),
             "geometry": geometry.as_attrs(),
             "training": dict(training_summary or {}),

@@ -247,8 +247,10 @@ def _train(
     keras.utils.set_random_seed(seed)
     net = keras.models.load_model(src.path / KERAS_FILE, compile=False)
     n_epochs = epochs or auto_epochs(len(labels))
+    layout = model_layout(net, src.geometry)
     cfg = TrainConfig(
-        background=model_layout(net, src.geometry).background,
+        background=layout.background,
+        shot_scale=layout.shot_scale,
         architecture=net.name,
         epochs=n_epochs,
         batch_size=batch_size,

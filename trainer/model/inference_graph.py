@@ -74,7 +74,9 @@ def inference_function(model, geometry: DetectorGeometry | None = None, bank=Non
         match = make_template_matcher(bank)
 
     def outputs(frames, background):
-        parts = network_inputs(frames, geometry, layout.coarsen, layout.details, background)
+        parts = network_inputs(
+            frames, geometry, layout.coarsen, layout.details, background, layout.shot_scale
+        )
         logits = model(parts["images"], training=False)
         out = {"probabilities": tf.nn.softmax(logits, axis=-1), "photons": parts["photons"]}
         if background is not None:

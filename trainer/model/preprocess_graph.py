@@ -192,6 +192,31 @@ def background_bins(
     return background_levels(background_sums(background, geometry), coarsen)
 
 
+def fit_shot_scale(
+    binned: tf.Tensor, beta: tf.Tensor, geometry: DetectorGeometry | None = None,
+    coarsen: int = 1,
+) -> tf.Tensor:  # fmt: skip
+    """Cleaned bins (B, h, w), β (B', h, w) → each shot's background scale (B, 1, 1)
+    (:func:`hitstream.frame_kernel.fit_shot_scale`: ring sums as one MatMul, the median
+    ring by TopK)."""
+    rings = tf.constant(ref.shot_rings(geometry, coarsen))
+    n = int(rings.shape[0])
+    cap = beta + 3.0 * tf.sqrt(beta) + 2.0
+    num = tf.matmul(tf.reshape(tf.minimum(binned, cap), [-1, n]), rings)
+    den = tf.matmul(tf.reshape(beta, [-1, n]), rings)
+    ratio = (num + ref.SHOT_PRIOR) / (den + ref.SHOT_PRIOR)
+    median = tf.math.top_k(ratio, k=ref.SHOT_RINGS // 2 + 1).values[:, -1]
+    return tf.reshape(tf.clip_by_value(median, *ref.SHOT_RANGE), [-1, 1, 1])
+
+
+def shot_excess(
+    binned: tf.Tensor, beta: tf.Tensor, geometry: DetectorGeometry | None = None,
+    coarsen: int = 1,
+) -> tf.Tensor:  # fmt: skip
+    """The excess over this shot's background, ``b − s·β`` (B, h, w)."""
+    return binned - fit_shot_scale(binned, beta, geometry, coarsen) * beta
+
+
 def background_channel_first(lam: tf.Tensor, binned: tf.Tensor) -> tf.Tensor:
     """λ (B', h, w) → the (B, 1, h, w) background channel (:mod:`hitstream.frame_kernel`
     step 6), broadcast to the batch."""
@@ -205,10 +230,12 @@ def preprocess(
     coarsen: int = 1,
     details: bool = False,
     background: tf.Tensor | None = None,
+    shot_scale: bool = False,
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Raw frames (B, H, W) → (network input (B, h, w, 2 or 5, + 1 with a background),
-    photons (B,)); ``background``: the run's map (B or 1, H, W)."""
-    out = network_inputs(frames, geometry, coarsen, details, background)
+    photons (B,)); ``background``: the run's map (B or 1, H, W); ``shot_scale``: fit each
+    shot's background level (:mod:`hitstream.frame_kernel` step 7)."""
+    out = network_inputs(frames, geometry, coarsen, details, background, shot_scale)
     return out["images"], out["photons"]
 
 
@@ -218,8 +245,10 @@ def network_inputs(
     coarsen: int,
     details: bool,
     background: tf.Tensor | None = None,
+    shot_scale: bool = False,
 ) -> dict[str, tf.Tensor | None]:
-    """The one place that chains the steps, for training and for the exported graph.
+    """The one place that chains the steps, for training and for the exported graph
+    (``shot_scale``: step 7 of :mod:`hitstream.frame_kernel`).
 
     Keys: ``images`` (network input, channels last), ``photons``, ``binned`` (cleaned 2×2
     bins; None when coarsened), ``signal`` (what the template matcher compares: the bins
@@ -246,7 +275,8 @@ def network_inputs(
         d = binned - beta
         out["excess_photons"] = tf.reduce_sum(d, axis=[1, 2])
         out["signal"] = tf.nn.relu(d) if fine else None
-        parts = [excess_channels_first(d)]
+        d_shot = shot_excess(binned, beta, geometry, coarsen) if shot_scale else d
+        parts = [excess_channels_first(d_shot)]
     if details:
         parts.append(details_first(blocks, binned))
     if lam is not None:

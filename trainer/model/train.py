@@ -16,12 +16,15 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from hitstream.geometry import DetectorGeometry
 from trainer.data.backgrounds import RunBackgrounds
+
+if TYPE_CHECKING:
+    from trainer.model.inputs import InputLayout
 from trainer.model.augment import AugmentConfig
 
 log = logging.getLogger(__name__)
@@ -43,6 +46,13 @@ class TrainConfig:
     deterministic: bool = True
     geometry: DetectorGeometry = field(default_factory=DetectorGeometry)
     background: bool = True  # the model takes the run's background map as a second input
+    shot_scale: bool = False  # ... its excess over each shot's fitted level (shot_stage)
+
+    def layout(self) -> InputLayout:
+        """The model's input layout (:mod:`trainer.model.inputs`)."""
+        from trainer.model.inputs import layout_of
+
+        return layout_of(self.architecture, self.background, self.shot_scale)
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -91,9 +101,10 @@ def preprocess_batches(
     coarsen: int = 1,
     details: bool = False,
     backgrounds: RunBackgrounds | None = None,
+    shot_scale: bool = False,
 ):
     """Network inputs for frames, computed with the TensorFlow preprocessing in batches
-    (with their runs' background maps when given)."""
+    (with their runs' background maps when given; ``shot_scale``: over each shot's level)."""
     import tensorflow as tf
 
     from trainer.model import preprocess_graph as graph
@@ -103,7 +114,7 @@ def preprocess_batches(
         if backgrounds is None:
             return graph.preprocess(x, geometry, coarsen, details)[0].numpy()
         bg = tf.constant(backgrounds.of(np.arange(i, min(i + batch, len(frames)))))
-        return graph.preprocess(x, geometry, coarsen, details, bg)[0].numpy()
+        return graph.preprocess(x, geometry, coarsen, details, bg, shot_scale)[0].numpy()
 
     out = [inputs(i) for i in range(0, len(frames), batch)]
     return np.concatenate(out) if out else np.zeros((0, 0, 0, 0), np.float32)
@@ -154,9 +165,8 @@ def train_dataset(
     import tensorflow as tf
 
     from trainer.model.augment import augmented_inputs
-    from trainer.model.inputs import layout_of
 
-    layout = layout_of(cfg.architecture, cfg.background)
+    layout = cfg.layout()
     n = len(frames)
     h, w = cfg.geometry.shape
     labels = np.asarray(labels, np.int32)
@@ -168,8 +178,9 @@ def train_dataset(
         bgs = backgrounds if backgrounds is not None else RunBackgrounds.none(n, (h, w))
     if not cfg.augment:  # preprocess once, then only shuffle
         images = preprocess_batches(
-            frames, cfg.geometry, coarsen=layout.coarsen, details=layout.details, backgrounds=bgs
-        )
+            frames, cfg.geometry, coarsen=layout.coarsen, details=layout.details, backgrounds=bgs,
+            shot_scale=layout.shot_scale,
+        )  # fmt: skip
         ds = tf.data.Dataset.from_tensor_slices((images, labels, sample_w))
         ds = ds.shuffle(n, seed=cfg.seed, reshuffle_each_iteration=True)
         return ds.batch(cfg.batch_size).prefetch(2)
@@ -189,8 +200,9 @@ def train_dataset(
         x = tf.ensure_shape(x, [None, h, w])
         m = tf.ensure_shape(m, [None, h, w]) if bgs is not None else None
         images = augmented_inputs(
-            x, seed, cfg.geometry, cfg.augment_config, layout.coarsen, layout.details, m
-        )
+            x, seed, cfg.geometry, cfg.augment_config, layout.coarsen, layout.details, m,
+            layout.shot_scale,
+        )  # fmt: skip
         return images, tf.ensure_shape(y, [None]), tf.ensure_shape(sw, [None])
 
     ds = tf.data.Dataset.zip((ds, seeds)).map(transform, num_parallel_calls=2, deterministic=True)
@@ -238,7 +250,6 @@ def train_model(
 
     from hitstream.frame_kernel import input_shape
     from trainer.model.cnn import build_model
-    from trainer.model.inputs import layout_of
 
     classes = list(classes)
     labels = np.asarray(labels, np.int64)
@@ -258,7 +269,7 @@ def train_model(
     weights = (
         class_weights_for(labels, len(classes)) if config.class_weights else np.ones(len(classes))
     )
-    layout = layout_of(config.architecture, config.background)
+    layout = config.layout()
     shape = config.geometry.shape
     if layout.background:
         backgrounds = backgrounds or RunBackgrounds.none(len(frames), shape)
@@ -268,13 +279,13 @@ def train_model(
     train_ds = train_dataset(frames, labels, weights, config, backgrounds)
     val_images = preprocess_batches(
         val_frames, config.geometry, coarsen=layout.coarsen, details=layout.details,
-        backgrounds=val_backgrounds,
+        backgrounds=val_backgrounds, shot_scale=layout.shot_scale,
     )  # fmt: skip
     val_ds = tf.data.Dataset.from_tensor_slices((val_images, val_labels.astype(np.int32)))
     val_ds = val_ds.batch(256)
 
     model = build_model(
-        config.architecture,
+        layout.model_name,
         (*input_shape(config.geometry, layout.coarsen), layout.channels),
         len(classes),
     )

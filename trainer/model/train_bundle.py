@@ -111,6 +111,13 @@ def train_bundle(
         backgrounds=bgs.take(tr) if bgs is not None else None,
         val_backgrounds=bgs.take(va) if bgs is not None else None,
     )
+    if bgs is not None:  # then a few epochs over each shot's fitted background level
+        from trainer.model.shot_stage import SHOT_EPOCHS, continue_on_shot_input
+
+        result = continue_on_shot_input(
+            result, data.frames[tr], data.labels[tr], data.classes, data.frames[va],
+            data.labels[va], bgs.take(tr), bgs.take(va), epochs=min(SHOT_EPOCHS, o.epochs),
+        )  # fmt: skip
     p_val, y_val = result.val_probabilities, data.labels[va]
     thresholds = _thresholds(p_val, y_val, data.classes, keep, o.target_precision)
     metrics = {"validation": classification_metrics(p_val, y_val, data.classes, thresholds)}
@@ -125,6 +132,7 @@ def train_bundle(
         "epochs_run": len(result.history.get("loss", [])),
         "best_epoch": result.best_epoch,
         "seconds": round(result.seconds, 1),
+        "shot_scale": result.config.shot_scale,
     }
     novelty = reference_from(p_val, None)
     path = _export(

@@ -83,15 +83,14 @@ def unlabelled_frames(
 
 def network_images(net: Any, frames: Any, backgrounds: RunBackgrounds | None, cfg: Any) -> Any:
     """The network inputs of ``frames`` (preprocessed as in training, no augmentation)."""
-    from trainer.model.inputs import layout_of
     from trainer.model.train import preprocess_batches
 
-    layout = layout_of(cfg.architecture, cfg.background)
+    layout = cfg.layout()
     if layout.background and backgrounds is None:
         backgrounds = RunBackgrounds.none(len(frames), cfg.geometry.shape)
     return preprocess_batches(
         frames, cfg.geometry, coarsen=layout.coarsen, details=layout.details,
-        backgrounds=backgrounds if layout.background else None,
+        backgrounds=backgrounds if layout.background else None, shot_scale=layout.shot_scale,
     )  # fmt: skip
 
 
