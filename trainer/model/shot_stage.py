@@ -2,11 +2,15 @@
 shot's fitted background level (:mod:`hitstream.frame_kernel` step 7).
 
 Why two stages, measured on the background ladder (``bench/bench_background.py``, 1,000
-frames per row): trained from scratch on the shot-level input, ``build-default`` gained 4.8
-points at 0.05 photon/pixel but lost 2.4 at 0.005 and 1.8 at 0.02 (empty frames of some
-runs called single); three epochs on the shot-level input after the usual training kept
-the low rows (0.985 at 0.005) and gained at 0.02 and 0.05 (0.958 and 0.954 against 0.943
-and 0.887). The first stage learns the frames; the second learns to trust the shot's level.
+frames per row, against the default trained on the run-level excess only): a full
+``build-default`` on the shot-level input from scratch gained at 0.05 photon/pixel (0.887 →
+0.935) but lost 2.4 points at 0.005 and 1.8 at 0.02 (empty frames called single or
+other). Three epochs on the shot-level input after the usual training did better at 0.02
+(0.955) and 0.05 (0.946) and as badly at 0.005 (0.960) in the full build; the same three
+epochs started from the previous default's weights (18 first-stage epochs) on 5,000
+training frames kept 0.005 at
+0.985 (an A/B, not shipped), so the low rows depend on the first stage's run. The first
+stage learns the frames; the second learns to trust the shot's level.
 """
 
 from __future__ import annotations
