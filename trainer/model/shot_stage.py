@@ -8,9 +8,9 @@ frames per row, against the default trained on the run-level excess only): a ful
 other). Three epochs on the shot-level input after the usual training did better at 0.02
 (0.955) and 0.05 (0.946) and as badly at 0.005 (0.960) in the full build; the same three
 epochs started from the previous default's weights (18 first-stage epochs) on 5,000
-training frames kept 0.005 at
-0.985 (an A/B, not shipped), so the low rows depend on the first stage's run. The first
-stage learns the frames; the second learns to trust the shot's level.
+training frames kept 0.005 at 0.985 (an A/B, not shipped), so the low rows depend on the
+first stage's run. The first stage learns the frames; the second learns to trust the
+shot's level.
 """
 
 from __future__ import annotations
