@@ -41,7 +41,7 @@ def _source_probabilities(model: Path, x: np.ndarray) -> tuple[np.ndarray, np.nd
     b = load_bundle(model)
     bgs = None
     if b.background_input:
-        m = estimate_run_background(x, b.geometry.valid_pixels()).map
+        m = estimate_run_background(x, geometry=b.geometry).map
         bgs = RunBackgrounds(m[None], np.zeros(len(x), np.int64))
     out = run_graph(b.model_path, x, b.input_name, progress=False, backgrounds=bgs)
     return out["probabilities"], out["photons"]

@@ -14,7 +14,10 @@ receives them (and the trainer reads archived runs the same way):
    about the empty frames' mode, so it does not bias their mean (taking the dimmest half
    would: it prefers shots whose background fluctuated low, by ~0.8 σ of the total);
 3. their pixels are averaged with exponential forgetting (``halflife_frames`` frames), so
-   the estimate follows a slow drift but not a burst of hits; NaN pixels are left out.
+   the estimate follows a slow drift but not a burst of hits; NaN pixels are left out;
+4. with the model's geometry, their cleaned bins are averaged too, and the published map is
+   rescaled per bin to what an empty bin holds after the frame kernel's cleaning, measured
+   rather than modelled (:mod:`hitstream.effective_background`: panel gains, flaring pixels).
 
 This holds while hits are fewer than about half of the frames. The estimate is *warm* once
 ``warmup_frames`` core frames contributed (about a second of feed
@@ -39,10 +42,14 @@ from pathlib import Path
 
 import numpy as np
 
+from hitstream import frame_kernel as fk
+from hitstream.effective_background import effective_map
 from hitstream.errors import ConfigError, InputDataError
+from hitstream.geometry import DetectorGeometry
 
 STATE_FORMAT = "hitstream-background"
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: with the cleaned bins' mean; 1 is still read (its bins start empty)
+BIN_FRAMES_PER_UPDATE = 4  # frames of a call whose cleaned bins are averaged (≈ 0.05 ms each)
 
 
 @dataclass(frozen=True)
@@ -90,7 +97,9 @@ class RunBackground:
     """Per-pixel background of one run, estimated from its dim frames (module docstring).
 
     Not thread-safe: one thread updates it; :attr:`snapshot` may be read from any thread
-    (it is replaced, never changed in place).
+    (it is replaced, never changed in place). With ``geometry`` (the model's: frames of its
+    shape) the map is the effective one (step 4 of the module docstring) and ``valid``
+    defaults to the geometry's valid pixels.
     """
 
     def __init__(
@@ -98,9 +107,15 @@ class RunBackground:
         shape: tuple[int, int],
         config: BackgroundConfig | None = None,
         valid: np.ndarray | None = None,
+        geometry: DetectorGeometry | None = None,
     ) -> None:
         self.config = config or BackgroundConfig()
         self.shape = (int(shape[0]), int(shape[1]))
+        if geometry is not None and tuple(geometry.shape) != self.shape:
+            raise ConfigError(f"background of {self.shape} frames with a {geometry.shape} geometry")
+        if valid is None and geometry is not None:
+            valid = geometry.valid_pixels()
+        self.geometry = geometry
         self.valid = np.ones(self.shape, bool) if valid is None else np.asarray(valid, bool).copy()
         if self.valid.shape != self.shape:
             raise ConfigError(f"background mask {self.valid.shape} differs from {self.shape}")
@@ -109,6 +124,9 @@ class RunBackground:
         self._sum = np.zeros(self.shape, np.float64)
         self._weight = np.zeros(self.shape, np.float64)  # per pixel: NaN pixels left out
         self._frames = 0.0  # effective contributing frames (decayed)
+        bins = fk.binned_shape(geometry) if geometry is not None else (0, 0)
+        self._bin_sum = np.zeros(bins, np.float64)  # cleaned bins of the frames used
+        self._bin_weight = 0.0  # their (decayed) frames: 0 → the raw mean is published
         self._totals = np.full(self.config.history, np.nan)
         self._n_totals = 0
         self._since_publish = 0
@@ -123,9 +141,12 @@ class RunBackground:
         return self._frames >= self.config.warmup_frames
 
     def estimate(self) -> np.ndarray:
-        """The current per-pixel mean of the dim frames (H, W) float32 (0 where unseen)."""
+        """The current per-pixel mean of the dim frames (H, W) float32 (0 where unseen),
+        effective with a geometry."""
         with np.errstate(invalid="ignore", divide="ignore"):
             m = np.where(self._weight > 0, self._sum / self._weight, 0.0)
+        if self.geometry is not None and self._bin_weight > 0:
+            m = effective_map(m, self._bin_sum / self._bin_weight, self.geometry)
         return (m * self.valid).astype(np.float32)
 
     def _make_snapshot(self) -> BackgroundSnapshot:
@@ -199,6 +220,12 @@ class RunBackground:
         self._sum *= old
         self._sum += added.reshape(self.shape)
         self._frames = self._frames * old + float(w.sum())
+        if self.geometry is not None:  # the newest few: a ratio that changes slowly
+            wb = w[-BIN_FRAMES_PER_UPDATE:]
+            bins = fk.bin_frames(dim[-BIN_FRAMES_PER_UPDATE:], self.geometry).reshape(len(wb), -1)
+            self._bin_sum *= old
+            self._bin_sum += _vecmat(wb.astype(np.float32), bins).reshape(self._bin_sum.shape)
+            self._bin_weight = self._bin_weight * old + float(wb.sum())
 
     def _remember(self, totals: np.ndarray) -> None:
         """Add totals to the circular history (non-finite ones, e.g. an overflow, left out:
@@ -224,6 +251,8 @@ class RunBackground:
                 f.attrs["n_totals"] = self._n_totals
                 f.attrs["version"] = self._version
                 f.attrs["frames_seen"] = self.frames_seen
+                f.attrs["bin_weight"] = self._bin_weight
+                f.create_dataset("bin_sum", data=self._bin_sum)
                 f.create_dataset("sum", data=self._sum)
                 f.create_dataset("weight", data=self._weight)
                 f.create_dataset("totals", data=self._totals)
@@ -244,9 +273,11 @@ class RunBackground:
             with h5py.File(p, "r") as f:
                 if f.attrs.get("format") != STATE_FORMAT:
                     raise InputDataError(f"{p}: not a hitstream background state")
-                if int(f.attrs.get("format_version", -1)) != STATE_VERSION:
+                if int(f.attrs.get("format_version", -1)) not in (1, STATE_VERSION):
                     raise InputDataError(f"{p}: background state version differs")
                 s, w, totals = f["sum"][()], f["weight"][()], f["totals"][()]
+                bin_sum = f["bin_sum"][()] if "bin_sum" in f else None
+                bin_weight = float(f.attrs.get("bin_weight", 0.0))
                 frames, n_totals = float(f.attrs["frames"]), int(f.attrs["n_totals"])
                 version, seen = int(f.attrs["version"]), int(f.attrs["frames_seen"])
         except (OSError, KeyError, ValueError) as exc:
@@ -265,6 +296,10 @@ class RunBackground:
             self._totals[: len(kept)] = kept
             self._n_totals = len(kept)
         self._frames, self._version, self.frames_seen = frames, version + 1, seen
+        if bin_sum is not None and bin_sum.shape == self._bin_sum.shape:
+            self._bin_sum, self._bin_weight = bin_sum.astype(np.float64), bin_weight
+        else:  # a state without them, or of another geometry: raw until frames come
+            self._bin_sum[:], self._bin_weight = 0.0, 0.0
         self.snapshot = self._make_snapshot()
 
 
@@ -299,19 +334,21 @@ def estimate_run_background(
     blocks: Iterable[np.ndarray] | np.ndarray,
     valid: np.ndarray | None = None,
     config: BackgroundConfig | None = None,
+    geometry: DetectorGeometry | None = None,
 ) -> BackgroundSnapshot:
     """The background of an archived run from all its frames: the frames of the run's core
     interval of totals (:func:`core_interval`), averaged without forgetting — what the
     streamer converges to on a stable run. ``blocks``: an ``(N, H, W)`` array, or a
     re-iterable of such blocks (read twice: totals first, then the dim frames). The trainer
-    uses it so that training and serving see the same input."""
+    uses it so that training and serving see the same input; with ``geometry`` the map is
+    the effective one, as the streamer's."""
     parts = [blocks] if isinstance(blocks, np.ndarray) else blocks
     cfg = config or BackgroundConfig()
     est: RunBackground | None = None
     totals = []
     for b in parts:
         b = np.asarray(b, np.float32)
-        est = est or RunBackground((b.shape[1], b.shape[2]), cfg, valid)
+        est = est or RunBackground((b.shape[1], b.shape[2]), cfg, valid, geometry)
         totals.append(est.frame_totals(b))
     if est is None:
         raise InputDataError("background of a run without frames")
@@ -331,6 +368,11 @@ def estimate_run_background(
             s += np.where(finite, dim, 0.0).sum(axis=0, dtype=np.float64)
             w += finite.sum(axis=0)
         k += len(dim)
+        for a in range(0, len(dim) if geometry is not None else 0, fk.BLOCK_FRAMES):
+            est._bin_sum += fk.bin_frames(dim[a : a + fk.BLOCK_FRAMES], geometry).sum(
+                axis=0, dtype=np.float64
+            )
     est._sum, est._weight, est._frames = s, w, float(k)
+    est._bin_weight = float(k) if geometry is not None else 0.0
     est._version = 1 if k else 0
     return est._make_snapshot()

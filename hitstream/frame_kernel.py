@@ -46,7 +46,9 @@ Steps, on raw photon-count frames ``(N, 260, 257)`` float32:
    empty frame; :mod:`hitstream.background`): the map is binned like the frames but without
    the noise floor (``λ``, expected photons per bin, masked, NaN → 0, coarsened and
    hot-capped like the frames) and turned into what an empty bin holds after cleaning,
-   ``β = λ − NOISE_FLOOR · (1 − e^{−λ})`` (the mean of ``max(Poisson(λ) − ½, 0)``). The two
+   ``β = λ − NOISE_FLOOR · (1 − e^{−λ})`` (the mean of ``max(Poisson(λ) − ½, 0)``; the run
+   estimator publishes its map scaled per bin so that this β is the cleaned empty bins'
+   measured mean: :mod:`hitstream.effective_background`). The two
    channels of step 4 are then made from the excess ``d = b − β`` instead of ``b``: the
    level signed (``sign(d) · sqrt|d|``, so bins below the background stay visible and the
    network can average the noise), the shape of ``max(d, 0)`` (without a background, or
@@ -276,11 +278,9 @@ def detail_channels(blocks: np.ndarray, clean: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(z), z, np.float32(0)).astype(np.float32)
 
 
-def background_bins(
-    background: np.ndarray, geometry: DetectorGeometry | None = None, coarsen: int = 1
-) -> tuple[np.ndarray, np.ndarray]:
-    """Step 6, the map's part: background (N or 1, H, W) → (λ, β) (N or 1, h, w): expected
-    photons per bin, and what an empty bin holds after cleaning (module docstring)."""
+def map_bins(background: np.ndarray, geometry: DetectorGeometry | None = None) -> np.ndarray:
+    """Step 6's λ before coarsening: a map (N or 1, H, W) → expected photons per 2×2 bin
+    (N or 1, h, w) float32, clipped to ``[0, PIXEL_MAX]``, NaN → 0, masked."""
     geometry = geometry or DetectorGeometry()
     m = check_frames(background, geometry, "background")
     hb, wb = binned_shape(geometry)
@@ -288,8 +288,23 @@ def background_bins(
     with np.errstate(invalid="ignore", over="ignore"):
         lam = (v[:, 0::2] + v[:, 1::2])[:, :, 0::2] + (v[:, 0::2] + v[:, 1::2])[:, :, 1::2]
         lam = np.clip(lam, np.float32(0), np.float32(PIXEL_MAX))
-    lam = np.where(np.isnan(lam), np.float32(0), lam) * binned_mask(geometry)
-    beta = lam - np.float32(NOISE_FLOOR) * (np.float32(1) - np.exp(-lam))
+    return (np.where(np.isnan(lam), np.float32(0), lam) * binned_mask(geometry)).astype(np.float32)
+
+
+def cleaned_mean(lam: np.ndarray) -> np.ndarray:
+    """β: what an empty bin of expected ``λ`` photons holds after cleaning, the mean of
+    ``max(Poisson(λ) − NOISE_FLOOR, 0)`` for a detector that counts photons exactly."""
+    lam = np.asarray(lam, np.float32)
+    return (lam - np.float32(NOISE_FLOOR) * (np.float32(1) - np.exp(-lam))).astype(np.float32)
+
+
+def background_bins(
+    background: np.ndarray, geometry: DetectorGeometry | None = None, coarsen: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """Step 6, the map's part: background (N or 1, H, W) → (λ, β) (N or 1, h, w): expected
+    photons per bin, and what an empty bin holds after cleaning (module docstring)."""
+    lam = map_bins(background, geometry)
+    beta = cleaned_mean(lam)
     return (
         cap_hot(coarsen_bins(lam.astype(np.float32), coarsen)),
         cap_hot(coarsen_bins(beta.astype(np.float32), coarsen)),

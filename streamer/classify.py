@@ -143,7 +143,6 @@ def find_dataset(path: Path, dataset: str | None, modules: bool) -> tuple[str, i
 def run_background(
     source: str,
     dataset: str,
-    valid: np.ndarray,
     detector: DetectorConfig | None,
     grid: Any,
     euxfel: EuxfelSource | None = None,
@@ -160,13 +159,13 @@ def run_background(
         for i in np.unique(np.linspace(0, n_trains - 1, k).round().astype(int)).tolist():
             for raw, _t, _p in TrainReader(Path(source), euxfel, i, i + 1):
                 blocks.append(dmap(raw) if dmap is not None else raw)
-        return estimate_run_background(blocks, valid)
+        return estimate_run_background(blocks, geometry=grid)
     f, dset = open_frame_dataset(source, dataset, modules=detector is not None)
     with f:
         for a, b in sample_spans(int(dset.shape[0])):
             raw = dset[a:b]
             blocks.append(dmap(raw) if dmap is not None else np.asarray(raw, np.float32))
-    return estimate_run_background(blocks, valid)
+    return estimate_run_background(blocks, geometry=grid)
 
 
 def _sample_size(n: int) -> int:
@@ -345,7 +344,6 @@ def _run_on(client: Any, jobs: list[RunJob], cfg: ClassifyConfig, bundle: Any) -
     from tqdm import tqdm
 
     takes_bg = bundle.background_input is not None
-    valid = bundle.geometry.valid_pixels()
     bg_futures: dict[str, Any] = {}
     recorded = None
     if takes_bg and cfg.background.startswith("recorded:"):
@@ -365,8 +363,8 @@ def _run_on(client: Any, jobs: list[RunJob], cfg: ClassifyConfig, bundle: Any) -
             background = recorded
         else:
             background = bg_futures[job.name] = client.submit(
-                run_background, str(job.source), job.dataset, valid, cfg.detector,
-                bundle.geometry, cfg.euxfel if job.source.is_dir() else None, pure=False,
+                run_background, str(job.source), job.dataset, cfg.detector, bundle.geometry,
+                cfg.euxfel if job.source.is_dir() else None, pure=False,
             )  # fmt: skip
         for c in todo:
             spec = ChunkSpec(

@@ -124,7 +124,7 @@ class Pipeline:
         self.background = StreamBackground(
             config.background,
             shape=bundle.frame_shape,
-            valid=bundle.geometry.valid_pixels(),
+            geometry=bundle.geometry,
             photon_unit=config.engine.photon_unit,
             path=state_path(out.dir, out.run, out.worker),
             run=out.run,

@@ -33,6 +33,7 @@ import numpy as np
 
 from hitstream.background import BackgroundConfig, BackgroundSnapshot, RunBackground
 from hitstream.errors import HitstreamError
+from hitstream.geometry import DetectorGeometry
 from streamer.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ class StreamBackground:
         config: BackgroundConfig,
         *,
         shape: tuple[int, int],
-        valid: np.ndarray | None,
+        geometry: DetectorGeometry | None,
         photon_unit: float,
         path: Path,
         run: str,
@@ -82,7 +83,7 @@ class StreamBackground:
         self._range_warned = False
         self.current: InUse | None = None
         self.restored = False
-        self.estimator = RunBackground(shape, config, valid) if config.enabled else None
+        self.estimator = RunBackground(shape, config, geometry=geometry) if config.enabled else None
         self._saved_at = clock()
         self._dirty = False
         self._update_failed = False

@@ -362,7 +362,7 @@ def test_the_state_is_saved_every_save_every_s_and_only_when_it_changed(tmp_path
     sb = StreamBackground(
         BackgroundConfig(warmup_frames=8, save_every_s=30.0),
         shape=(16, 16),
-        valid=None,
+        geometry=None,
         photon_unit=2.0,
         path=path,
         run="r",

@@ -71,8 +71,8 @@ def run_background(
 ) -> BackgroundSnapshot:
     """The background estimate of an open run (at most ``sample`` frames, spread evenly);
     masked with the run's detector geometry."""
-    valid = source.info().geometry.valid_pixels()
-    return estimate_run_background(_Blocks(source, sample), valid, config)
+    geometry = source.info().geometry
+    return estimate_run_background(_Blocks(source, sample), config=config, geometry=geometry)
 
 
 def backgrounds_of(

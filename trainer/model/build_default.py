@@ -6,16 +6,16 @@ orientation, photon level, zoom, background, hot pixels and read noise). Both ar
 many short runs (:data:`RUN_FRAMES` frames each), each with its own beamline: background
 level, shape, streaks, detector gains, offsets, saturation and hot pixels drawn from the
 real range (:meth:`hitstream.simulate.BeamlineConfig.realistic`), and the model sees each
-run's background estimate as its second input: the run's expected empty frame with the noise
-of an estimate from :data:`ESTIMATE_FRAMES` frames. Four test runs with other seeds that the
-training never saw (:func:`held_out_configs`): the simulator's default settings; a shifted
-particle/beam setting (lower photon level, wider particle size range, more background and
-hot pixels); other detector parameters (distance and wavelength not used in training, more
-beam-centre jitter); and beamlines like the training's; their backgrounds are estimated with
-the streamer's estimator from the same runs simulated with a beamline's class mix (mostly
-empty frames: :func:`stream_estimates`). Trains the CNN, chooses the single-hit
-threshold on validation, builds a polar template bank from the single hits of one more
-simulated run (:data:`BANK_SEED`) and exports the bundle: ONE graph with the CNN's
+run's background estimate as its second input: the streamer's estimator on
+:data:`ESTIMATE_FRAMES` simulated empty frames of the run's beamline. Four test runs with
+other seeds that the training never saw (:func:`held_out_configs`): the simulator's default
+settings; a shifted particle/beam setting (lower photon level, wider particle size range,
+more background and hot pixels); other detector parameters (distance and wavelength not used
+in training, more beam-centre jitter); and beamlines like the training's; their backgrounds
+are estimated with the streamer's estimator from the same runs simulated with a beamline's
+class mix (mostly empty frames: :func:`stream_estimates`). Trains the CNN, chooses the
+single-hit threshold on validation, builds a polar template bank from the single hits of one
+more simulated run (:data:`BANK_SEED`) and exports the bundle: ONE graph with the CNN's
 probabilities and the template distance. The default architecture is ``fine`` (binned levels
 plus the 2×2 block details); ``architecture="fast"`` builds the fast CPU bundle (no template
 outputs) the same way. :func:`build_default` returns the manifest's metrics;
@@ -49,7 +49,7 @@ from hitstream.simulate import (
     SIM_CLASSES,
     BeamlineConfig,
     SimConfig,
-    expected_empty_frame,
+    simulate_frames,
     simulate_parallel,
 )
 from trainer.data.backgrounds import RunBackgrounds
@@ -73,7 +73,7 @@ DEFAULT_OUT = Path("models/default")
 BANK_SEED = 20261130
 RUN_FRAMES = 50  # frames per simulated run in training: 200 beamlines in 10,000 frames
 TEST_RUN_FRAMES = 100  # frames per run of the beamline test run (estimated like live)
-ESTIMATE_FRAMES = (100.0, 4000.0)  # a training map is estimated from this many frames
+ESTIMATE_FRAMES = (100.0, 400.0)  # a training map is estimated from this many empty frames
 TRAINING_LEVEL = (0.0005, 0.15)  # photons per pixel: the real range (to 0.1) with a margin
 # a real run's class mix (DESIGN.md: a few % to ~20 % hits): the streamer's background
 # estimate (and the lit-pixel baseline) take most frames to be empty
@@ -116,18 +116,26 @@ def train_config() -> SimConfig:
 
 
 def estimated_maps(seed: int, n: int, cfg: SimConfig) -> RunBackgrounds:
-    """Each run's background as the streamer would estimate it: the run's expected empty
-    frame (:func:`hitstream.simulate.expected_empty_frame`) with the Poisson noise of an
-    average over N empty frames, N log-uniform in :data:`ESTIMATE_FRAMES` (seeded)."""
+    """Each run's background as the streamer would estimate it: its estimator on N simulated
+    empty frames of the run's beamline (every detector effect in them, so the map is the
+    effective one of :mod:`hitstream.effective_background`), N log-uniform in
+    :data:`ESTIMATE_FRAMES` (seeded). The training runs have too few empty frames of their
+    own (:data:`RUN_FRAMES` per beamline). The empty frames lie beyond frame ``n`` of a
+    longer run of the same seed, so that their noise is not any training frame's."""
+    from tqdm import tqdm
+
     per = cfg.frames_per_run or max(n, 1)
     runs = -(-n // per)
     rng = np.random.default_rng([seed, 0xE5])
     lo, hi = np.log(ESTIMATE_FRAMES)
+    span = per * (-(-(n + int(ESTIMATE_FRAMES[1]) + 1) // per))  # > n + N: run r's block
+    empty = replace(cfg, fractions=(0.0, 0.0, 1.0, 0.0), frames_per_run=span)
     maps = np.empty((runs, *cfg.geometry.shape), np.float32)
-    for r in range(runs):
-        m = expected_empty_frame(seed, r * per, cfg).astype(np.float64)
-        k = float(np.exp(rng.uniform(lo, hi)))
-        maps[r] = rng.poisson(np.clip(m, 0, None) * k) / k
+    for r in tqdm(range(runs), desc="run backgrounds", unit="run"):
+        k = round(float(np.exp(rng.uniform(lo, hi))))
+        a = r * span + n  # run r of ``empty`` is run r of ``cfg``: the same beamline
+        frames = simulate_frames(a, a + k, seed, empty).frames
+        maps[r] = estimate_run_background(frames, geometry=cfg.geometry).map
     return RunBackgrounds(maps, np.arange(n) // per)
 
 
@@ -136,8 +144,8 @@ def run_estimates(frames: np.ndarray, cfg: SimConfig) -> RunBackgrounds:
     most of the run's frames are empty, as at a beamline)."""
     n = len(frames)
     per = cfg.frames_per_run or max(n, 1)
-    valid = cfg.geometry.valid_pixels()
-    maps = [estimate_run_background(frames[a : a + per], valid).map for a in range(0, n, per)]
+    g = cfg.geometry
+    maps = [estimate_run_background(frames[a : a + per], geometry=g).map for a in range(0, n, per)]
     return RunBackgrounds(np.stack(maps).astype(np.float32), np.arange(n) // per)
 
 
@@ -412,8 +420,9 @@ def build_default(
             "runs_of": RUN_FRAMES,
             "levels": list(TRAINING_LEVEL),
             "beamline": asdict(training_beamline()),
-            "estimate": f"the run's expected empty frame with the noise of an average of "
-            f"{ESTIMATE_FRAMES[0]:.0f}-{ESTIMATE_FRAMES[1]:.0f} frames (log-uniform)",
+            "estimate": f"the streamer's estimator (effective map) on "
+            f"{ESTIMATE_FRAMES[0]:.0f}-{ESTIMATE_FRAMES[1]:.0f} simulated empty frames of "
+            "the run's beamline (log-uniform)",
         },
     }
     path = _export_with_bank(

@@ -201,7 +201,7 @@ def score_bundle(
 
     b = load_bundle(bundle, verify=True)
     if b.background_input and backgrounds is None:
-        m = estimate_run_background(frames, b.geometry.valid_pixels()).map
+        m = estimate_run_background(frames, geometry=b.geometry).map
         backgrounds = RunBackgrounds(m[None], np.zeros(len(frames), np.int64))
     out = run_graph(b.model_path, frames, b.input_name, progress=False, backgrounds=backgrounds)
     p, photons = out["probabilities"], out["photons"]  # photons after the graph's cleaning
