@@ -372,10 +372,8 @@ def estimate_run_background(
             s += np.where(finite, dim, 0.0).sum(axis=0, dtype=np.float64)
             w += finite.sum(axis=0)
         k += len(dim)
-        for a in range(0, len(dim) if geometry is not None else 0, fk.BLOCK_FRAMES):
-            est._bin_sum += fk.bin_frames(dim[a : a + fk.BLOCK_FRAMES], geometry).sum(
-                axis=0, dtype=np.float64
-            )
+        for _, bins in fk.iter_binned(dim, geometry) if geometry is not None else ():
+            est._bin_sum += bins.sum(axis=0, dtype=np.float64)
     est._sum, est._weight, est._frames = s, w, float(k)
     est._bin_weight = float(k) if geometry is not None else 0.0
     est._version = 1 if k else 0
