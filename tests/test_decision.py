@@ -109,3 +109,21 @@ def test_choose_threshold_accepts_a_prefix_whose_precision_equals_the_target() -
     t_strict = choose_threshold(p, labels, 0, target_precision=0.76, floor=0.0)
     assert t_strict == float(scores[2])
     assert keep_decision(p, 0, t_strict).tolist() == [True, True, True, False]
+
+
+def test_choose_threshold_keeps_the_recall_floor_when_precision_plateaus() -> None:
+    """Precision 1 on the top two frames, then about 2 of every 3 right: a 0.97 target alone
+    keeps two of 7 singles. The recall floor lowers the threshold to the score that keeps half of
+    them (4 of 7), and no lower; with the floor off, the sliver comes back."""
+    scores = np.array([0.99, 0.95, 0.94, 0.9, 0.85, 0.84, 0.8, 0.75, 0.74, 0.7], np.float32)
+    labels = np.array([0, 0, 1, 0, 0, 1, 0, 0, 1, 0])
+    p = np.zeros((len(scores), len(CLASSES)), np.float32)
+    p[:, 0] = scores
+    p[:, 1] = 1 - scores
+    assert choose_threshold(p, labels, 0, 0.97, floor=0.0, min_recall=0.0) == float(scores[1])
+    t = choose_threshold(p, labels, 0, 0.97, floor=0.0, min_recall=0.5)
+    assert t == float(scores[4])
+    kept = keep_decision(p, 0, t)
+    assert kept.sum() == 5 and int(np.sum(kept & (labels == 0))) == 4
+    # a target the model reaches at higher recall is not raised by the floor
+    assert choose_threshold(p, labels, 0, 0.6, floor=0.0, min_recall=0.5) == float(scores[-1])

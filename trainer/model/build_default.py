@@ -340,6 +340,7 @@ def build_default(
     template outputs)."""
     from trainer.model.shot_stage import SHOT_EPOCHS, continue_on_shot_input
     from trainer.model.train import (
+        MIN_KEEP_RECALL,
         TrainConfig,
         choose_threshold,
         classification_metrics,
@@ -415,7 +416,8 @@ def build_default(
         "train_seconds": round(result.seconds, 1),
         "simulate_seconds": round(t_sim, 1),
         "threshold_rule": f"lowest p(single) with validation keep precision >= "
-        f"{plan.target_precision} (not below 0.5)",
+        f"{plan.target_precision}, lowered to keep at least {MIN_KEEP_RECALL:.0%} of the "
+        "validation singles (not below 0.5)",
         "background": {
             "runs_of": RUN_FRAMES,
             "levels": list(TRAINING_LEVEL),

@@ -347,18 +347,27 @@ def keep_decision(probabilities: np.ndarray, index: int, threshold: float) -> np
     return (p.argmax(axis=1) == index) & (p[:, index] >= threshold)
 
 
+MIN_KEEP_RECALL = 0.5
+"""The keep threshold never keeps less than this share of the class on validation."""
+
+
 def choose_threshold(
     probabilities: np.ndarray,
     labels: np.ndarray,
     index: int,
     target_precision: float = 0.97,
     floor: float = 0.5,
+    min_recall: float = MIN_KEEP_RECALL,
 ) -> float:
-    """Lowest threshold on p[class] whose keep decision reaches ``target_precision``.
+    """Lowest threshold on p[class] whose keep decision reaches ``target_precision``,
+    lowered where needed so that the kept frames hold at least ``min_recall`` of the class.
 
     Among frames whose argmax is the class, sorted by decreasing probability, the largest
     prefix with precision ≥ target sets the threshold (the highest recall that meets the
-    target); if no prefix reaches it, the most precise prefix. Never below ``floor``.
+    target); if no prefix reaches it, the most precise prefix. A model whose validation
+    precision plateaus below the target would otherwise keep a sliver of the class (a few %
+    of the singles), so the threshold is never above the score that keeps ``min_recall`` of
+    the class's frames, where the argmax allows that. Never below ``floor``.
     """
     p = np.asarray(probabilities)
     labels = np.asarray(labels)
@@ -367,7 +376,8 @@ def choose_threshold(
         return 1.0
     order = cand[np.argsort(-p[cand, index], kind="stable")]
     scores = p[order, index]
-    tp = np.cumsum(labels[order] == index)
+    hit = labels[order] == index
+    tp = np.cumsum(hit)
     k = np.arange(1, len(order) + 1)
     precision = tp / k
     # a threshold can only sit between distinct scores: use the last of each tie group
@@ -378,6 +388,11 @@ def choose_threshold(
     else:
         valid = np.flatnonzero(last_of_tie)
         t = float(scores[valid[np.argmax(precision[valid])]])
+    total = int(np.sum(labels == index))
+    if total and min_recall > 0:
+        reach = np.flatnonzero((tp >= min_recall * total) & last_of_tie)
+        if reach.size:  # the highest threshold that keeps min_recall of the class
+            t = min(t, float(scores[reach[0]]))
     return max(t, floor)
 
 
