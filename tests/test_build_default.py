@@ -112,3 +112,16 @@ def test_training_maps_are_the_estimators_on_each_runs_beamline() -> None:
         raw_errors.append(np.abs(profile(beta_raw) / profile(cleaned) - 1).max())
     assert max(raw_errors) > 1.0  # these beamlines' detectors do not count exactly
     assert np.mean(errors) < 0.5 * np.mean(raw_errors)
+
+
+def test_training_maps_do_not_depend_on_the_number_of_workers() -> None:
+    """The runs' maps are spread over processes; the same seed gives the same maps."""
+    import numpy as np
+
+    from trainer.model.build_default import RUN_FRAMES, estimated_maps
+
+    cfg = train_config()
+    one = estimated_maps(TRAIN_SEED, 3 * RUN_FRAMES, cfg, workers=1)
+    two = estimated_maps(TRAIN_SEED, 3 * RUN_FRAMES, cfg, workers=2)
+    assert np.array_equal(one.maps, two.maps) and np.array_equal(one.index, two.index)
+    assert len({m.tobytes() for m in one.maps}) == 3  # each run its own beamline

@@ -55,6 +55,8 @@ from hitstream.simulate import (
 from trainer.data.backgrounds import RunBackgrounds
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from trainer.model.augment import AugmentConfig
 
 log = logging.getLogger(__name__)
@@ -115,13 +117,18 @@ def train_config() -> SimConfig:
     )
 
 
-def estimated_maps(seed: int, n: int, cfg: SimConfig) -> RunBackgrounds:
+def estimated_maps(seed: int, n: int, cfg: SimConfig, workers: int = 2) -> RunBackgrounds:
     """Each run's background as the streamer would estimate it: its estimator on N simulated
     empty frames of the run's beamline (every detector effect in them, so the map is the
     effective one of :mod:`hitstream.effective_background`), N log-uniform in
     :data:`ESTIMATE_FRAMES` (seeded). The training runs have too few empty frames of their
     own (:data:`RUN_FRAMES` per beamline). The empty frames lie beyond frame ``n`` of a
-    longer run of the same seed, so that their noise is not any training frame's."""
+    longer run of the same seed, so that their noise is not any training frame's. Runs are
+    spread over ``workers`` processes (1: this one); the maps do not depend on it."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from contextlib import ExitStack
+
     from tqdm import tqdm
 
     per = cfg.frames_per_run or max(n, 1)
@@ -130,13 +137,28 @@ def estimated_maps(seed: int, n: int, cfg: SimConfig) -> RunBackgrounds:
     lo, hi = np.log(ESTIMATE_FRAMES)
     span = per * (-(-(n + int(ESTIMATE_FRAMES[1]) + 1) // per))  # > n + N: run r's block
     empty = replace(cfg, fractions=(0.0, 0.0, 1.0, 0.0), frames_per_run=span)
-    maps = np.empty((runs, *cfg.geometry.shape), np.float32)
-    for r in tqdm(range(runs), desc="run backgrounds", unit="run"):
+    parts = []
+    for r in range(runs):  # run r of ``empty`` is run r of ``cfg``: the same beamline
         k = round(float(np.exp(rng.uniform(lo, hi))))
-        a = r * span + n  # run r of ``empty`` is run r of ``cfg``: the same beamline
-        frames = simulate_frames(a, a + k, seed, empty).frames
-        maps[r] = estimate_run_background(frames, geometry=cfg.geometry).map
+        parts.append((r * span + n, r * span + n + k, seed, empty))
+    maps = np.empty((runs, *cfg.geometry.shape), np.float32)
+    with ExitStack() as stack, tqdm(total=runs, desc="run backgrounds", unit="run") as bar:
+        done: Iterator[np.ndarray] = map(_estimated_map, parts)
+        if workers > 1:
+            ctx = multiprocessing.get_context("spawn")
+            ex = stack.enter_context(ProcessPoolExecutor(workers, mp_context=ctx))
+            done = ex.map(_estimated_map, parts, chunksize=4)
+        for r, m in enumerate(done):
+            maps[r] = m
+            bar.update()
     return RunBackgrounds(maps, np.arange(n) // per)
+
+
+def _estimated_map(part: tuple[int, int, int, SimConfig]) -> np.ndarray:
+    """The estimator's map of frames ``a``..``b`` of run ``seed`` (empty frames)."""
+    a, b, seed, empty = part
+    frames = simulate_frames(a, b, seed, empty).frames
+    return estimate_run_background(frames, geometry=empty.geometry).map
 
 
 def run_estimates(frames: np.ndarray, cfg: SimConfig) -> RunBackgrounds:
@@ -295,7 +317,7 @@ def _simulate_runs(plan: BuildPlan, workers: int) -> dict[str, _Run]:
     for split in ("train", "validation"):
         desc = "train run" if split == "train" else "validation run"
         x, y = simulate_parallel(sizes[split], seeds[split], train_cfg, workers, desc)
-        maps = estimated_maps(seeds[split], len(x), train_cfg)
+        maps = estimated_maps(seeds[split], len(x), train_cfg, workers)
         runs[split] = _Run(seeds[split], train_cfg, x, y, maps)
     for split, cfg in held_out_configs().items():
         x, y = simulate_parallel(plan.n_test, TEST_SEEDS[split], cfg, workers, f"{split} run")
