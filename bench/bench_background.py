@@ -9,7 +9,8 @@ its own frames with the streamer's estimator. For each bundle and for the lit-pi
 finder above the run background (hits counted as single): 4-class accuracy, single-hit
 precision at the bundle's threshold, the precision-recall curve read at recall 0.95, and
 the accuracy of the hits that stand out of their background's Poisson noise
-(photons / sqrt(background) ≥ 5) and of those that do not (the physical limit).
+(photons / sqrt(background) ≥ 5) and of those that do not (the physical limit), and the
+accuracy ceiling: 1 − the share of faint hits, which no classifier tells from empty frames.
 
     .venv/bin/python bench/bench_background.py models/default models/fast \
         [previous=OLD_BUNDLE ...] [--frames 1000]
@@ -68,7 +69,7 @@ def _print_row(row: dict) -> None:
     b = row["baseline"]
     print(f"\n{row['run']} ({row['frames']} frames)")
     print(f"  {'who':<22} {'accuracy':>9} {'single P':>9} {'single R':>9} {'P@R0.95':>8} "
-          f"{'clear hits':>11} {'faint hits':>11}")  # fmt: skip
+          f"{'clear hits':>11} {'faint hits':>11} {'ceiling':>8}")  # fmt: skip
     print(f"  {'lit-pixel baseline':<22} {b['accuracy']:>9.4f} {b['single_precision']:>9.4f} "
           f"{b['single_recall']:>9.4f} {b['single_precision_at_recall_95']:>8.4f}")  # fmt: skip
     for name, m in row["bundles"].items():
@@ -78,7 +79,8 @@ def _print_row(row: dict) -> None:
             f"  {name:<22} {m['accuracy']:>9.4f} {m['single_precision']:>9.4f} "
             f"{m['single_recall']:>9.4f} {m['single_precision_at_recall_95']:>8.4f} "
             f"{'-' if clear is None else f'{clear:.4f}':>6} ({m['clear_hits']:>3}) "
-            f"{'-' if faint is None else f'{faint:.4f}':>6} ({m['faint_hits']:>3})"
+            f"{'-' if faint is None else f'{faint:.4f}':>6} ({m['faint_hits']:>3}) "
+            f"{m.get('accuracy_ceiling', float('nan')):>8.4f}"
         )
 
 
@@ -101,6 +103,10 @@ def _plot(rows: list[dict], path: Path) -> None:
         for name in ladder[0]["bundles"]:
             ax.plot(levels, [r["bundles"][name][key] for r in ladder], "-o", label=name)
         ax.axhline(0.97 if key == "accuracy" else 0.95, color="grey", lw=0.8, ls=":")
+        if key == "accuracy":  # the same for every bundle: the faint hits are the run's
+            first = next(iter(ladder[0]["bundles"]))
+            ceiling = [r["bundles"][first].get("accuracy_ceiling", 1.0) for r in ladder]
+            ax.plot(levels, ceiling, color="grey", lw=1.5, label="ceiling (faint hits)")
         ax.set_xscale("symlog", linthresh=0.005)
         ax.set_xlim(-0.0005, 0.12)
         ax.set_xticks(levels, [f"{v:g}" for v in levels])

@@ -195,7 +195,8 @@ def score_bundle(
     takes the run's background gets ``backgrounds`` (default: one estimate from all the
     frames, as the streamer would make it). With the simulator's ``sim_truth`` (its ``photons``
     and ``background`` per frame), also the accuracy of the hits that stand out of their
-    background's noise (signal photons / sqrt(background photons) ≥ :data:`SNR_LIMIT`)."""
+    background's noise (signal photons / sqrt(background photons) ≥ :data:`SNR_LIMIT`), and
+    the accuracy ceiling that the faint ones leave."""
     from hitstream.bundle import load_bundle
     from trainer.model.evaluate import run_graph
 
@@ -223,6 +224,9 @@ def score_bundle(
         faint = (snr < SNR_LIMIT) & (labels != b.classes.index("empty"))
         extra["faint_hits"] = int(faint.sum())
         extra["faint_hit_accuracy"] = float(right[faint].mean()) if faint.any() else None
+        # what a classifier right on every frame but the faint hits (which no one can tell
+        # from an empty frame) would score: the ceiling of the 4-class accuracy
+        extra["accuracy_ceiling"] = 1.0 - float(faint.sum()) / max(1, len(labels))
     return {
         **extra,
         "accuracy": float(np.mean(right)),
