@@ -58,12 +58,22 @@ def test_quick_build_writes_a_bundle_with_all_test_runs(tmp_path: Path, arch: st
     assert ("template_distance" in outputs) == (arch == "fine")
     assert b.name == ("default" if arch == "fine" else "fast")
     assert len(b.manifest["preprocessing"]["channels"]) == (6 if arch == "fine" else 3)
-    # the excess is over each shot's fitted background level (frame_kernel step 7)
-    assert b.manifest["model"]["architecture"] == f"{arch}-shot"
-    assert b.manifest["preprocessing"]["shot_scale"] is True
+    # the default's excess is over each shot's fitted background level (frame_kernel step
+    # 7); the fast bundle's over the run's map, with the same number of epochs in all
+    shot = arch == "fine"
+    assert b.manifest["model"]["architecture"] == (f"{arch}-shot" if shot else arch)
+    assert b.manifest["preprocessing"].get("shot_scale", False) is shot
+    assert summary["epochs_run"] == 4 and summary["second_stage"]["epochs"] == (2 if shot else 0)
     refused = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert refused.returncode != 0 and "already exists" in refused.stderr
     assert json.loads((out / "manifest.json").read_text())["model"]["macs_per_frame"] > 0
+
+
+def test_the_fast_bundle_trains_its_shot_epochs_on_the_run_level_excess() -> None:
+    from trainer.model.build_default import FULL, QUICK, stages_for
+
+    assert stages_for("fine", FULL) == (15, 3) and stages_for("fast", FULL) == (18, 0)
+    assert stages_for("fine", QUICK) == (2, 2) and stages_for("fast", QUICK) == (4, 0)
 
 
 def test_only_the_fast_bundle_leaves_the_detector_mask_alone() -> None:
