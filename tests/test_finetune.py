@@ -147,3 +147,16 @@ def test_threshold_for_a_target_precision_with_its_intervals() -> None:
     for c in (loose, strict):
         a, b = c["threshold_ci95"]
         assert a <= c["threshold"] <= b
+
+
+def test_a_precision_asked_for_is_not_lowered_by_the_recall_floor() -> None:
+    """Precision 1 on the top two frames, then about 2 of 3 right: a bundle's own threshold
+    would be lowered to keep half the class, but a person who asks for 0.97 gets 0.97 and is
+    told the recall it costs (2 of 7)."""
+    from trainer.model.threshold_choice import threshold_for_target
+
+    s = np.array([0.99, 0.95, 0.94, 0.9, 0.85, 0.84, 0.8, 0.75, 0.74, 0.7], np.float32)
+    y = np.array([1, 1, 0, 1, 1, 0, 1, 1, 0, 1])
+    c = threshold_for_target(np.stack([1 - s, s], axis=1), y, 1, 0.97)
+    assert c["threshold"] == float(s[1]) and c["precision"] == 1.0
+    assert c["recall"] == pytest.approx(2 / 7)

@@ -40,10 +40,11 @@ def threshold_for_target(
     seed: int = 0,
 ) -> dict[str, Any]:
     """The threshold of class ``index`` for ``target`` precision on these frames, the
-    precision and recall it reaches there, and their 95 % intervals."""
+    precision and recall it reaches there, and their 95 % intervals. The person asked for a
+    precision: no recall floor lowers it (the recall it costs is reported)."""
     p = np.asarray(probabilities)
     y = np.asarray(labels)
-    t = choose_threshold(p, y, index, target)
+    t = choose_threshold(p, y, index, target, min_recall=0.0)
     keep = keep_decision(p, index, t)
     tp = int(np.sum(keep & (y == index)))
     kept = int(keep.sum())
@@ -53,7 +54,7 @@ def threshold_for_target(
     for _ in range(BOOTSTRAP):
         rows = rng.integers(0, len(y), len(y))
         if np.any(y[rows] == index):
-            boot.append(choose_threshold(p[rows], y[rows], index, target))
+            boot.append(choose_threshold(p[rows], y[rows], index, target, min_recall=0.0))
     lo, hi = np.percentile(boot, [2.5, 97.5]).tolist() if boot else [t, t]
     return {
         "target_precision": target,

@@ -348,7 +348,8 @@ def keep_decision(probabilities: np.ndarray, index: int, threshold: float) -> np
 
 
 MIN_KEEP_RECALL = 0.5
-"""The keep threshold never keeps less than this share of the class on validation."""
+"""A bundle's keep threshold is lowered, where the argmax allows, to keep at least this
+share of the class on validation (:func:`choose_threshold`)."""
 
 
 def choose_threshold(
