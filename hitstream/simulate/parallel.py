@@ -9,12 +9,29 @@ number of workers.
 from __future__ import annotations
 
 import multiprocessing
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from typing import Any, TypeVar
 
 import numpy as np
 
 from hitstream.simulate.config import SimConfig
 from hitstream.simulate.scene import simulate_frames
+
+T = TypeVar("T")
+
+
+def map_in_processes(
+    fn: Callable[[Any], T], parts: Sequence[Any], workers: int = 2, chunksize: int = 1
+) -> Iterator[T]:
+    """``fn`` over ``parts``, in order: in ``workers`` ``spawn``-ed processes (1: in this
+    one). ``fn`` must be a module-level function."""
+    if workers <= 1:
+        yield from map(fn, parts)
+        return
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=ctx) as ex:
+        yield from ex.map(fn, parts, chunksize=chunksize)
 
 
 def _simulate_part(args: tuple[int, int, int, SimConfig]) -> tuple[int, np.ndarray, np.ndarray]:
@@ -40,14 +57,7 @@ def simulate_parallel(
     labels = np.empty(n, np.int8)
     parts = [(a, min(a + chunk, n), seed, config) for a in range(0, n, chunk)]
     with tqdm(total=n, unit="frame", desc=desc) as bar:
-        if workers <= 1:
-            for start, f, lab in map(_simulate_part, parts):
-                frames[start : start + len(f)], labels[start : start + len(f)] = f, lab
-                bar.update(len(f))
-        else:
-            ctx = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(workers, mp_context=ctx) as ex:
-                for start, f, lab in ex.map(_simulate_part, parts):
-                    frames[start : start + len(f)], labels[start : start + len(f)] = f, lab
-                    bar.update(len(f))
+        for start, f, lab in map_in_processes(_simulate_part, parts, workers):
+            frames[start : start + len(f)], labels[start : start + len(f)] = f, lab
+            bar.update(len(f))
     return frames, labels

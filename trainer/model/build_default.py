@@ -55,8 +55,6 @@ from hitstream.simulate import (
 from trainer.data.backgrounds import RunBackgrounds
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
     from trainer.model.augment import AugmentConfig
 
 log = logging.getLogger(__name__)
@@ -126,11 +124,9 @@ def estimated_maps(seed: int, n: int, cfg: SimConfig, workers: int = 2) -> RunBa
     own (:data:`RUN_FRAMES` per beamline). The empty frames lie beyond frame ``n`` of a
     longer run of the same seed, so that their noise is not any training frame's. Runs are
     spread over ``workers`` processes (1: this one); the maps do not depend on it."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-    from contextlib import ExitStack
-
     from tqdm import tqdm
+
+    from hitstream.simulate.parallel import map_in_processes
 
     per = cfg.frames_per_run or max(n, 1)
     runs = -(-n // per)
@@ -143,13 +139,8 @@ def estimated_maps(seed: int, n: int, cfg: SimConfig, workers: int = 2) -> RunBa
         k = round(float(np.exp(rng.uniform(lo, hi))))
         parts.append((r * span + n, r * span + n + k, seed, empty))
     maps = np.empty((runs, *cfg.geometry.shape), np.float32)
-    with ExitStack() as stack, tqdm(total=runs, desc="run backgrounds", unit="run") as bar:
-        done: Iterator[np.ndarray] = map(_estimated_map, parts)
-        if workers > 1:
-            ctx = multiprocessing.get_context("spawn")
-            ex = stack.enter_context(ProcessPoolExecutor(workers, mp_context=ctx))
-            done = ex.map(_estimated_map, parts, chunksize=4)
-        for r, m in enumerate(done):
+    with tqdm(total=runs, desc="run backgrounds", unit="run") as bar:
+        for r, m in enumerate(map_in_processes(_estimated_map, parts, workers, chunksize=4)):
             maps[r] = m
             bar.update()
     return RunBackgrounds(maps, np.arange(n) // per)
