@@ -213,13 +213,7 @@ def no_dask(model: Path, runs: list[Path], provider: str, batch: int, tmp: Path)
     chunk_s = bg_s = 0.0
     for k, path in enumerate(runs):
         t = time.perf_counter()
-        bg = (
-            run_background(
-                str(path), DATASET, bundle.geometry.valid_pixels(), None, bundle.geometry
-            )
-            if takes_bg
-            else None
-        )
+        bg = run_background(str(path), DATASET, None, bundle.geometry) if takes_bg else None
         bg_s += time.perf_counter() - t
         with h5py.File(path, "r") as f:
             frames = int(f[DATASET].shape[0])
@@ -488,23 +482,26 @@ def main(argv: list[str] | None = None) -> int:
             data, "tiny", args.overhead_files, args.overhead_frames, args.compression, 100
         )
 
-    # the baseline: the engine alone on frames in memory, with the first run's background
-    with h5py.File(runs[0], "r") as f:
-        frames = np.asarray(f[DATASET][: args.engine_frames], np.float32)
+    # the baseline: the engine alone on frames in memory, with the first run's background,
+    # measured before the first cluster and again after each one (a shared host drifts): each
+    # cluster is compared with the mean of the measurements just before and after it
     bg = None
     if bundle.background_input is not None and args.background == "run":
-        snap = run_background(
-            str(runs[0]), DATASET, bundle.geometry.valid_pixels(), None, bundle.geometry
-        )
-        bg = snap.map
-    engines: dict[int, dict[str, Any]] = {}
-    for threads in tqdm(
-        sorted({w * t for w, t in args.clusters}), desc="engine alone", disable=not progress
-    ):
-        engines[threads] = engine_alone(
-            model, frames, bg, threads, args.provider, args.batch, args.repeats
-        )
-    del frames
+        bg = run_background(str(runs[0]), DATASET, None, bundle.geometry).map
+    thread_counts = sorted({w * t for w, t in args.clusters})
+
+    def engines_now(desc: str) -> dict[int, dict[str, Any]]:
+        with h5py.File(runs[0], "r") as f:
+            frames = np.asarray(f[DATASET][: args.engine_frames], np.float32)
+        return {
+            threads: engine_alone(
+                model, frames, bg, threads, args.provider, args.batch, args.repeats
+            )
+            for threads in tqdm(thread_counts, desc=desc, disable=not progress)
+        }
+
+    engine_runs = [engines_now("engine alone")]
+    engines = engine_runs[0]
     reading = read_only(runs)
     plain = no_dask(model, runs, args.provider, args.batch, data / "no-dask")
 
@@ -522,8 +519,11 @@ def main(argv: list[str] | None = None) -> int:
             chunk_frames=args.chunk_frames,
             progress=progress,
         )
-        base = engines[w * t]["frames_per_s"]
+        engine_runs.append(engines_now("engine alone, again"))
+        bracket = [e[w * t]["frames_per_s"] for e in engine_runs[-2:]]
+        base = statistics.mean(bracket)
         r["engine_fps"] = base
+        r["engine_fps_bracket"] = bracket
         for k in ("wall", "work", "steady"):
             r[f"ratio_{k}"] = r[f"fps_{k}"] / base
         clusters.append(r)
@@ -578,6 +578,7 @@ def main(argv: list[str] | None = None) -> int:
             "frame_shape": list(bundle.frame_shape),
         },
         "engine_alone": {str(k): v for k, v in engines.items()},
+        "engine_alone_runs": [{str(k): v for k, v in e.items()} for e in engine_runs],
         "read_only": reading,
         "no_dask": plain,
         "classify_runs": clusters,
@@ -616,6 +617,13 @@ def format_table(r: dict[str, Any]) -> str:
             f"{f'engine alone, {threads} threads (in memory)':<44} "
             f"{e['frames_per_s']:>9.0f} {1.0:>9.2f}  batch {e['batch']}, "
             f"{e['provider']}"
+        )
+    later = r.get("engine_alone_runs", [])[1:]
+    if later:
+        lines.append(
+            f"{'  again after each cluster':<44} "
+            + ", ".join(f"{e[k]['frames_per_s']:.0f}" for e in later for k in e)
+            + " (each cluster against the mean of the runs before and after it)"
         )
     base0 = next(iter(r["engine_alone"].values()))["frames_per_s"]
     rd, nd = r["read_only"], r["no_dask"]

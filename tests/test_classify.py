@@ -4,6 +4,7 @@ killed mid-way; labels identical to the live streamer's on the same frames."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
@@ -234,6 +235,37 @@ def test_labels_identical_to_the_live_streamer(
     np.testing.assert_allclose(a.frames.probabilities[ia], b.frames.probabilities[ib], atol=1e-6)
     np.testing.assert_allclose(a.frames.background_level[ia], b.frames.background_level[ib],
                                rtol=1e-5)  # fmt: skip
+
+
+def test_the_run_background_sample_is_spread_and_part_of_the_identity(
+    runs: list[Path], cluster: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run's background comes from at most BACKGROUND_SAMPLE frames in spans spread from its
+    start to its end; chunks classified with another sample size are redone, not mixed."""
+    from streamer import classify
+
+    for n in (0, 150, 2000, 40_000, 1_000_000):
+        spans = classify.sample_spans(n)
+        sizes = [b - a for a, b in spans]
+        assert all(0 <= a < b <= n for a, b in spans)
+        assert all(b0 <= a1 for (_, b0), (a1, _) in itertools.pairwise(spans))
+        assert sum(sizes) < classify.BACKGROUND_SAMPLE + classify.BACKGROUND_SPAN
+        if n:
+            assert spans[0][0] == 0 and spans[-1][1] == n
+            assert sum(sizes) >= min(n, classify.BACKGROUND_MIN_SAMPLE)
+    assert (
+        sum(b - a for a, b in classify.sample_spans(1_000_000)) >= 0.9 * classify.BACKGROUND_SAMPLE
+    )
+    bundle = make_tiny_bundle(tmp_path / "bg", background=True)
+    cfg = ClassifyConfig(model=bundle, out=tmp_path / "out", chunk_frames=64, scheduler=cluster,
+                         frames_per_train=K, progress=False)  # fmt: skip
+    first = classify_runs(runs[:1], cfg)
+    assert first[0].error is None and first[0].skipped == 0
+    assert classify_runs(runs[:1], cfg)[0].skipped == len(first[0].chunks)
+    monkeypatch.setattr(classify, "BACKGROUND_SAMPLE", classify.BACKGROUND_SAMPLE // 2)
+    redone = classify_runs(runs[:1], cfg)
+    assert redone[0].error is None and redone[0].skipped == 0
+    check_run(cfg.out, redone[0].name, 160)
 
 
 def test_refusals(runs: list[Path], tiny: Path, tmp_path: Path) -> None:
