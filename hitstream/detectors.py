@@ -1,8 +1,9 @@
 """Real detectors: module geometry (EXtra-geom), distance and photon energy.
 
 A :class:`DetectorConfig` names a detector (``AGIPD1M``, ``LPD1M``, ``JUNGFRAU``, ``DSSC1M``,
-``EPIX100``, ``PNCCD``) or a CrystFEL ``.geom`` file, the sample-detector distance and the
-photon energy. :func:`load_detector` turns it into a :class:`Detector`: the data shape of
+``EPIX100``, ``PNCCD``), a CrystFEL ``.geom`` file or a flat panel of assembled frames
+(``FLAT``: shape, pixel size, beam centre), the sample-detector distance and the photon
+energy. :func:`load_detector` turns it into a :class:`Detector`: the data shape of
 one frame as the detector sends it (modules, slow scan, fast scan), every pixel's centre
 in metres (beam along z through the origin) and the pixels the geometry or the run's
 bad-pixel mask rule out. :mod:`hitstream.qgrid` maps those pixels onto a model's grid.
@@ -34,14 +35,18 @@ DETECTORS: dict[str, str] = {
     "PNCCD": "PNCCDGeometry",
 }
 _QUADRANT_DETECTORS = ("AGIPD1M", "LPD1M", "DSSC1M")
+FLAT = "FLAT"  # one flat panel of square pixels: already assembled frames of any size
 
 
 @dataclass(frozen=True)
 class DetectorConfig:
     """``[detector]``: empty ``geometry`` means the frames are already on the model's grid.
 
-    ``geometry``: a name of :data:`DETECTORS` or the path of a CrystFEL ``.geom`` file (its
-    ``type`` says which detector the file describes: a name of :data:`DETECTORS`).
+    ``geometry``: a name of :data:`DETECTORS`, the path of a CrystFEL ``.geom`` file (its
+    ``type`` says which detector the file describes: a name of :data:`DETECTORS`), or
+    ``FLAT``: assembled frames of ``frame_shape`` ``[H, W]`` square pixels of ``pixel_m``,
+    the beam at ``center_px`` ``[row, column]`` (empty: the frame's middle), e.g. another
+    simulator's or a pnCCD's assembled frames.
     ``quad_pos``: quadrant positions (x, y) for AGIPD/LPD/DSSC, in the detector's usual unit
     (AGIPD pixels, LPD mm, DSSC pixels); empty: EXtra-geom's example positions (a warning).
     ``distance_m``, ``photon_energy_ev``: sample-detector distance and photon energy (both
@@ -60,10 +65,23 @@ class DetectorConfig:
     mask_file: Path | None = None
     wavelength_source: str = ""  # a feed source carrying the wavelength ("": from the config)
     wavelength_key: str = "pulseEnergy.wavelengthUsed"  # its key, in nm (as the XGM sends)
+    frame_shape: list[int] = field(default_factory=list)  # FLAT: [H, W] pixels
+    pixel_m: float = 0.0  # FLAT: the pixels' side
+    center_px: list[float] = field(default_factory=list)  # FLAT: the beam [row, column]
 
     def __post_init__(self) -> None:
         if not self.geometry:
             return
+        if self.geometry.upper() == FLAT and (
+            len(self.frame_shape) != 2
+            or min(self.frame_shape) < 1
+            or self.pixel_m <= 0
+            or len(self.center_px) not in (0, 2)
+        ):
+            raise ConfigError(
+                "detector.geometry = 'FLAT' needs detector.frame_shape = [H, W], "
+                "detector.pixel_m > 0 and optionally detector.center_px = [row, column]"
+            )
         if self.distance_m <= 0 or self.photon_energy_ev <= 0:
             raise ConfigError(
                 f"detector.geometry = {self.geometry!r} needs detector.distance_m and "
@@ -167,8 +185,11 @@ def load_detector(cfg: DetectorConfig) -> Detector:
     """The :class:`Detector` of a configuration with a geometry (ConfigError otherwise)."""
     if not cfg.enabled:
         raise ConfigError("no detector.geometry configured")
-    name, geom = _extra_geometry(cfg)
-    pos = np.asarray(geom.get_pixel_positions(), np.float64)
+    if cfg.geometry.upper() == FLAT:
+        name, pos = FLAT, flat_positions(cfg)
+    else:
+        name, geom = _extra_geometry(cfg)
+        pos = np.asarray(geom.get_pixel_positions(), np.float64)
     if pos.ndim == 3:  # a single-module detector: (ss, fs, 3)
         pos = pos[np.newaxis]
     shape = (int(pos.shape[0]), int(pos.shape[1]), int(pos.shape[2]))
@@ -183,3 +204,14 @@ def load_detector(cfg: DetectorConfig) -> Detector:
         distance_m=float(cfg.distance_m),
         wavelength_m=cfg.wavelength_m,
     )
+
+
+def flat_positions(cfg: DetectorConfig) -> np.ndarray:
+    """Pixel centres ``(1, H, W, 3)`` of a :data:`FLAT` detector: rows along y, columns
+    along x, the beam through ``center_px`` (default: the frame's middle)."""
+    h, w = (int(v) for v in cfg.frame_shape)
+    cy, cx = cfg.center_px if cfg.center_px else ((h - 1) / 2.0, (w - 1) / 2.0)
+    pos = np.zeros((1, h, w, 3))
+    pos[0, :, :, 0] = (np.arange(w) - float(cx))[None, :] * cfg.pixel_m
+    pos[0, :, :, 1] = (np.arange(h) - float(cy))[:, None] * cfg.pixel_m
+    return pos

@@ -36,7 +36,9 @@ FIXES: dict[str, str] = {
     "shape": (
         "set feed.axis_order to the array's axes (e.g. 'pulses,ss,fs', or "
         "'modules,fs,ss,pulses' for AGIPD online data) and make sure the frames have the "
-        "model's frame shape (the model's input is shown in /status)"
+        "model's frame shape (the model's input is shown in /status), or describe the "
+        "detector in [detector] (a named detector's modules, or geometry = 'FLAT' with "
+        "frame_shape, pixel_m and center_px for assembled frames of another size)"
     ),
     "dtype": "send integer or float frames (bool, complex and strings are refused)",
     "trainid": "the feed must give a train id (metadata timestamp.tid, or data trainId)",

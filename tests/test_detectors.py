@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from karabo_bridge.server import SimServerInThread
 
-from hitstream.detectors import DetectorConfig, load_detector
+from hitstream.detectors import HC_EV_M, DetectorConfig, load_detector
 from hitstream.errors import ConfigError
 from hitstream.geometry import DetectorGeometry
 from hitstream.qgrid import Resampler
@@ -125,6 +125,100 @@ def test_crystfel_geometry_file_gives_the_same_pixels(tmp_path: Path, name: str)
     with pytest.raises(ConfigError, match="no CrystFEL geometry file"):
         load_detector(DetectorConfig(geometry=str(tmp_path / "nope.geom"), distance_m=1,
                                      photon_energy_ev=6e3))  # fmt: skip
+
+
+def _grid_as_flat(**extra: object) -> DetectorConfig:
+    """The model's own grid described as a FLAT detector."""
+    kw: dict = {"geometry": "flat", "frame_shape": list(GRID.shape),
+                "pixel_m": GRID.pixel_size_m, "distance_m": GRID.distance_m,
+                "photon_energy_ev": HC_EV_M / GRID.wavelength_m, **extra}  # fmt: skip
+    return DetectorConfig(**kw)
+
+
+def test_flat_assembled_frames_of_any_size_land_on_the_grid(tmp_path: Path) -> None:
+    """Another simulator's assembled frames: the grid itself as FLAT maps pixel to pixel;
+    pixels half the size at the same angles (4 per grid pixel) keep every photon and the
+    pattern; the TOML keys read; bad settings are refused with the keys to set."""
+    frames = simulate_run(6, seed=11).frames
+    same = Resampler(load_detector(_grid_as_flat()), GRID)
+    assert same.detector.data_shape == (1, *GRID.shape)
+    np.testing.assert_array_equal(same(frames), frames * same.covered)
+    assert same.coverage.covered_share > 0.99 and same.warning() is None
+    fine = _grid_as_flat(frame_shape=[520, 514], pixel_m=GRID.pixel_size_m / 2)
+    r = Resampler(load_detector(fine), GRID)
+    det = r.render(frames)
+    assert det.shape == (6, 520, 514)
+    back = r(det)
+    np.testing.assert_allclose(back.sum(axis=(1, 2)), (frames * r.covered).sum(axis=(1, 2)),
+                               rtol=0.02, atol=3)  # fmt: skip
+    for a, b in zip(back, frames * r.covered, strict=True):
+        assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.95
+    # the beam off the middle: the frame is shifted, the pattern found again
+    off = _grid_as_flat(center_px=[GRID.center_px[0] + 10, GRID.center_px[1] - 6])
+    shifted = Resampler(load_detector(off), GRID)(np.roll(frames, (10, -6), axis=(1, 2)))
+    inner = np.zeros(GRID.shape, bool)
+    inner[20:-20, 20:-20] = True
+    np.testing.assert_array_equal(shifted[:, inner], (frames * same.covered)[:, inner])
+    toml = tmp_path / "flat.toml"
+    toml.write_text(
+        '[detector]\ngeometry = "FLAT"\nframe_shape = [1024, 1024]\npixel_m = 75e-6\n'
+        "distance_m = 0.7\nphoton_energy_ev = 1200.0\n",
+        encoding="utf-8",
+    )
+    cfg = detector_config_from_toml(toml)
+    assert load_detector(cfg).data_shape == (1, 1024, 1024)
+    assert load_config(toml).detector == cfg
+    with pytest.raises(ConfigError, match="frame_shape"):
+        DetectorConfig(geometry="FLAT", distance_m=1, photon_energy_ev=6e3, pixel_m=1e-4)
+    with pytest.raises(ConfigError, match="pixel_m"):
+        DetectorConfig(geometry="FLAT", frame_shape=[10, 10], distance_m=1, photon_energy_ev=6e3)
+
+
+def test_flat_frames_of_another_size_replayed_into_the_streamer(
+    tmp_path: Path, bundle: Path
+) -> None:
+    """A run of assembled (N, 520, 514) frames, replayed as a stream, classified live with
+    ``detector.geometry = "FLAT"``: every frame, written on the model's grid."""
+    from streamer.replay import ReplayConfig, ReplayServer
+
+    fine = _grid_as_flat(frame_shape=[520, 514], pixel_m=GRID.pixel_size_m / 2)
+    frames = Resampler(load_detector(fine), GRID).render(simulate_run(40, seed=2).frames)
+    run = tmp_path / "peer.h5"
+    with h5py.File(run, "w") as f:
+        f["entry_1/data_1/data"] = frames
+    rcfg = ReplayConfig(path=run, dataset="entry_1/data_1/data", endpoint="tcp://127.0.0.1:0",
+                        frames_per_message=10)  # fmt: skip
+    with ReplayServer(rcfg) as replay:
+        cfg = load_config(None, {
+            "model": str(bundle), "feed.endpoint": replay.endpoint, "output.dir": str(tmp_path),
+            "output.run": "peer", "output.min_free_bytes": 0, "detector.geometry": "FLAT",
+            "detector.frame_shape": [520, 514], "detector.pixel_m": fine.pixel_m,
+            "detector.distance_m": fine.distance_m,
+            "detector.photon_energy_ev": fine.photon_energy_ev,
+        })  # fmt: skip
+        summary = Pipeline(cfg).run()
+        replay.join(timeout=30)
+    assert summary.error is None and summary.frames_classified == 40
+    t = read_run(tmp_path, "peer")
+    assert len(t.frames.label) == 40
+
+
+@pytest.mark.parametrize(
+    ("name", "distance", "shape"),
+    [("DSSC1M", 1.465, (16, 128, 512)), ("EPIX100", 0.3, (1, 704, 768)),
+     ("PNCCD", 2.0, (2, 512, 1024)), ("LPD1M", 2.5, (16, 256, 256))],
+)  # fmt: skip
+def test_every_named_detector_maps_onto_the_grid(name: str, distance: float, shape: tuple) -> None:
+    """EXtra-geom's other detectors (hexagonal DSSC pixels, the two pnCCD halves): the grid
+    covered, every photon of the covered pixels kept."""
+    det = load_detector(DetectorConfig(geometry=name, distance_m=distance, photon_energy_ev=6e3))
+    assert det.data_shape == shape
+    r = Resampler(det, GRID)
+    r.check_coverage()
+    frames = simulate_run(4, seed=3).frames
+    back = r(r.render(frames))
+    on = (frames * r.covered).sum(axis=(1, 2))
+    np.testing.assert_allclose(back.sum(axis=(1, 2)), on, rtol=0.05, atol=5)
 
 
 # ------------------------------------------------ karabo_bridge's simulated detectors → CXI
