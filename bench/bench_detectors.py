@@ -103,7 +103,9 @@ def _produce(endpoint: str, train: np.ndarray, trains: int, pulses: int) -> None
         ctx.term()
 
 
-def run_one(name: str, geometry: tuple, model: Path, trains: int, out: Path) -> dict:
+def run_one(
+    name: str, geometry: tuple, model: Path, trains: int, out: Path, map_on: str = "cpu"
+) -> dict:
     modules, ss, fs, pulses, distance = geometry
     train = _train(modules, ss, fs, pulses)
     endpoint = f"tcp://127.0.0.1:{free_port()}"
@@ -114,8 +116,9 @@ def run_one(name: str, geometry: tuple, model: Path, trains: int, out: Path) -> 
         if name == "JUNGFRAU":  # EXtra-geom's example is one module: a 4M from a .geom file
             geometry_ref = [f'detector.geometry="{_jungfrau_4m(out)}"', 'detector.type="JUNGFRAU"']
         extra = ["--set", 'feed.axis_order="modules,fs,ss,pulses"']
-        for item in [*geometry_ref, f"detector.distance_m={distance}",
-                     "detector.photon_energy_ev=6000.0"]:  # fmt: skip
+        items = [*geometry_ref, f"detector.distance_m={distance}",
+                 "detector.photon_energy_ev=6000.0", f'detector.map_on="{map_on}"']  # fmt: skip
+        for item in items:
             extra += ["--set", item]
     cmd = [sys.executable, "-m", "streamer", "serve", "--model", str(model), "--endpoint",
            endpoint, "--feed-mode", "PULL", "--out", str(out / name), "--run", "bench",
@@ -146,6 +149,7 @@ def run_one(name: str, geometry: tuple, model: Path, trains: int, out: Path) -> 
         "peak_rss_mb": round(rss.peak / 2**20),
         "exit_code": proc.returncode,
         "covered_share": s.get("detector", {}).get("covered_share"),
+        "map_on": s.get("detector", {}).get("map_on"),
     }
 
 
@@ -154,11 +158,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", type=Path, default=Path("models/fast"))
     p.add_argument("--trains", type=int, default=4)
     p.add_argument("--json", type=Path)
+    p.add_argument(
+        "--map-on", choices=("cpu", "engine"), default="cpu",
+        help="detector.map_on: scipy on the host, or the graph on the engine's providers",
+    )  # fmt: skip
+    p.add_argument("--detectors", default="", help="comma-separated names [all]")
     args = p.parse_args(argv)
     rows = []
+    wanted = {d for d in args.detectors.split(",") if d} | {"native"}
     with tempfile.TemporaryDirectory(prefix="hitstream-bench-") as tmp:
         for name, *geometry in DETECTORS:
-            row = run_one(name, tuple(geometry), args.model, args.trains, Path(tmp))
+            if len(wanted) > 1 and name not in wanted:
+                continue
+            row = run_one(name, tuple(geometry), args.model, args.trains, Path(tmp), args.map_on)
             rows.append(row)
             print(json.dumps(row), flush=True)
     base = next(r for r in rows if r["detector"] == "native")["frames_per_s"]

@@ -36,6 +36,7 @@ DETECTORS: dict[str, str] = {
 }
 _QUADRANT_DETECTORS = ("AGIPD1M", "LPD1M", "DSSC1M")
 FLAT = "FLAT"  # one flat panel of square pixels: already assembled frames of any size
+MAP_ON = ("cpu", "engine")  # where the map runs (streamer.detector_map)
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,8 @@ class DetectorConfig:
     count as masked in that frame. ``wavelength_source``/``wavelength_key``: take the
     wavelength (nm) from the feed instead, where a source carries it
     (:mod:`streamer.detector_map`); ``photon_energy_ev`` is then the value until it comes.
+    ``map_on``: ``cpu`` maps with scipy on the host; ``engine`` runs the map as a graph on
+    the engine's providers (the GPU with CUDA: :mod:`streamer.map_graph`).
     """
 
     geometry: str = ""
@@ -68,8 +71,11 @@ class DetectorConfig:
     frame_shape: list[int] = field(default_factory=list)  # FLAT: [H, W] pixels
     pixel_m: float = 0.0  # FLAT: the pixels' side
     center_px: list[float] = field(default_factory=list)  # FLAT: the beam [row, column]
+    map_on: str = "cpu"  # cpu: scipy on the host | engine: a graph on the engine's providers
 
     def __post_init__(self) -> None:
+        if self.map_on not in MAP_ON:
+            raise ConfigError(f"detector.map_on must be one of {MAP_ON}, got {self.map_on!r}")
         if not self.geometry:
             return
         if self.geometry.upper() == FLAT and (

@@ -183,6 +183,30 @@ class Resampler:
             out[a : a + CHUNK] = (self._matrix @ part).T
         return out.reshape(b, h, w)
 
+    def gather_table(
+        self, pixel_axes: tuple[int, int, int] = (0, 1, 2)
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The map as a gather, for a graph on the GPU (:mod:`streamer.map_graph`):
+        ``(G, K)`` flat detector-pixel indices and their weights (0 where a row is padded),
+        so that grid pixel ``g`` gets ``Σ_k weight[g, k] · pixel[index[g, k]]``. The pixels
+        are numbered in the memory order ``pixel_axes`` of the (modules, ss, fs) axes, e.g.
+        ``(0, 2, 1)`` for the online layout's modules, fs, ss."""
+        m = self._matrix
+        counts = np.diff(m.indptr)
+        k = max(1, int(counts.max()) if counts.size else 1)
+        rows = np.repeat(np.arange(m.shape[0]), counts)
+        slot = np.arange(m.nnz) - np.repeat(m.indptr[:-1], counts)
+        shape = self.detector.data_shape
+        coords = [c[m.indices] for c in self._pixel_index]
+        flat = np.ravel_multi_index(
+            tuple(coords[a] for a in pixel_axes), tuple(shape[a] for a in pixel_axes)
+        )
+        index = np.zeros((m.shape[0], k), np.int64)
+        weight = np.zeros((m.shape[0], k), np.float32)
+        index[rows, slot] = flat
+        weight[rows, slot] = m.data
+        return index, weight
+
     def render(self, frames: np.ndarray) -> np.ndarray:
         """The inverse: frames on the model's grid ``(B, H, W)`` -> detector frames
         ``(B, modules * ss, fs)``; each model pixel's photons are shared among the detector

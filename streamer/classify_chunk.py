@@ -143,7 +143,11 @@ def classify_chunk(
         bundle.classes, spec.keep_classes if spec.keep_classes is not None else bundle.keep_classes
     )
     min_prob = threshold_vector(bundle.classes, bundle.thresholds)
-    detector = DetectorMap(spec.detector, []) if spec.detector is not None else None
+    detector = (
+        DetectorMap(spec.detector, [], engine.providers, engine.config.device_id)
+        if spec.detector is not None
+        else None
+    )
     if detector is not None:
         detector.set_grid(bundle.geometry)
     staging = Path(spec.staging)

@@ -4,7 +4,9 @@ Built from ``[detector]`` (:mod:`hitstream.detectors`) once per grid: again when
 model's grid differs, and when the photon energy changes. The wavelength comes from the
 config or, with ``detector.wavelength_source``, from the feed: the source's
 ``detector.wavelength_key`` (nm, as the XGM publishes ``pulseEnergy.wavelengthUsed``); a
-change of more than 0.1 % rebuilds the map before the message's frames are mapped.
+change of more than 0.1 % rebuilds the map before the message's frames are mapped. With
+``detector.map_on = "engine"`` the map runs as a graph on the engine's providers
+(:mod:`streamer.map_graph`: the GPU with CUDA).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from hitstream.detectors import Detector, DetectorConfig, load_detector
 from hitstream.errors import ConfigError
 from hitstream.geometry import DetectorGeometry
 from hitstream.qgrid import Resampler
+from streamer.map_graph import GraphMap
 
 log = logging.getLogger(__name__)
 
@@ -31,11 +34,20 @@ class DetectorMap:
 
     ``warnings`` is the run's warning list (live page, summary)."""
 
-    def __init__(self, config: DetectorConfig, warnings: list[str]) -> None:
+    def __init__(
+        self,
+        config: DetectorConfig,
+        warnings: list[str],
+        providers: list[str] | None = None,
+        device_id: int = 0,
+    ) -> None:
         self.config = config
         self.detector: Detector = load_detector(config)
         self.warnings = warnings
         self.resampler: Resampler | None = None
+        self.graph: GraphMap | None = None  # detector.map_on = "engine"
+        self.providers = providers or ["CPUExecutionProvider"]  # the engine's, for the graph
+        self.device_id = device_id
         self.energy_changes = 0
 
     def set_grid(self, grid: DetectorGeometry) -> None:
@@ -66,6 +78,8 @@ class DetectorMap:
         if note is not None:
             self._warn(note)
         self.resampler = resampler
+        if self.config.map_on == "engine":
+            self.graph = GraphMap(resampler, self.providers, self.device_id)
 
     def _warn(self, message: str) -> None:
         if message not in self.warnings:
@@ -98,7 +112,7 @@ class DetectorMap:
 
     def __call__(self, frames: np.ndarray) -> np.ndarray:
         assert self.resampler is not None, "set_grid() first"
-        return self.resampler(frames)
+        return self.graph(frames) if self.graph is not None else self.resampler(frames)
 
     def status(self) -> dict[str, Any]:
         r = self.resampler
@@ -110,6 +124,8 @@ class DetectorMap:
             "distance_m": r.detector.distance_m,
             "wavelength_m": r.detector.wavelength_m,
             "energy_changes": self.energy_changes,
+            "map_on": self.config.map_on,
+            "trains_mapped_on_host": self.graph.on_host if self.graph is not None else None,
             "covered_share": r.coverage.covered_share,
             "low_q_share": r.coverage.low_q_share,
             "detector_q_max_per_nm": r.coverage.detector_q_max,

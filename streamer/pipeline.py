@@ -134,7 +134,9 @@ class Pipeline:
         self.novelty = RunNovelty(self.metrics, self._warnings)
         self.silence = FeedSilence(self.metrics, config.feed.endpoint, config.feed.silence_s)
         self.detector_map: DetectorMap | None = (
-            DetectorMap(config.detector, self._warnings) if config.detector.enabled else None
+            DetectorMap(config.detector, self._warnings, engine.providers, engine.config.device_id)
+            if config.detector.enabled
+            else None
         )
         det = self.detector_map.detector if self.detector_map is not None else None
         h, w = bundle.frame_shape

@@ -230,14 +230,15 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.parametrize(
-    ("detector", "raw", "pulses", "distance", "datagen"),
-    [("AGIPD", False, 64, 1.465, "random"), ("AGIPD", True, 64, 1.465, "random"),
-     ("LPD", False, 300, 2.9, "zeros")],
-    ids=["agipd-corrected", "agipd-raw", "lpd"],
+    ("detector", "raw", "pulses", "distance", "datagen", "map_on"),
+    [("AGIPD", False, 64, 1.465, "random", "cpu"), ("AGIPD", True, 64, 1.465, "random", "cpu"),
+     ("LPD", False, 300, 2.9, "zeros", "cpu"), ("AGIPD", False, 64, 1.465, "random", "engine"),
+     ("AGIPD", True, 64, 1.465, "random", "engine")],
+    ids=["agipd-corrected", "agipd-raw", "lpd", "agipd-corrected-map-graph", "agipd-raw-map-graph"],
 )  # fmt: skip
 def test_simulated_detector_trains_are_assembled_resampled_and_written(
     bundle: Path, tmp_path: Path, detector: str, raw: bool, pulses: int, distance: float,
-    datagen: str,
+    datagen: str, map_on: str,
 ) -> None:  # fmt: skip
     sim = SimServerInThread(
         "tcp://127.0.0.1:0", sock="REP", detector=detector, raw=raw, datagen=datagen,
@@ -251,6 +252,7 @@ def test_simulated_detector_trains_are_assembled_resampled_and_written(
             "output.run": "r", "output.min_free_bytes": 0, "metrics.port": -1,
             "detector.geometry": f"{detector}1M", "detector.distance_m": distance,
             "detector.photon_energy_ev": 6000.0, "engine.max_batch": 32,
+            "detector.map_on": map_on,
         },
     )  # fmt: skip
     sim.start()
@@ -271,6 +273,9 @@ def test_simulated_detector_trains_are_assembled_resampled_and_written(
     assert summary.frames_classified >= pulses and summary.frames_classified % pulses == 0
     assert summary.detector["name"] == f"{detector}1M" and summary.detector["covered_share"] > 0.7
     assert summary.feed["refused"] is None
+    assert summary.detector["map_on"] == map_on
+    if map_on == "engine":  # the train as it arrived, gathered by the graph
+        assert summary.detector["trains_mapped_on_host"] == 0
     if detector == "AGIPD":  # the example quadrants' central cross crosses the low q
         assert summary.detector["low_q_share"] < 0.5
         assert any("low-q" in w for w in summary.warnings), summary.warnings
