@@ -9,81 +9,31 @@ the device once per map. NaN and infinite pixels (masked ones of corrected data)
 nothing, as on the host. Trains whose memory order is neither pulses-first nor pulses-last,
 or of another dtype than float32/uint16, are mapped on the host.
 
-The graph is built with the ``onnx`` package (the ``gpu`` and ``train`` extras).
+The graphs ship in ``streamer/graphs/`` (built by :mod:`trainer.model.map_graphs`: the
+streamer does not import onnx).
 """
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from hitstream.errors import ConfigError
 from hitstream.qgrid import Resampler
 
 log = logging.getLogger(__name__)
 
-OPSET = 17
 DTYPES = {np.dtype(np.float32): 1, np.dtype(np.uint16): 4}  # onnx TensorProto element types
+GRAPH_DIR = Path(__file__).resolve().parent / "graphs"
 
 
-def map_graph(pulses_first: bool, dtype: np.dtype) -> bytes:
-    """The graph: ``pixels`` (B, P) or (P, B) of ``dtype``, ``index`` (G, K) int64 and
-    ``weight`` (G, K) float32 -> ``grid`` (B, G) float32."""
-    try:
-        from onnx import TensorProto, helper
-    except ImportError as exc:
-        raise ConfigError(
-            "detector.map_on = 'engine' needs the onnx package (pip install 'hitstream[gpu]')"
-        ) from exc
-    f32 = TensorProto.FLOAT
-    axis = 1 if pulses_first else 0
-    nodes = [helper.make_node("Gather", ["pixels", "index"], ["g"], axis=axis)]
-    src = "g"
-    if DTYPES[np.dtype(dtype)] != f32:
-        nodes.append(helper.make_node("Cast", ["g"], ["gf"], to=f32))
-        src = "gf"
-    nodes += [
-        helper.make_node("IsNaN", [src], ["nan"]),
-        helper.make_node("IsInf", [src], ["inf"]),
-        helper.make_node("Or", ["nan", "inf"], ["bad"]),
-        helper.make_node("Where", ["bad", "zero", src], ["clean"]),
-    ]
-    if pulses_first:  # (B, G, K) x (G, K), summed over K
-        nodes += [
-            helper.make_node("Mul", ["clean", "weight"], ["parts"]),
-            helper.make_node("ReduceSum", ["parts", "axis_k"], ["grid"], keepdims=0),
-        ]
-        k_axis = 2
-    else:  # (G, K, B) x (G, K, 1), summed over K, then (B, G)
-        nodes += [
-            helper.make_node("Unsqueeze", ["weight", "last"], ["w3"]),
-            helper.make_node("Mul", ["clean", "w3"], ["parts"]),
-            helper.make_node("ReduceSum", ["parts", "axis_k"], ["gb"], keepdims=0),
-            helper.make_node("Transpose", ["gb"], ["grid"], perm=[1, 0]),
-        ]
-        k_axis = 1
-    consts = [
-        helper.make_tensor("zero", f32, [], [0.0]),
-        helper.make_tensor("axis_k", TensorProto.INT64, [1], [k_axis]),
-        helper.make_tensor("last", TensorProto.INT64, [1], [2]),
-    ]
-    shape = ["B", "P"] if pulses_first else ["P", "B"]
-    graph = helper.make_graph(
-        nodes,
-        "detector_map",
-        [
-            helper.make_tensor_value_info("pixels", DTYPES[np.dtype(dtype)], shape),
-            helper.make_tensor_value_info("index", TensorProto.INT64, ["G", "K"]),
-            helper.make_tensor_value_info("weight", f32, ["G", "K"]),
-        ],
-        [helper.make_tensor_value_info("grid", f32, ["B", "G"])],
-        initializer=consts,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
-    model.ir_version = 8
-    return bytes(model.SerializeToString())
+def graph_name(pulses_first: bool, dtype: np.dtype) -> str:
+    """The shipped graph's file name: ``pixels`` (B, P) or (P, B) of ``dtype``, ``index``
+    (G, K) int64 and ``weight`` (G, K) float32 -> ``grid`` (B, G) float32."""
+    order = "pulses_first" if pulses_first else "pulses_last"
+    return f"detector_map_{order}_{np.dtype(dtype).name}.onnx"
 
 
 def memory_layout(frames: np.ndarray) -> tuple[bool, tuple[int, int, int]] | None:
@@ -115,7 +65,7 @@ class GraphMap:
         self._tables: dict[tuple[int, int, int], tuple[Any, Any]] = {}
         self.on_host = 0  # trains mapped on the host (layout or dtype the graph does not take)
         self._device = ("cuda", device_id) if cuda else ("cpu", 0)
-        self._session(False, np.dtype(np.float32))  # a missing onnx package fails at start
+        self._session(False, np.dtype(np.float32))  # a missing graph fails at start
 
     def _session(self, pulses_first: bool, dtype: np.dtype) -> Any:
         key = (pulses_first, np.dtype(dtype).str)
@@ -124,7 +74,9 @@ class GraphMap:
             so.log_severity_level = 3
             so.enable_cpu_mem_arena = False  # a train's intermediates are not kept around
             self._sessions[key] = self._ort.InferenceSession(
-                map_graph(pulses_first, dtype), sess_options=so, providers=self.providers
+                str(GRAPH_DIR / graph_name(pulses_first, dtype)),
+                sess_options=so,
+                providers=self.providers,
             )
         return self._sessions[key]
 

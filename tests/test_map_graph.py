@@ -80,3 +80,15 @@ def test_detector_map_runs_the_graph_when_configured(train: np.ndarray) -> None:
     assert graph.status()["map_on"] == "engine" and graph.status()["trains_mapped_on_host"] == 0
     with pytest.raises(ConfigError, match="map_on"):
         replace(AGIPD, map_on="gpu")
+
+
+def test_the_shipped_graphs_are_the_built_ones(tmp_path) -> None:
+    """streamer/graphs/ holds what trainer.model.map_graphs builds (the streamer loads the
+    files: it does not import onnx)."""
+    from streamer.map_graph import GRAPH_DIR
+    from trainer.model.map_graphs import write_map_graphs
+
+    built = write_map_graphs(tmp_path)
+    assert len(built) == 4
+    for path in built:
+        assert (GRAPH_DIR / path.name).read_bytes() == path.read_bytes(), path.name

@@ -77,5 +77,7 @@ def test_one_version_spdx_license_and_what_the_wheel_ships(tmp_path: Path) -> No
     pages = {n for n in names if n.endswith((".html", ".css", ".js"))}
     assert {f"streamer/pages/live.{e}" for e in ("html", "css", "js")} <= pages
     assert {f"trainer/labelling/pages/label.{e}" for e in ("html", "css", "js")} <= pages
+    graphs = {n for n in names if n.startswith("streamer/graphs/") and n.endswith(".onnx")}
+    assert len(graphs) == 4, graphs  # the detector map on the GPU (streamer.map_graph)
     lic = [n for n in names if n.endswith("LICENSE")]
     assert lic and "BSD 3-Clause" in zipfile.ZipFile(wheel).read(lic[0]).decode()
