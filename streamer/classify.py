@@ -67,7 +67,8 @@ BACKGROUND_SPAN = 16  # consecutive frames read at each place of the run sampled
 BACKGROUND_MODES = ("run", "none", "recorded:INDEX")
 # the local cluster's housekeeping, less often than Dask's defaults (20 ms event-loop ticks,
 # 100 ms memory polls, 500 ms system monitor): the driver's CPU in a 28 s job on 2 cores
-# 1.7-2.1 s -> 0.9 s, the workers' the same
+# 1.7-2.1 s -> 0.9 s; the workers' CPU, the job's rate and the per-chunk cost moved within
+# the noise
 QUIET_LOCAL_CLUSTER = {
     "distributed.admin.tick.interval": "500ms",
     "distributed.admin.system-monitor.interval": "2s",
