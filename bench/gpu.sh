@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # hitstream GPU benchmark: one call on a GPU host with no network.
 # Prepare here:   ../shared/tools/gpu-wheels.sh prometheus-client==0.26.0 hdf5plugin==7.1.0 tqdm==4.70.1
+#                 (add scipy==1.17.1 extra-geom==1.17.0 for the detector-map rows)
 # On the host:    source .gpuwheels/gpu-install.sh && bash bench/gpu.sh
 # Dry run on a CPU machine:  PROVIDER=cpu PYTHON=.venv/bin/python bash bench/gpu.sh
 # Measures (same run, same frames): engine frames/s on CPU (baseline) and CUDA, with numpy
@@ -38,9 +39,20 @@ for k in ${KS//,/ }; do
       --frames "$FRAMES" --k "$k" --synthetic --out "$OUT" --json "$OUT/scale_k$k.json" > "$OUT/scale_k$k.txt" \
       2>"$OUT/scale.err" || cat "$OUT/scale.err"
 done
+# the detector map on the GPU (detector.map_on = "engine") against the host's, AGIPD 1M end
+# to end; needs scipy and extra-geom among the wheels (skipped without them)
+DET=""
+if "$PY" -c "import scipy, extra_geom" 2>/dev/null; then
+  for m in cpu engine; do
+    "$PY" bench/bench_detectors.py --model "$MODEL" --detectors AGIPD1M --trains 4 --map-on "$m" \
+        > "$OUT/det_$m.txt" 2>"$OUT/det.err" || cat "$OUT/det.err"
+    DET="$DET $m"
+  done
+fi
 echo
 echo "== hitstream GPU benchmark ($(date -u +%F' '%H:%M) UTC) =="
 cat "$OUT/engine.txt" | sed -n '/^engine throughput/,$p'
 echo
 sed -n '/^scale-out/,$p' "$OUT/scale_cpu.txt"
 for k in ${KS//,/ }; do sed -n '/^scale-out/,$p' "$OUT/scale_k$k.txt"; done
+for m in $DET; do echo "detector map on $m:"; sed -n '/^detector/,$p' "$OUT/det_$m.txt"; done
