@@ -98,6 +98,11 @@ class GraphMap:
             view = frames.reshape(b, *shape)
         layout = memory_layout(view) if view.shape[1:] == shape else None
         if layout is None or view.dtype not in DTYPES:
+            if self.on_host == 0:
+                log.info(
+                    "detector map: frames %s %s in a memory order the graph does not take: "
+                    "mapped on the host (counted in /status)", frames.shape, frames.dtype,
+                )  # fmt: skip
             self.on_host += 1
             return r(frames)
         pulses_first, axes = layout
