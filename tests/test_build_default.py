@@ -72,7 +72,7 @@ def test_quick_build_writes_a_bundle_with_all_test_runs(tmp_path: Path, arch: st
 def test_the_fast_bundle_trains_its_shot_epochs_on_the_run_level_excess() -> None:
     from trainer.model.build_default import FULL, QUICK, stages_for
 
-    assert stages_for("fine", FULL) == (15, 3) and stages_for("fast", FULL) == (18, 0)
+    assert stages_for("fine", FULL) == (18, 3) and stages_for("fast", FULL) == (21, 0)
     assert stages_for("fine", QUICK) == (2, 2) and stages_for("fast", QUICK) == (4, 0)
 
 

@@ -278,6 +278,64 @@ def test_photon_thinning_scales_counts(frames) -> None:
     assert (z[:, pp.detector_mask() == 0] == 0).all()
 
 
+def test_resampled_counts_have_the_binomial_mean_and_variance() -> None:
+    """Thinning draws on lit pixels only, single photons as Bernoulli draws: each count c
+    must keep c·s photons on average with variance c·s(1−s); duplication adds c(s−1)."""
+    from trainer.model.augment import resample_photons
+
+    counts = np.zeros((4, 64, 64), np.float32)
+    counts[:, :, :16], counts[:, :, 16:32], counts[:, :, 32:48] = 1.0, 3.0, 40.0
+    counts[:, :, 48:] = 0.25  # a fraction below one photon scales, it is not drawn
+    for s in (0.3, 1.6):
+        y = resample_photons(tf.constant(counts), tf.fill([4], s), tf.constant([7, 8])).numpy()
+        p = s if s <= 1 else s - 1
+        for c, cols in ((1.0, slice(0, 16)), (3.0, slice(16, 32)), (40.0, slice(32, 48))):
+            drawn = y[:, :, cols] - (0 if s <= 1 else c)
+            assert abs(drawn.mean() - c * p) < 0.05 * c * p + 0.02, (s, c, drawn.mean())
+            assert abs(drawn.var() / (c * p * (1 - p)) - 1) < 0.1, (s, c, drawn.var())
+        np.testing.assert_allclose(y[:, :, 48:], 0.25 * s, rtol=1e-6)
+
+
+def test_extra_photons_follow_their_distribution_and_miss_masked_pixels() -> None:
+    """The inverse-CDF sampler of background photons draws every bin in proportion to its
+    weight and never a bin of weight zero; hot pixels land on valid pixels only."""
+    from trainer.model.augment import _cdf, _sample_bins
+
+    w = np.array([0.0, 1.0, 0.0, 3.0, 2.0, 0.0, 4.0, 0.0], np.float64)
+    u = tf.random.stateless_uniform([200_000], tf.constant([1, 2]))
+    idx = _sample_bins(_cdf(w / w.sum()), u, int(np.flatnonzero(w).max())).numpy()
+    share = np.bincount(idx, minlength=len(w)) / len(idx)
+    np.testing.assert_allclose(share, w / w.sum(), atol=0.005)
+    assert share[w == 0].sum() == 0
+    g = DetectorGeometry()
+    cfg = AugmentConfig(scale_range=(1.0, 1.0), background_share=0.0, hot_pixels=3.0,
+                        hot_pixel_photons=(100.0, 100.0))  # fmt: skip
+    zero = tf.zeros([64, *g.shape])
+    hot = augment_photons(zero, tf.constant([3, 4]), g, cfg, pixels=True).numpy()
+    lit = hot > 0
+    assert 2.0 < lit.sum() / 64 < 3.6  # Poisson(3) capped at 4 per frame
+    assert not lit[:, ~g.valid_pixels()].any()
+
+
+def test_read_noise_is_independent_and_on_a_share_of_frames() -> None:
+    """Each noisy frame takes its own window of the normal stream: zero mean, σ within the
+    configured range, no correlation between neighbours or between frames."""
+    from trainer.model.augment import add_read_noise
+
+    cfg = AugmentConfig(read_noise_share=0.5, read_noise_photons=(0.05, 0.15))
+    out = add_read_noise(tf.zeros([200, 64, 64]), tf.constant([9, 10]), cfg).numpy()
+    noisy = out.reshape(200, -1).std(axis=1) > 0
+    assert 0.38 < noisy.mean() < 0.62
+    sd = out[noisy].reshape(noisy.sum(), -1).std(axis=1)
+    assert sd.min() > 0.045 and sd.max() < 0.16 and sd.max() - sd.min() > 0.05
+    z = out[noisy] / sd[:, None, None]
+    assert abs(z.mean()) < 0.01
+    assert abs(np.mean(z[:, :, 1:] * z[:, :, :-1])) < 0.01  # neighbours
+    assert abs(np.mean(z[0] * z[1])) < 0.05  # two frames
+    again = add_read_noise(tf.zeros([200, 64, 64]), tf.constant([9, 10]), cfg).numpy()
+    np.testing.assert_array_equal(out, again)
+
+
 def test_mask_augmentation_widens_hole_and_gap_on_a_share_of_frames() -> None:
     from trainer.model.augment import augment_mask
 
