@@ -6,7 +6,9 @@ background, other detector distance and wavelength), takes the truth of
 ``--labelled`` random frames as the hand-picked labels, fine-tunes the bundle on them
 (``trainer finetune``) and scores the bundle before and after on the REST of the run (frames
 the fine-tuning never saw). Prints accuracy and single-hit precision/recall at the bundle's
-threshold; ``--json`` keeps the numbers.
+threshold, the accuracy on the hits that stand out of their background's noise and the
+physical ceiling that the faint ones leave (:func:`trainer.model.quality.score_bundle`);
+``--json`` keeps the numbers.
 
     .venv/bin/python bench/bench_adapt.py --model models/default [--frames 2000] [--labelled 200]
 """
@@ -25,7 +27,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import h5py
 import numpy as np
 
-from trainer.model.quality import ADAPT_SETTINGS, score_bundle
+from trainer.model.quality import ADAPT_SETTINGS, SNR_LIMIT, score_bundle
 
 
 def _through_detector(x: np.ndarray, config: Path, model: Path) -> np.ndarray:
@@ -77,12 +79,14 @@ def main(argv: list[str] | None = None) -> int:
     from trainer.model.unlabelled import UnlabelledConfig
 
     cfg = ADAPT_SETTINGS[args.setting]()
-    x, y = simulate_parallel(args.frames, args.seed, cfg, desc="new run")
+    truth: dict[str, np.ndarray] = {}
+    x, y = simulate_parallel(args.frames, args.seed, cfg, desc="new run", truth=truth)
     if args.detector_config is not None:
         x = _through_detector(x, args.detector_config, args.model)
     rng = np.random.default_rng(args.seed)
     picked = np.sort(rng.choice(args.frames, args.labelled, replace=False))
     rest = np.setdiff1d(np.arange(args.frames), picked)
+    rest_truth = {k: v[rest] for k, v in truth.items()}
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(tmp) / "new.h5"
         with h5py.File(run, "w") as f:
@@ -96,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
                 label=np.array([SIM_CLASSES[i] for i in y[picked]]),
             ),
         )
-        before = score_bundle(args.model, x[rest], y[rest])
+        before = score_bundle(args.model, x[rest], y[rest], sim_truth=rest_truth)
         rows: dict[str, dict] = {"before": before}
         seconds: dict[str, float] = {}
         # the labels alone (the baseline, same run), then with the run's unlabelled frames
@@ -120,17 +124,23 @@ def main(argv: list[str] | None = None) -> int:
                 unlabelled=unl,
             )
             seconds[name] = time.perf_counter() - t0
-            rows[name] = score_bundle(Path(tmp) / name, x[rest], y[rest])
+            rows[name] = score_bundle(Path(tmp) / name, x[rest], y[rest], sim_truth=rest_truth)
     print(
         f"\n{args.model}: {args.labelled} labelled frames of a new run ({args.setting} setting), "
         f"scored on the other {len(rest)}; fine-tuning "
         + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items())
     )
-    print(f"{'':<12} {'accuracy':>9} {'single P':>9} {'single R':>9}")
+    print(
+        f"physical ceiling of the 4-class accuracy: {before['accuracy_ceiling']:.4f} "
+        f"({before['faint_hits']} hits with photons / sqrt(background) < {SNR_LIMIT:g})"
+    )
+    print(f"{'':<12} {'accuracy':>9} {'clear hits':>10} {'single P':>9} {'single R':>9} "
+          f"{'P@R0.95':>8}")  # fmt: skip
     for name, m in rows.items():
         print(
-            f"{name:<12} {m['accuracy']:>9.4f} {m['single_precision']:>9.4f} "
-            f"{m['single_recall']:>9.4f}   by photons: "
+            f"{name:<12} {m['accuracy']:>9.4f} {m['clear_hit_accuracy']:>10.4f} "
+            f"{m['single_precision']:>9.4f} {m['single_recall']:>9.4f} "
+            f"{m['single_precision_at_recall_95']:>8.4f}   by photons: "
             + ", ".join(f"{k} {v:.3f}" for k, v in m["accuracy_by_photons"].items())
         )
     after = rows[args.modes.split(",")[-1]]

@@ -27,6 +27,7 @@ from hitstream.simulate import (
     random_rotation,
     simulate_frames,
     simulate_indices,
+    simulate_parallel,
     simulate_run,
     sphere_form_factor,
     write_run,
@@ -87,6 +88,18 @@ def test_same_seed_same_frames_and_frames_depend_only_on_index():
     np.testing.assert_array_equal(simulate_run(12, 5).frames, a.frames)
     other = simulate_frames(0, 12, 6)
     assert not np.array_equal(other.frames, a.frames)
+
+
+def test_parallel_frames_and_truth_equal_one_process():
+    truth: dict[str, np.ndarray] = {}
+    x, y = simulate_parallel(20, 5, workers=2, chunk=7, truth=truth)
+    run = simulate_run(20, 5)
+    np.testing.assert_array_equal(x, run.frames)
+    np.testing.assert_array_equal(y, run.labels)
+    for k in ("photons", "background"):
+        np.testing.assert_allclose(truth[k], run.params[k])
+    assert truth["photons"][run.labels == SIM_CLASSES.index("empty")].max() == 0
+    assert truth["photons"][run.labels == SIM_CLASSES.index("single")].min() > 0
 
 
 def test_expected_intensity_matches_noise_free_frame_and_truth():

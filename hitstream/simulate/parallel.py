@@ -34,10 +34,15 @@ def map_in_processes(
         yield from ex.map(fn, parts, chunksize=chunksize)
 
 
-def _simulate_part(args: tuple[int, int, int, SimConfig]) -> tuple[int, np.ndarray, np.ndarray]:
+TRUTH_KEYS = ("photons", "background")  # the per-frame truth simulate_parallel can return
+
+
+def _simulate_part(
+    args: tuple[int, int, int, SimConfig],
+) -> tuple[int, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     start, stop, seed, config = args
     run = simulate_frames(start, stop, seed, config)
-    return start, run.frames, run.labels
+    return start, run.frames, run.labels, {k: np.asarray(run.params[k]) for k in TRUTH_KEYS}
 
 
 def simulate_parallel(
@@ -47,17 +52,25 @@ def simulate_parallel(
     workers: int = 2,
     desc: str = "simulate",
     chunk: int = 64,
+    truth: dict[str, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Frames (n, H, W) float32 and labels (n,) int8 of frames 0..n-1 of run ``seed``,
-    computed in ``workers`` processes (1: in this one), with a tqdm bar named ``desc``."""
+    computed in ``workers`` processes (1: in this one), with a tqdm bar named ``desc``. A
+    ``truth`` dict is filled with each frame's :data:`TRUTH_KEYS` (signal and background
+    photons), as :func:`trainer.model.quality.score_bundle` takes them."""
     from tqdm import tqdm
 
     config = config or SimConfig()
     frames = np.empty((n, *config.geometry.shape), np.float32)
     labels = np.empty(n, np.int8)
+    params = {k: np.empty(n, np.float64) for k in TRUTH_KEYS}
     parts = [(a, min(a + chunk, n), seed, config) for a in range(0, n, chunk)]
     with tqdm(total=n, unit="frame", desc=desc) as bar:
-        for start, f, lab in map_in_processes(_simulate_part, parts, workers):
+        for start, f, lab, par in map_in_processes(_simulate_part, parts, workers):
             frames[start : start + len(f)], labels[start : start + len(f)] = f, lab
+            for k in TRUTH_KEYS:
+                params[k][start : start + len(f)] = par[k]
             bar.update(len(f))
+    if truth is not None:
+        truth.update(params)
     return frames, labels
