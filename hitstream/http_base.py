@@ -25,8 +25,11 @@ routes. The policy, the same for both:
   408 and closed, however slowly it trickles bytes. A running route is not cut short.
 - **Connections**: at most ``max_connections`` open at once (one thread each). One more
   closes the oldest connection still waiting for its request (503); when every connection
-  is inside a route, the newcomer is answered 503 and closed without a thread. Half-sent
-  requests can neither hold threads nor starve the probes.
+  is inside a route, the newcomer is answered 503 without a thread and closed lingering:
+  its writing side at once, the socket itself once the client has closed or after
+  ``LINGER_S``, so that a request that arrives after the answer does not reset the
+  connection and lose the 503 on the client's side. Half-sent requests can neither hold
+  threads nor starve the probes.
 - **Failures**: a route that raises answers 500 and logs the traceback; the server goes on.
 
 Routes are exact paths or path prefixes (``route("/frame/", h, prefix=True)``); a handler
@@ -60,6 +63,8 @@ log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 64 * 1024
 MAX_URL_BYTES = 8 * 1024
 MAX_CONNECTIONS = 32
+LINGER_S = 1.0  # how long a refused connection may still send before it is closed
+MAX_LINGERING = 64  # refused connections lingering at once; more close the oldest
 TIMEOUT_S = 10.0
 TOKEN_ENV = "HITSTREAM_HTTP_TOKEN"
 METHODS = ("GET", "HEAD", "POST")
@@ -222,6 +227,7 @@ class _Server(ThreadingHTTPServer):
         self._conns: dict[Any, _Conn] = {}  # socket -> its state
         self._lock = threading.Lock()
         self._warned = 0.0  # when the last refusal was logged (at most one a minute)
+        self._lingering: list[tuple[Any, float]] = []  # refused sockets, their close deadline
         super().__init__(address, handler)
 
     @property
@@ -283,8 +289,10 @@ class _Server(ThreadingHTTPServer):
                 c.since = time.monotonic()
 
     def service_actions(self) -> None:
-        """Close the connections that took longer than the timeout to send a request."""
+        """Close the connections that took longer than the timeout to send a request, and
+        the refused ones whose client has closed or whose lingering time is up."""
         now = time.monotonic()
+        self._lingering = [(s, t) for s, t in self._lingering if not self._drained(s, t, now)]
         limit = self.request_timeout_s
         with self._lock:
             for sock, c in list(self._conns.items()):
@@ -304,12 +312,40 @@ class _Server(ThreadingHTTPServer):
             sock.shutdown(socket.SHUT_RDWR)
 
     def _refuse(self, sock: Any) -> None:
-        """503 to a connection over the cap, on the accepting thread: nothing blocks."""
-        with contextlib.suppress(OSError):
+        """503 to a connection over the cap, on the accepting thread: nothing blocks. The
+        socket lingers (module docstring) among at most ``MAX_LINGERING``."""
+        try:
             sock.settimeout(0.0)
             sock.send(_bare_answer(503, "too many connections", "Retry-After: 1"))
-            sock.recv(MAX_URL_BYTES)  # what came already: then the close resets nothing
-        super().shutdown_request(sock)
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self.close_request(sock)
+            return
+        if len(self._lingering) >= MAX_LINGERING:
+            self.close_request(self._lingering.pop(0)[0])
+        self._lingering.append((sock, time.monotonic() + LINGER_S))
+
+    def _drained(self, sock: Any, deadline: float, now: float) -> bool:
+        """Read what a refused client sent; True (and closed) once it has closed, on an
+        error, or past ``deadline``."""
+        done = now > deadline
+        try:
+            while sock.recv(65536):
+                pass
+            done = True  # the client closed
+        except BlockingIOError:
+            pass  # nothing more yet
+        except OSError:
+            done = True
+        if done:
+            self.close_request(sock)
+        return done
+
+    def server_close(self) -> None:
+        for sock, _ in self._lingering:
+            self.close_request(sock)
+        self._lingering = []
+        super().server_close()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         exc = sys.exc_info()[1]

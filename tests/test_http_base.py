@@ -362,6 +362,30 @@ def test_connections_busy_in_routes_refuse_the_next_one() -> None:
         assert request(s, "GET", "/hello") == (200, b"hi")
 
 
+def test_a_refused_client_that_sends_late_still_reads_its_503() -> None:
+    """The refusal lingers: a request that arrives after the 503 went out does not reset the
+    connection (which would lose the answer on the client's side); the socket is closed once
+    the client closes."""
+    go = threading.Event()
+    with HttpServer("127.0.0.1", 0, name="late", max_connections=1, timeout_s=0.5) as s:
+        s.route("/block", lambda _r: (200, "text/plain", b"done" if go.wait(10) else b"late"))
+        worker = threading.Thread(target=lambda: request(s, "GET", "/block"))
+        worker.start()
+        try:
+            wait_until(lambda: s.open_connections == 1, what="one request inside the route")
+            time.sleep(0.6)  # busy past the request deadline
+            with socket.create_connection(("127.0.0.1", s.port), timeout=5) as sock:
+                time.sleep(0.3)  # the 503 is out before the request is sent
+                sock.sendall(f"GET /hello HTTP/1.1\r\n{host(s.port)}\r\n".encode())
+                sock.shutdown(socket.SHUT_WR)
+                ((code, headers, _),) = parse_answers(read_to_end(sock))
+            assert code == 503 and headers["retry-after"] == "1"
+            wait_until(lambda: not s._httpd._lingering, what="the refused socket closed")
+        finally:
+            go.set()
+            worker.join(10)
+
+
 def test_beyond_loopback_control_needs_the_token() -> None:
     # bound on loopback (tests never bind beyond it), then judged as a non-loopback server
     with HttpServer("127.0.0.1", 0, name="t", token="s3cret") as s:
