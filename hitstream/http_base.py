@@ -330,9 +330,10 @@ class _Server(ThreadingHTTPServer):
         error, or past ``deadline``."""
         done = now > deadline
         try:
-            while sock.recv(65536):
-                pass
-            done = True  # the client closed
+            for _ in range(16):  # bounded: a client that keeps sending cannot hold the loop
+                if not sock.recv(65536):
+                    done = True  # the client closed
+                    break
         except BlockingIOError:
             pass  # nothing more yet
         except OSError:
