@@ -89,6 +89,7 @@ QUICK: tuple[Bench, ...] = (
     ),
     Bench("detectors", "bench_detectors.py", "--trains 2 --json {out}/detectors.json"),
     Bench("quality", "bench_quality.py", "models/fast --frames 100"),
+    Bench("background-update", "bench_background_update.py", "--rounds 1 --calls 50"),
     Bench("model", "bench_model.py", "--batch 32 --seconds 0.5 --repeats 1"),
     Bench(
         "adapt",
@@ -121,6 +122,7 @@ FULL: tuple[Bench, ...] = (
     Bench("classify", "bench_classify.py", "--data {tmp} --json {out}/classify.json", HOUR),
     Bench("detectors", "bench_detectors.py", "--trains 8 --json {out}/detectors.json", HOUR),
     Bench("quality", "bench_quality.py", "models/default models/fast", 2 * HOUR),
+    Bench("background-update", "bench_background_update.py", ""),
     Bench("model", "bench_model.py", "", HOUR),
     Bench("adapt", "bench_adapt.py", "--json {out}/adapt.json", 2 * HOUR),
     Bench("soak", "soak.py", "--out {out}/soak --run-file {tmp}/run.h5", 2 * HOUR),

@@ -8,7 +8,7 @@ receives them (and the trainer reads archived runs the same way):
 
 1. each frame's total (finite photons on valid pixels) goes into a history of recent totals;
 2. the frames whose totals lie in the shortest interval that holds ``core_fraction`` of that
-   history (half by default) are the run's main population: its empty frames. Most SPI
+   history (half by default) are the first guess at the run's empty frames. Most SPI
    frames are empty and their totals cluster tightly, while hits add photons and spread over
    a wide range above them (and dropped shots sit far below). The interval is centred on
    the empty frames' mode, so it does not bias their mean while their totals spread
@@ -17,18 +17,25 @@ receives them (and the trainer reads archived runs the same way):
    of % is skewed: the mode lies below the mean, and on simulated training beamlines the
    map's level came out up to ~15 % below the empty frames' mean; the shot's own level
    (:mod:`hitstream.frame_kernel` step 7) is fitted against the map, per shot;
+   unless (``shape_select``, on by default) the frames are told apart by the shape of their
+   photons around the beam instead (:mod:`hitstream.background_shape`): the frames whose
+   ring profile fits the empty frames' mean profile at their own shot level, the best
+   ``shape_share`` of the recent ones and every one within ``shape_z`` of noise. This still
+   finds the empty frames when hits outnumber them, which the totals alone do not;
 3. their pixels are averaged with exponential forgetting (``halflife_frames`` frames), so
    the estimate follows a slow drift but not a burst of hits; NaN pixels are left out;
 4. with the model's geometry, their cleaned bins are averaged too, and the published map is
    rescaled per bin to what an empty bin holds after the frame kernel's cleaning, measured
    rather than modelled (:mod:`hitstream.effective_background`: panel gains, flaring pixels).
 
-This holds while hits are fewer than about half of the frames. The estimate is *warm* once
+The totals alone hold while hits are fewer than about half of the frames; the shapes while
+empty frames are at least ``shape_share`` of them. The estimate is *warm* once
 ``warmup_frames`` core frames contributed (about a second of feed
 at beamline rates). Before that the partial estimate is the declared fallback: frames are
 classified with it and flagged (``warm = False``) in the files. At most
-``max_frames_per_update`` frames of each call are looked at (strided), which bounds the cost
-per batch; the background changes over minutes, not frames.
+``max_frames_per_update`` frames of each call are looked at (strided), and once warm at most
+``warm_share`` of them, which bounds the cost per batch; the background changes over
+minutes, not frames.
 
 A :class:`BackgroundSnapshot` is what a batch is classified with: an immutable map, its
 version (increments with each published change), mean level and warm flag. ``save``/``load``
@@ -46,13 +53,14 @@ from pathlib import Path
 
 import numpy as np
 
+from hitstream import background_shape
 from hitstream import frame_kernel as fk
 from hitstream.effective_background import effective_map
 from hitstream.errors import ConfigError, InputDataError
 from hitstream.geometry import DetectorGeometry
 
 STATE_FORMAT = "hitstream-background"
-STATE_VERSION = 2  # 2: with the cleaned bins' mean; 1 is still read (its bins start empty)
+STATE_VERSION = 3  # 3: with the ring profiles; 2: the cleaned bins' mean (1, 2 still read)
 BIN_FRAMES_PER_UPDATE = 4  # frames of a call whose cleaned bins are averaged (≈ 0.05 ms each)
 
 
@@ -66,8 +74,12 @@ class BackgroundConfig:
     history: int = 1024  # recent frame totals the quantile is taken over
     halflife_frames: float = 4000.0  # exponential forgetting, in contributing frames
     max_frames_per_update: int = 16  # frames looked at per call (strided); bounds the cost
+    warm_share: float = 0.25  # once warm, at most this share of a call's frames looked at
     publish_every_frames: int = 500  # a new snapshot after this many contributions (warm)
     save_every_s: float = 30.0  # the streamer saves the state this often (0: at the end only)
+    shape_select: bool = True  # tell the empty frames by their ring profile (docstring)
+    shape_share: float = 0.15  # the share of frames whose profile fits best, always taken
+    shape_z: float = 3.0  # and every frame whose profile fits within this many σ
 
     def __post_init__(self) -> None:
         if self.warmup_frames < 1 or self.history < 8 or self.max_frames_per_update < 1:
@@ -84,6 +96,10 @@ class BackgroundConfig:
             raise ConfigError("background.publish_every_frames must be ≥ 1")
         if not (math.isfinite(self.save_every_s) and self.save_every_s >= 0):
             raise ConfigError(f"background.save_every_s must be ≥ 0, got {self.save_every_s}")
+        if not 0 < self.warm_share <= 1:
+            raise ConfigError(f"background.warm_share must be in (0, 1], got {self.warm_share}")
+        if not 0 < self.shape_share <= 1 or not self.shape_z > 0:
+            raise ConfigError("background.shape_share must be in (0, 1], shape_z > 0")
 
 
 @dataclass(frozen=True)
@@ -124,6 +140,14 @@ class RunBackground:
         if self.valid.shape != self.shape:
             raise ConfigError(f"background mask {self.valid.shape} differs from {self.shape}")
         self._valid_flat = self.valid.reshape(-1).astype(np.float32)
+        self._center = geometry.center_px if geometry is not None else (
+            (self.shape[0] - 1) / 2.0, (self.shape[1] - 1) / 2.0
+        )  # fmt: skip
+        # the rings, once the first frames showed the run's hot pixels (until then the totals)
+        self._layout: background_shape.RingLayout | None = None
+        self._gather = np.zeros((0, 0), np.float32)  # ring_profiles' scratch, with the rings
+        self._first_sum = np.zeros(self.shape, np.float64)
+        self._first_frames = 0
         self._decay = 0.5 ** (1.0 / self.config.halflife_frames)
         self._sum = np.zeros(self.shape, np.float64)
         self._weight = np.zeros(self.shape, np.float64)  # per pixel: NaN pixels left out
@@ -132,6 +156,11 @@ class RunBackground:
         self._bin_sum = np.zeros(bins, np.float64)  # cleaned bins of the frames used
         self._bin_weight = 0.0  # their (decayed) frames: 0 → the raw mean is published
         self._totals = np.full(self.config.history, np.nan)
+        self._profiles = np.full((self.config.history, background_shape.RINGS), np.nan)
+        self._reference: np.ndarray | None = None  # the empty frames' mean ring profile
+        self._extra: np.ndarray | None = None  # its noise beyond Poisson, per ring
+        self._cut = math.inf  # the score limit of the empty frames
+        self._refined_at = 0  # history count at the last refinement
         self._n_totals = 0
         self._since_publish = 0
         self._version = 0
@@ -181,17 +210,25 @@ class RunBackground:
             raise InputDataError(f"background: frames {x.shape[1:]}, expected {self.shape}")
         if len(x) == 0:
             return self.snapshot
-        step = max(1, math.ceil(len(x) / self.config.max_frames_per_update))
+        looked = self.config.max_frames_per_update
+        if self.warm:  # enough to follow a drift over minutes, at a quarter of the cost
+            looked = min(looked, math.ceil(len(x) * self.config.warm_share))
+        step = max(1, math.ceil(len(x) / looked))
         x = x[::step].astype(np.float32, copy=False)
         if scale != 1.0:
             x = x * np.float32(scale)
         self.frames_seen += len(x)
-        totals = self.frame_totals(x)
-        self._remember(totals)
-        lo, hi = core_interval(
-            self._totals[: min(self._n_totals, len(self._totals))], self.config.core_fraction
-        )
-        dim = x[(totals >= lo) & (totals <= hi)]
+        if self.config.shape_select and self._layout is None:
+            self._learn_layout(x)
+        if self._layout is not None:
+            profiles = background_shape.ring_profiles(x, self._layout, self._gather)
+            self._remember(profiles.sum(axis=1), profiles)
+            dim = x[self._fits(profiles)]
+        else:
+            totals = self.frame_totals(x)
+            self._remember(totals)
+            lo, hi = core_interval(self._recent_totals(), self.config.core_fraction)
+            dim = x[(totals >= lo) & (totals <= hi)]
         was_warm = self.warm
         self._accumulate(dim)
         self._since_publish += len(dim)
@@ -201,6 +238,48 @@ class RunBackground:
             self._since_publish = 0
             self.snapshot = self._make_snapshot()
         return self.snapshot
+
+    def _learn_layout(self, x: np.ndarray) -> None:
+        """Average the first frames; with enough of them, make the rings."""
+        self._first_sum += np.where(np.isfinite(x), x, 0.0).sum(axis=0)
+        self._first_frames += len(x)
+        if self._first_frames >= background_shape.LAYOUT_FRAMES:
+            mean = self._first_sum / self._first_frames
+            self._set_layout(background_shape.ring_layout(self.valid, self._center, mean))
+
+    def _set_layout(self, layout: background_shape.RingLayout) -> None:
+        self._layout = layout
+        self._gather = np.empty(
+            (self.config.max_frames_per_update, len(layout.order)), np.float32
+        )  # fmt: skip
+
+    def _recent_totals(self) -> np.ndarray:
+        return self._totals[: min(self._n_totals, len(self._totals))]
+
+    def _fits(self, profiles: np.ndarray) -> np.ndarray:
+        """Which frames of a batch fit the empty frames' ring profile: one step of
+        :func:`hitstream.background_shape.select_empty` on the recent profiles per call,
+        starting from the least concentrated ones, then from the last reference."""
+        cfg = self.config
+        fresh = self._n_totals - self._refined_at < background_shape.REFINE_FRAMES
+        if self._reference is None or self._extra is None or not fresh:
+            n = min(self._n_totals, len(self._totals))
+            recent = self._profiles[:n]  # since the rings were made (earlier rows: NaN)
+            recent = recent[np.isfinite(recent).all(axis=1)]
+            if len(recent) == 0:
+                return np.zeros(len(profiles), bool)
+            if self._reference is None:
+                start = background_shape.least_concentrated(recent, cfg.shape_share)
+                self._reference = recent[start].mean(axis=0)
+            self._reference, self._extra = background_shape.refine(
+                recent, self._reference, cfg.shape_share
+            )
+            scores = background_shape.shape_scores(recent, self._reference, self._extra)
+            _, self._cut = background_shape.best_fitting(scores, cfg.shape_share, cfg.shape_z)
+            # early on at every call, then every REFINE_FRAMES frames: its cost is the history's
+            self._refined_at = self._n_totals if n >= background_shape.REFINE_FRAMES else -1 << 62
+        scores = background_shape.shape_scores(profiles, self._reference, self._extra)
+        return scores <= self._cut
 
     def _accumulate(self, dim: np.ndarray) -> None:
         """Add frames with exponential forgetting: the newest weighs 1, each older one
@@ -231,12 +310,14 @@ class RunBackground:
             self._bin_sum += _vecmat(wb.astype(np.float32), bins).reshape(self._bin_sum.shape)
             self._bin_weight = self._bin_weight * old + float(wb.sum())
 
-    def _remember(self, totals: np.ndarray) -> None:
-        """Add totals to the circular history (non-finite ones, e.g. an overflow, left out:
-        a NaN in the history would make :func:`core_interval` empty)."""
+    def _remember(self, totals: np.ndarray, profiles: np.ndarray | None = None) -> None:
+        """Add totals (and ring profiles) to the circular history (non-finite ones, e.g. an
+        overflow, left out: a NaN in the history would make :func:`core_interval` empty)."""
         n = len(self._totals)
-        for t in totals[np.isfinite(totals)]:
-            self._totals[self._n_totals % n] = t
+        for i in np.flatnonzero(np.isfinite(totals)):
+            j = self._n_totals % n
+            self._totals[j] = totals[i]
+            self._profiles[j] = profiles[i] if profiles is not None else np.nan
             self._n_totals += 1
 
     # -- persistence ----------------------------------------------------------------------
@@ -260,6 +341,12 @@ class RunBackground:
                 f.create_dataset("sum", data=self._sum)
                 f.create_dataset("weight", data=self._weight)
                 f.create_dataset("totals", data=self._totals)
+                f.create_dataset("profiles", data=self._profiles)
+                if self._layout is not None:
+                    used = background_shape.used_pixels(self._layout, self.shape)
+                    f.create_dataset("profile_pixels", data=used)
+                if self._reference is not None:
+                    f.create_dataset("reference", data=self._reference)
                 f.create_dataset("valid", data=self.valid)
                 f.create_dataset("estimate", data=self.estimate())  # for people and tools
             os.replace(tmp, p)
@@ -277,9 +364,12 @@ class RunBackground:
             with h5py.File(p, "r") as f:
                 if f.attrs.get("format") != STATE_FORMAT:
                     raise InputDataError(f"{p}: not a hitstream background state")
-                if int(f.attrs.get("format_version", -1)) not in (1, STATE_VERSION):
+                if int(f.attrs.get("format_version", -1)) not in (1, 2, STATE_VERSION):
                     raise InputDataError(f"{p}: background state version differs")
                 s, w, totals = f["sum"][()], f["weight"][()], f["totals"][()]
+                profiles = f["profiles"][()] if "profiles" in f else None
+                reference = f["reference"][()] if "reference" in f else None
+                used = f["profile_pixels"][()] if "profile_pixels" in f else None
                 bin_sum = f["bin_sum"][()] if "bin_sum" in f else None
                 bin_weight = float(f.attrs.get("bin_weight", 0.0))
                 frames, n_totals = float(f.attrs["frames"]), int(f.attrs["n_totals"])
@@ -291,14 +381,29 @@ class RunBackground:
         self._sum, self._weight = s.astype(np.float64), w.astype(np.float64)
         n = len(self._totals)
         self._totals[:] = np.nan
+        self._profiles[:] = np.nan
+        rings = self._profiles.shape[1]
+        if profiles is None or profiles.shape != (len(totals), rings):
+            profiles = np.full((len(totals), rings), np.nan)  # an older state: none kept
         if len(totals) == n:  # the same history: its circular order continues
             self._totals[:] = totals
+            self._profiles[:] = profiles
             self._n_totals = n_totals
         else:  # another history length: the saved totals that were filled, at most n
-            kept = np.asarray(totals[: min(n_totals, len(totals))], np.float64)
-            kept = kept[np.isfinite(kept)][-n:]
-            self._totals[: len(kept)] = kept
-            self._n_totals = len(kept)
+            filled = min(n_totals, len(totals))
+            kept = np.asarray(totals[:filled], np.float64)
+            ok = np.flatnonzero(np.isfinite(kept))[-n:]
+            self._totals[: len(ok)] = kept[ok]
+            self._profiles[: len(ok)] = profiles[:filled][ok]
+            self._n_totals = len(ok)
+        self._layout = None  # the rings are remade from the next frames unless saved
+        if used is not None and used.shape == self.shape:
+            self._set_layout(background_shape.ring_layout(self.valid, self._center, used=used))
+        ok_ref = self._layout is not None and reference is not None and reference.shape == (rings,)
+        self._reference = np.asarray(reference, np.float64) if ok_ref else None
+        self._extra = None  # refined again at the next frames
+        if self._layout is None:
+            self._profiles[:] = np.nan
         self._frames, self._version, self.frames_seen = frames, version + 1, seen
         if bin_sum is not None and bin_sum.shape == self._bin_sum.shape:
             self._bin_sum, self._bin_weight = bin_sum.astype(np.float64), bin_weight
@@ -340,28 +445,43 @@ def estimate_run_background(
     config: BackgroundConfig | None = None,
     geometry: DetectorGeometry | None = None,
 ) -> BackgroundSnapshot:
-    """The background of an archived run from all its frames: the frames of the run's core
-    interval of totals (:func:`core_interval`), averaged without forgetting — what the
-    streamer converges to on a stable run. ``blocks``: an ``(N, H, W)`` array, or a
-    re-iterable of such blocks (read twice: totals first, then the dim frames). The trainer
-    uses it so that training and serving see the same input; with ``geometry`` the map is
-    the effective one, as the streamer's."""
+    """The background of an archived run from all its frames: its empty frames (those whose
+    ring profile fits, :func:`hitstream.background_shape.select_empty`; without
+    ``shape_select`` the core interval of the totals, :func:`core_interval`), averaged
+    without forgetting — what the streamer converges to on a stable run. ``blocks``: an
+    ``(N, H, W)`` array, or a re-iterable of such blocks (read twice: profiles first, then
+    the empty frames; the first block's first frames find the hot pixels the rings leave
+    out). The trainer uses it so that training and serving see the same input; with
+    ``geometry`` the map is the effective one, as the streamer's."""
     parts = [blocks] if isinstance(blocks, np.ndarray) else blocks
     cfg = config or BackgroundConfig()
     est: RunBackground | None = None
-    totals = []
+    layout: background_shape.RingLayout | None = None
+    profiles = []
     for b in parts:
         b = np.asarray(b, np.float32)
-        est = est or RunBackground((b.shape[1], b.shape[2]), cfg, valid, geometry)
-        totals.append(est.frame_totals(b))
+        if est is None or layout is None:
+            est = RunBackground((b.shape[1], b.shape[2]), cfg, valid, geometry)
+            first = b[: 4 * background_shape.LAYOUT_FRAMES]
+            mean = np.where(np.isfinite(first), first, 0.0).mean(axis=0) if len(b) else None
+            layout = est._layout = background_shape.ring_layout(est.valid, est._center, mean)
+        profiles.append(background_shape.ring_profiles(b, layout))
     if est is None:
         raise InputDataError("background of a run without frames")
-    lo, hi = core_interval(np.concatenate(totals), cfg.core_fraction)
+    every = np.concatenate(profiles)
+    if cfg.shape_select:
+        chosen, est._reference = background_shape.select_empty(every, cfg.shape_share, cfg.shape_z)
+    else:
+        totals = every.sum(axis=1)
+        lo, hi = core_interval(totals, cfg.core_fraction)
+        chosen = (totals >= lo) & (totals <= hi)
     s = np.zeros(est.shape, np.float64)
     w = np.zeros(est.shape, np.float64)
     k = 0
-    for b, bt in zip(parts, totals, strict=True):
-        dim = np.asarray(b, np.float32)[(bt >= lo) & (bt <= hi)]
+    sizes = [len(p) for p in profiles]
+    starts = np.cumsum([0, *sizes[:-1]])
+    for b, a, n in zip(parts, starts, sizes, strict=True):
+        dim = np.asarray(b, np.float32)[chosen[a : a + n]]
         with np.errstate(invalid="ignore", over="ignore"):
             part = dim.sum(axis=0, dtype=np.float64)  # one pass when every pixel is finite
         if np.isfinite(part).all():

@@ -11,6 +11,13 @@ from hitstream.background import (
     RunBackground,
     estimate_run_background,
 )
+from hitstream.background_shape import (
+    RINGS,
+    ring_layout,
+    ring_profiles,
+    select_empty,
+    shape_scores,
+)
 from hitstream.errors import ConfigError, InputDataError
 from hitstream.hitfinder import expected_lit, find_hits, hit_scores, lit_pixels
 
@@ -66,6 +73,58 @@ def test_estimate_converges_to_the_empty_frames_mean_despite_hits() -> None:
     assert not snap.map.flags.writeable
 
 
+def busy_run(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """A run with more hits than empty frames (70 %), dim and bright ones, and a shot level
+    that jitters by 20 %: the totals' densest half is mostly hits."""
+    jitter = rng.lognormal(0.0, 0.2, n)[:, None, None]
+    x = rng.poisson(truth_map()[None] * jitter).astype(np.float32)
+    hits = rng.random(n) < 0.7
+    yy, xx = np.mgrid[: SHAPE[0], : SHAPE[1]]
+    blob = np.exp(-np.hypot(yy - 31.5, xx - 29.5) / 6.0)
+    gain = rng.uniform(0.5, 3.0, int(hits.sum()))[:, None, None]
+    x[hits] += rng.poisson(blob[None] * gain).astype(np.float32)
+    return x, hits
+
+
+def test_more_hits_than_empty_frames_are_told_apart_by_their_shape() -> None:
+    rng = np.random.default_rng(11)
+    x, hits = busy_run(rng, 1500)
+    truth = truth_map() * np.float32(np.exp(0.02))  # the jitter's mean
+    by_totals = estimate_run_background(x, config=BackgroundConfig(shape_select=False)).map
+    by_shape = estimate_run_background(x)
+    center = (slice(27, 36), slice(25, 34))  # where the hits are
+    excess = lambda m: m[center].sum() / truth[center].sum() - 1  # noqa: E731
+    assert excess(by_totals) > 0.15  # the dim hits in the densest half of the totals
+    assert abs(excess(by_shape.map)) < 0.04
+    assert by_shape.frames == pytest.approx((~hits).sum(), rel=0.1)
+    cfg = BackgroundConfig(warmup_frames=100, publish_every_frames=50, warm_share=1.0)
+    live = RunBackground(SHAPE, cfg)
+    for i in range(0, len(x), 16):
+        snap = live.update(x[i : i + 16])
+    assert snap.warm and abs(excess(snap.map)) < 0.08
+
+
+def test_ring_profiles_and_shape_scores() -> None:
+    rng = np.random.default_rng(12)
+    valid = np.ones(SHAPE, bool)
+    valid[:, :3] = False
+    layout = ring_layout(valid, (31.5, 29.5))
+    x, hits = busy_run(rng, 64)
+    x[0, 5, 5] = np.nan
+    p = ring_profiles(x, layout)
+    assert p.shape == (64, RINGS) and np.isfinite(p).all()
+    np.testing.assert_allclose(p[1:].sum(axis=1), (x[1:] * valid).sum(axis=(1, 2)), rtol=1e-5)
+    scores = shape_scores(p, ring_profiles(truth_map()[None], layout)[0])
+    assert np.median(scores[~hits]) < 2.5 < np.median(scores[hits])
+    accepted, _ = select_empty(p, share=0.15, z_max=4.0)
+    assert accepted.sum() >= 0.15 * 64 and hits[accepted].mean() < 0.2
+    mean = truth_map()
+    mean[40, 40] = 50.0  # a hot pixel: its photons do not follow the shot's level
+    layout = ring_layout(valid, (31.5, 29.5), mean)
+    assert 40 * SHAPE[1] + 40 not in set(layout.order.tolist())
+    assert len(layout.order) == valid.sum() - 1
+
+
 def test_warm_up_publishes_every_batch_then_by_contribution() -> None:
     rng = np.random.default_rng(2)
     cfg = BackgroundConfig(warmup_frames=40, max_frames_per_update=8, publish_every_frames=100)
@@ -73,12 +132,15 @@ def test_warm_up_publishes_every_batch_then_by_contribution() -> None:
     versions = []
     for _ in range(60):
         versions.append(est.update(frames(rng, 8, hit_rate=0.0)[0]).version)
-    # during warm-up (≈ 4 core frames per call, 40 needed) the version moves at (almost)
+    # during warm-up (≤ 8 empty frames per call, 40 needed) the version moves at (almost)
     # every call: the partial estimate is the fallback and is published at once
-    assert versions == sorted(versions) and len(set(versions[:8])) >= 6
+    assert versions == sorted(versions) and len(set(versions[:5])) >= 4
     # once warm, a new snapshot only after ≥ 100 more contributions: far fewer versions
     late = versions[20:]
-    assert len(set(late)) <= 1 + len(late) * 4 // 100 + 1
+    assert len(set(late)) <= 1 + len(late) * 8 // 100 + 1
+    seen = est.frames_seen
+    est.update(frames(rng, 8, hit_rate=0.0)[0])
+    assert est.warm and est.frames_seen == seen + 2  # once warm, a quarter of the frames
 
 
 def test_nan_and_inf_pixels_are_left_out_and_frames_bounded() -> None:
@@ -129,23 +191,27 @@ def test_state_survives_a_restart(tmp_path) -> None:
 
 def test_archived_run_estimate_matches_the_streaming_one() -> None:
     rng = np.random.default_rng(6)
-    x, _ = frames(rng, 600)
+    x, hits = frames(rng, 600)
     parts = [x[i : i + 100] for i in range(0, 600, 100)]
     snap = estimate_run_background(parts)
     assert close_to_truth(snap.map, 0.1)
-    assert snap.frames == pytest.approx(300, abs=10)  # the core half (ties at the edges)
+    assert snap.frames == pytest.approx((~hits).sum(), rel=0.1)  # the empty frames
     np.testing.assert_allclose(estimate_run_background(x).map, snap.map, rtol=1e-6)
+    by_totals = estimate_run_background(x, config=BackgroundConfig(shape_select=False))
+    assert by_totals.frames == pytest.approx(300, abs=10)  # the core half (ties at the edges)
 
 
 def test_archived_estimate_leaves_out_non_finite_pixels_of_some_blocks() -> None:
     rng = np.random.default_rng(8)
     x, _ = frames(rng, 400, hit_rate=0.0)
-    clean = estimate_run_background([x[:200], x[200:]]).map
+    cfg = BackgroundConfig(shape_select=False)  # the same frames either way: pixels compared
+    clean = estimate_run_background([x[:200], x[200:]], config=cfg).map
     y = x.copy()
     y[200:, 7, 7] = np.nan  # dead in the second block only
     y[250, 9, 9] = np.inf
-    snap = estimate_run_background([y[:200], y[200:]])
+    snap = estimate_run_background([y[:200], y[200:]], config=cfg)
     assert np.isfinite(snap.map).all()
+    assert np.isfinite(estimate_run_background([y[:200], y[200:]]).map).all()
     far = np.ones(SHAPE, bool)
     far[7, 7] = far[9, 9] = False
     np.testing.assert_allclose(snap.map[far], clean[far], rtol=1e-5)

@@ -32,9 +32,10 @@ N, K = 320, 16  # frames, frames per message
 ADU = 2.0  # one photon in the feed's units
 HIT_RATE = 0.15
 EMPTY, SINGLE = CLASSES.index("empty"), CLASSES.index("single")
-SETTINGS = {  # warm after 6 messages (8 dim frames of 16 each); snapshots keep coming
+SETTINGS = {  # warm after 4 messages (~14 empty frames of 16 each); snapshots keep coming
     "background.warmup_frames": 48,
     "background.publish_every_frames": 32,
+    "background.warm_share": 1.0,  # every frame looked at, also once warm: exact counts
 }
 
 
@@ -316,7 +317,8 @@ def test_the_live_view_shows_the_background(
     bundles: dict[str, Path], run: dict[str, Any], tmp_path: Path
 ) -> None:
     with replay(run, stop=4 * K) as server:
-        cfg = config(bundles["bg"], server.endpoint, tmp_path / "out", **{"view.enabled": True})
+        over = {"view.enabled": True, "background.warmup_frames": 10 * K}  # still warming up
+        cfg = config(bundles["bg"], server.endpoint, tmp_path / "out", **over)
         pipeline = Pipeline(cfg)
         pipeline.run()
         server.join(timeout=30)

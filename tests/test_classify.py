@@ -216,6 +216,7 @@ def test_labels_identical_to_the_live_streamer(
             "model": str(bundle), "feed.endpoint": replay.endpoint, "output.dir": str(live),
             "output.run": "run1", "output.min_free_bytes": 0, "engine.max_batch": 16,
             "background.warmup_frames": 20, "background.publish_every_frames": 30,
+            "background.warm_share": 1.0,  # every frame looked at: the map changes often
         })  # fmt: skip
         summary = Pipeline(cfg).run()
         replay.join(timeout=30)
