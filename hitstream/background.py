@@ -33,8 +33,9 @@ empty frames are at least ``shape_share`` of them. The estimate is *warm* once
 ``warmup_frames`` core frames contributed (about a second of feed
 at beamline rates). Before that the partial estimate is the declared fallback: frames are
 classified with it and flagged (``warm = False``) in the files. At most
-``max_frames_per_update`` frames of each call are looked at (strided), and once warm at most
-``warm_share`` of them, which bounds the cost per batch; the background changes over
+``max_frames_per_update`` frames of each call are looked at (strided), and once warm
+``warm_share`` of the frames passed, gathered into fewer calls (the others return at once),
+which bounds the cost per batch; the background changes over
 minutes, not frames.
 
 A :class:`BackgroundSnapshot` is what a batch is classified with: an immutable map, its
@@ -74,7 +75,7 @@ class BackgroundConfig:
     history: int = 1024  # recent frame totals the quantile is taken over
     halflife_frames: float = 4000.0  # exponential forgetting, in contributing frames
     max_frames_per_update: int = 16  # frames looked at per call (strided); bounds the cost
-    warm_share: float = 0.25  # once warm, at most this share of a call's frames looked at
+    warm_share: float = 0.125  # once warm, at most this share of a call's frames looked at
     publish_every_frames: int = 500  # a new snapshot after this many contributions (warm)
     save_every_s: float = 30.0  # the streamer saves the state this often (0: at the end only)
     shape_select: bool = True  # tell the empty frames by their ring profile (docstring)
@@ -161,6 +162,7 @@ class RunBackground:
         self._extra: np.ndarray | None = None  # its noise beyond Poisson, per ring
         self._cut = math.inf  # the score limit of the empty frames
         self._refined_at = 0  # history count at the last refinement
+        self._owed = 0.0  # once warm: frames to look at (warm_share of those passed)
         self._n_totals = 0
         self._since_publish = 0
         self._version = 0
@@ -211,8 +213,13 @@ class RunBackground:
         if len(x) == 0:
             return self.snapshot
         looked = self.config.max_frames_per_update
-        if self.warm:  # enough to follow a drift over minutes, at a quarter of the cost
-            looked = min(looked, math.ceil(len(x) * self.config.warm_share))
+        if self.warm:  # enough to follow a drift over minutes, at an eighth of the cost:
+            # frames owed accumulate over calls, then one call looks at them all at once
+            self._owed = min(self._owed + len(x) * self.config.warm_share, looked)
+            if self._owed < min(looked, len(x)):
+                return self.snapshot
+            looked = min(looked, len(x), math.floor(self._owed))
+            self._owed -= looked
         step = max(1, math.ceil(len(x) / looked))
         x = x[::step].astype(np.float32, copy=False)
         if scale != 1.0:
@@ -337,6 +344,7 @@ class RunBackground:
                 f.attrs["version"] = self._version
                 f.attrs["frames_seen"] = self.frames_seen
                 f.attrs["bin_weight"] = self._bin_weight
+                f.attrs["owed"] = self._owed
                 f.create_dataset("bin_sum", data=self._bin_sum)
                 f.create_dataset("sum", data=self._sum)
                 f.create_dataset("weight", data=self._weight)
@@ -347,6 +355,9 @@ class RunBackground:
                     f.create_dataset("profile_pixels", data=used)
                 if self._reference is not None:
                     f.create_dataset("reference", data=self._reference)
+                if self._extra is not None:
+                    f.create_dataset("extra_variance", data=self._extra)
+                    f.attrs["cut"], f.attrs["refined_at"] = self._cut, self._refined_at
                 f.create_dataset("valid", data=self.valid)
                 f.create_dataset("estimate", data=self.estimate())  # for people and tools
             os.replace(tmp, p)
@@ -372,6 +383,9 @@ class RunBackground:
                 used = f["profile_pixels"][()] if "profile_pixels" in f else None
                 bin_sum = f["bin_sum"][()] if "bin_sum" in f else None
                 bin_weight = float(f.attrs.get("bin_weight", 0.0))
+                owed = float(f.attrs.get("owed", 0.0))
+                extra = f["extra_variance"][()] if "extra_variance" in f else None
+                cut, refined_at = f.attrs.get("cut", math.inf), f.attrs.get("refined_at", 0)
                 frames, n_totals = float(f.attrs["frames"]), int(f.attrs["n_totals"])
                 version, seen = int(f.attrs["version"]), int(f.attrs["frames_seen"])
         except (OSError, KeyError, ValueError) as exc:
@@ -401,10 +415,14 @@ class RunBackground:
             self._set_layout(background_shape.ring_layout(self.valid, self._center, used=used))
         ok_ref = self._layout is not None and reference is not None and reference.shape == (rings,)
         self._reference = np.asarray(reference, np.float64) if ok_ref else None
-        self._extra = None  # refined again at the next frames
+        self._extra = None  # refined again at the next frames, unless saved
+        if ok_ref and extra is not None and extra.shape == (rings,):
+            self._extra = np.asarray(extra, np.float64)
+            self._cut, self._refined_at = float(cut), min(int(refined_at), self._n_totals)
         if self._layout is None:
             self._profiles[:] = np.nan
         self._frames, self._version, self.frames_seen = frames, version + 1, seen
+        self._owed = owed
         if bin_sum is not None and bin_sum.shape == self._bin_sum.shape:
             self._bin_sum, self._bin_weight = bin_sum.astype(np.float64), bin_weight
         else:  # a state without them, or of another geometry: raw until frames come
