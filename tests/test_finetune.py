@@ -18,6 +18,7 @@ from hitstream.bundle import load_bundle  # noqa: E402
 from hitstream.simulate import simulate_run, write_run  # noqa: E402
 from trainer.data.backgrounds import run_background  # noqa: E402
 from trainer.data.ingest import open_run  # noqa: E402
+from trainer.model.finetune import summary_lines  # noqa: E402
 
 DEFAULT = Path(__file__).resolve().parents[1] / "models" / "default"
 
@@ -51,6 +52,13 @@ def test_finetune_cli(tmp_path: Path) -> None:
         p = s.run(["probabilities"], bundle.feed(run.frames[hold], background))[0]
         assert report[key]["accuracy"] == pytest.approx(np.mean(p.argmax(1) == y), abs=1e-5)
     assert new.manifest["metrics"]["holdout"]["accuracy"] == report["after"]["accuracy"]
+    worse = report["after"]["accuracy"] < report["before"]["accuracy"]
+    assert report["worse_than_before"] is worse
+    warned = any(line.startswith("WARNING") for line in summary_lines(report, out))
+    assert warned is worse
+    assert any(line.startswith("WARNING") for line in summary_lines(
+        {**report, "worse_than_before": True}, out
+    ))  # fmt: skip
     # 10 held-out frames are too few for the new entropy reference: the source's is kept,
     # so the live novelty monitor still warns for the fine-tuned bundle
     assert new.manifest["novelty"] == src.manifest["novelty"]

@@ -180,6 +180,7 @@ def finetune_bundle(
             },
             "before": before,
             "after": after,
+            "worse_than_before": after["accuracy"] < before["accuracy"],
             "frames_trained": len(train_idx),
             "threshold_choice": choice,
         }
@@ -387,6 +388,13 @@ def summary_lines(report: dict[str, Any], out: Path) -> list[str]:
         lines.append(
             f"{when:>6}: accuracy {m['accuracy']:.4f}, single ROC AUC "
             f"{'n/a' if auc is None else f'{auc:.4f}'}, ECE {m['calibration']['ece']:.4f}{keep}"
+        )
+    if r.get("worse_than_before"):
+        lines.append(
+            f"WARNING: the fine-tuned bundle is less accurate on your held-out labels than the "
+            f"one it started from ({r['after']['accuracy']:.4f} < {r['before']['accuracy']:.4f}"
+            f" on {r['holdout']['frames']} frames): keep the original, or label more frames "
+            "(a good start is easily pulled off by a few hundred labels)"
         )
     labelled = r["holdout"]["frames"] + r.get("frames_trained", 0)
     lines.append(
