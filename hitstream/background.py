@@ -32,7 +32,8 @@ The totals alone hold while hits are fewer than about half of the frames; the sh
 empty frames are at least ``shape_share`` of them. The estimate is *warm* once
 ``warmup_frames`` core frames contributed (about a second of feed
 at beamline rates). Before that the partial estimate is the declared fallback: frames are
-classified with it and flagged (``warm = False``) in the files. At most
+classified with it and flagged (``warm = False``) in the files; it is published again
+whenever the frames behind it grew by a quarter. At most
 ``max_frames_per_update`` frames of each call are looked at (strided), and once warm
 ``warm_share`` of the frames passed, gathered into fewer calls (the others return at once),
 which bounds the cost per batch; the background changes over
@@ -62,6 +63,7 @@ from hitstream.geometry import DetectorGeometry
 
 STATE_FORMAT = "hitstream-background"
 STATE_VERSION = 3  # 3: with the ring profiles; 2: the cleaned bins' mean (1, 2 still read)
+WARMUP_GROWTH = 1.25  # during warm-up, a new snapshot when its frames grew by this factor
 BIN_FRAMES_PER_UPDATE = 4  # frames of a call whose cleaned bins are averaged (≈ 0.05 ms each)
 
 
@@ -204,7 +206,8 @@ class RunBackground:
 
     def update(self, frames: np.ndarray, scale: float = 1.0) -> BackgroundSnapshot:
         """Look at (up to ``max_frames_per_update`` of) a batch ``(N, H, W)`` in photons and
-        return the snapshot to classify it with. During warm-up every call publishes.
+        return the snapshot to classify it with. During warm-up it publishes whenever
+        its frames grew by a quarter.
         ``scale``: what turns the frames into photons (``1 / photon_unit``), applied to the
         frames looked at only."""
         x = np.asarray(frames)
@@ -240,7 +243,10 @@ class RunBackground:
         self._accumulate(dim)
         self._since_publish += len(dim)
         due = self._since_publish >= self.config.publish_every_frames
-        if len(dim) and (not was_warm or due or self.warm != was_warm):
+        # warming up: a new snapshot once the frames behind it grew by a quarter (a map per
+        # message costs the streamer a map version each, and adds little)
+        grown = self._frames >= WARMUP_GROWTH * self.snapshot.frames
+        if len(dim) and ((not was_warm and grown) or due or self.warm != was_warm):
             self._version += 1
             self._since_publish = 0
             self.snapshot = self._make_snapshot()
