@@ -77,7 +77,7 @@ class BackgroundConfig:
     history: int = 1024  # recent frame totals the quantile is taken over
     halflife_frames: float = 4000.0  # exponential forgetting, in contributing frames
     max_frames_per_update: int = 16  # frames looked at per call (strided); bounds the cost
-    warm_share: float = 0.125  # once warm, at most this share of a call's frames looked at
+    warm_share: float = 0.125  # once warm, this share of the frames passed is looked at
     publish_every_frames: int = 500  # a new snapshot after this many contributions (warm)
     save_every_s: float = 30.0  # the streamer saves the state this often (0: at the end only)
     shape_select: bool = True  # tell the empty frames by their ring profile (docstring)
@@ -259,6 +259,7 @@ class RunBackground:
         if self._first_frames >= background_shape.LAYOUT_FRAMES:
             mean = self._first_sum / self._first_frames
             self._set_layout(background_shape.ring_layout(self.valid, self._center, mean))
+            self._first_sum = np.zeros((0, 0))  # not needed again
 
     def _set_layout(self, layout: background_shape.RingLayout) -> None:
         self._layout = layout
@@ -327,11 +328,12 @@ class RunBackground:
         """Add totals (and ring profiles) to the circular history (non-finite ones, e.g. an
         overflow, left out: a NaN in the history would make :func:`core_interval` empty)."""
         n = len(self._totals)
-        for i in np.flatnonzero(np.isfinite(totals)):
-            j = self._n_totals % n
-            self._totals[j] = totals[i]
-            self._profiles[j] = profiles[i] if profiles is not None else np.nan
-            self._n_totals += 1
+        finite = np.flatnonzero(np.isfinite(totals))
+        keep = finite[-n:]  # more than the history holds: the newest, in their places
+        slots = (self._n_totals + len(finite) - len(keep) + np.arange(len(keep))) % n
+        self._totals[slots] = totals[keep]
+        self._profiles[slots] = profiles[keep] if profiles is not None else np.nan
+        self._n_totals += len(finite)
 
     # -- persistence ----------------------------------------------------------------------
 
